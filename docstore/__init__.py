@@ -1,0 +1,1 @@
+"""docstore: a replicated, append-only JSON document database."""

@@ -1,0 +1,1 @@
+"""The sans-IO Raft core: pure, deterministic, no trio, no I/O, no clock."""

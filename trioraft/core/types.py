@@ -1,0 +1,351 @@
+"""Values shared by the Raft core, storage, transport and runtime.
+
+Every value here is a frozen dataclass with slots: cheap to build, hashable
+where that makes sense, safe to hand across layers.  Node ids are positive
+integers.  Log indexes start at 1; index 0 with term 0 is the empty log's
+sentinel.  Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+NodeId = int
+
+
+class EntryKind(enum.IntEnum):
+    """What an entry carries.  The values are part of the storage and wire formats."""
+
+    NORMAL = 0  # an application command (opaque bytes)
+    NOOP = 1  # the empty entry each new leader appends to commit in its term
+    CONFIG = 2  # a membership; ``data`` is ``Membership.encode()``
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry.
+
+    ``client_id`` and ``sequence`` identify a client's request so that a state
+    machine can apply a retried write once (Raft dissertation 6.3); an empty
+    ``client_id`` means "no session".  ``timestamp_ms`` is the leader's clock
+    when it accepted the proposal: state machines use it instead of reading a
+    clock during apply, so every replica computes the same result.
+    """
+
+    index: int
+    term: int
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+    client_id: str = ""
+    sequence: int = 0
+    timestamp_ms: int = 0
+
+    def size(self) -> int:
+        """Approximate bytes this entry occupies on the wire and on disk."""
+        return len(self.data) + len(self.client_id) + 24
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What a node must remember across a crash before it may speak.
+
+    ``vote`` is the candidate voted for in ``term`` (None if none).  ``commit``
+    is persisted so that a restarted node can apply without waiting for a
+    leader; it is only a hint (it may lag), never ahead of the truth.
+    """
+
+    term: int = 0
+    vote: NodeId | None = None
+    commit: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A cluster configuration.
+
+    ``voters`` is the (incoming) voter set.  ``voters_outgoing`` is non-empty
+    only in a joint configuration C(old,new): then every decision needs a
+    majority of *both* sets.  ``learners`` receive the log but never count in
+    any quorum and never become leader.
+    """
+
+    voters: frozenset[NodeId]
+    voters_outgoing: frozenset[NodeId] = frozenset()
+    learners: frozenset[NodeId] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.voters:
+            raise ValueError("a membership needs at least one voter")
+        both = (self.voters | self.voters_outgoing) & self.learners
+        if both:
+            raise ValueError(f"nodes {sorted(both)} cannot be both voter and learner")
+        for n in self.voters | self.voters_outgoing | self.learners:
+            if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                raise ValueError(f"node ids are positive integers, got {n!r}")
+
+    @property
+    def joint(self) -> bool:
+        return bool(self.voters_outgoing)
+
+    @property
+    def all_voters(self) -> frozenset[NodeId]:
+        return self.voters | self.voters_outgoing
+
+    @property
+    def members(self) -> frozenset[NodeId]:
+        return self.voters | self.voters_outgoing | self.learners
+
+    def is_voter(self, node: NodeId) -> bool:
+        return node in self.voters or node in self.voters_outgoing
+
+    def has_quorum(self, acks: Iterable[NodeId]) -> bool:
+        """True if ``acks`` holds a majority of every voter set in force."""
+        got = set(acks)
+        if len(got & self.voters) * 2 <= len(self.voters):
+            return False
+        out = self.voters_outgoing
+        return not out or len(got & out) * 2 > len(out)
+
+    def committed_index(self, match: dict[NodeId, int]) -> int:
+        """The highest index replicated on a majority of every voter set."""
+
+        def one(voters: frozenset[NodeId]) -> int:
+            got = sorted((match.get(v, 0) for v in voters), reverse=True)
+            return got[len(voters) // 2]
+
+        idx = one(self.voters)
+        if self.voters_outgoing:
+            idx = min(idx, one(self.voters_outgoing))
+        return idx
+
+    def encode(self) -> bytes:
+        """Canonical bytes for a CONFIG entry (sorted JSON, stable across versions)."""
+        return json.dumps(
+            {
+                "voters": sorted(self.voters),
+                "outgoing": sorted(self.voters_outgoing),
+                "learners": sorted(self.learners),
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Membership:
+        """Inverse of :meth:`encode`; raises ValueError on anything malformed."""
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"membership is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ValueError("membership must be a JSON object")
+
+        def ids(key: str) -> frozenset[NodeId]:
+            v = obj.get(key, [])
+            if not isinstance(v, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v
+            ):
+                raise ValueError(f"membership field {key!r} must be a list of node ids")
+            return frozenset(v)
+
+        return cls(ids("voters"), ids("outgoing"), ids("learners"))
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Describes a snapshot: the state after applying every entry up to ``index``."""
+
+    index: int
+    term: int
+    membership: Membership
+
+
+# --------------------------------------------------------------------------
+# Messages between cores.  ``src`` and ``dst`` are node ids; ``term`` is the
+# sender's current term (for pre-vote requests: the term it would campaign in).
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    term: int
+    src: NodeId
+    dst: NodeId
+    last_index: int
+    last_term: int
+    pre_vote: bool = False
+    transfer: bool = False  # campaign started by TimeoutNow: ignores leader stickiness
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteResponse:
+    term: int  # for a pre-vote: the term of the request it answers (etcd d4471b2)
+    src: NodeId
+    dst: NodeId
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    term: int
+    src: NodeId
+    dst: NodeId
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...]
+    commit: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResponse:
+    """Answer to AppendEntries or InstallSnapshot.
+
+    On success ``index`` is the highest index known to match the leader.
+    On rejection ``index`` is the rejected ``prev_index`` and the hint says
+    where to retry: ``hint_term`` is the follower's term at ``hint_index``
+    (0 when the follower's log is simply shorter).
+    """
+
+    term: int
+    src: NodeId
+    dst: NodeId
+    success: bool
+    index: int
+    hint_index: int = 0
+    hint_term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Leader liveness plus commit propagation and ReadIndex confirmation.
+
+    ``commit`` is min(follower's match, leader commit) so a follower never
+    learns a commit index beyond what it is known to hold.  ``ctx`` is the
+    leader's read round counter: a response echoes it, and only responses
+    with ``ctx`` at least a read's round confirm that read (etcd-io/raft #397).
+    """
+
+    term: int
+    src: NodeId
+    dst: NodeId
+    commit: int
+    ctx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResponse:
+    term: int
+    src: NodeId
+    dst: NodeId
+    ctx: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """Leader to a follower that needs entries the leader has compacted.
+
+    The core carries only the metadata: the runtime streams the snapshot's
+    bytes alongside and delivers this message once they have arrived intact.
+    """
+
+    term: int
+    src: NodeId
+    dst: NodeId
+    meta: SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer: the target campaigns at once, without pre-vote."""
+
+    term: int
+    src: NodeId
+    dst: NodeId
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | InstallSnapshot
+    | TimeoutNow
+)
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    TimeoutNow,
+)
+
+
+# --------------------------------------------------------------------------
+# Work handed from the core to the runtime.
+# --------------------------------------------------------------------------
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read request that became safe: answer it once applied >= ``index``."""
+
+    request_id: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFailed:
+    """A read request the core cannot serve here (not leader, lost leadership)."""
+
+    request_id: int
+    leader: NodeId | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """One batch of work.  Do it in this order, then call ``core.advance(ready)``:
+
+    1. persist ``snapshot`` (if any), then ``entries`` (truncating the stored
+       log from ``entries[0].index``), then ``hard_state`` (if not None), with
+       one fsync (group commit);
+    2. send ``messages``;
+    3. install ``snapshot`` into the state machine, then apply
+       ``committed`` in order; answer ``reads`` once applied >= their index;
+    4. ``core.advance(ready)``.
+    """
+
+    hard_state: HardState | None = None
+    entries: tuple[Entry, ...] = ()
+    snapshot: SnapshotMeta | None = None
+    messages: tuple[Message, ...] = ()
+    committed: tuple[Entry, ...] = ()
+    reads: tuple[ReadState, ...] = ()
+    failed_reads: tuple[ReadFailed, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.hard_state is not None
+            or self.entries
+            or self.snapshot is not None
+            or self.messages
+            or self.committed
+            or self.reads
+            or self.failed_reads
+        )

@@ -1,1 +1,60 @@
-"""docstore: a replicated, append-only JSON document database."""
+"""docstore: a replicated, append-only JSON document database.
+
+Embedded::
+
+    async with docstore.open("data/app") as db:
+        users = db.collection("users")
+        await users.put("ann", {"name": "Ann", "age": 31})
+        adults = await users.find({"age": {"$gte": 18}}, sort="-age")
+
+Replicated: :class:`docstore.state_machine.DocstoreStateMachine` is the
+trioraft state machine.  Commands are plain maps (:mod:`docstore.commands`).
+"""
+
+from docstore.database import Collection, Database, Executor, LocalExecutor, open
+from docstore.engine import commands
+from docstore.engine.errors import (
+    ConflictError,
+    CorruptionError,
+    DatabaseClosedError,
+    DocstoreError,
+    DuplicateRequestError,
+    InvalidCommandError,
+    LimitError,
+    NotFoundError,
+    RegistryError,
+    ResyncRequired,
+    UniqueViolation,
+    UnknownCommandError,
+    ValidationError,
+)
+from docstore.engine.registry import CollectionType, CommandContext, Registry
+from docstore.engine.values import Limits
+from docstore.watch import Watcher
+
+__all__ = [
+    "Collection",
+    "CollectionType",
+    "CommandContext",
+    "ConflictError",
+    "CorruptionError",
+    "Database",
+    "DatabaseClosedError",
+    "DocstoreError",
+    "DuplicateRequestError",
+    "Executor",
+    "InvalidCommandError",
+    "LimitError",
+    "Limits",
+    "LocalExecutor",
+    "NotFoundError",
+    "Registry",
+    "RegistryError",
+    "ResyncRequired",
+    "UniqueViolation",
+    "UnknownCommandError",
+    "ValidationError",
+    "Watcher",
+    "commands",
+    "open",
+]

@@ -1,0 +1,453 @@
+"""The Database and Collection API, and the embedded executor behind it.
+
+``Database`` methods build command maps and hand them to an *executor*:
+``execute(cmd) -> result map`` and ``query(q) -> value``.  The embedded
+executor (:class:`LocalExecutor`) runs them on a local engine and data file;
+a remote executor can send the same maps to a cluster, so both kinds of
+database offer the same methods.
+
+Durability: a write returns only after its record is fsynced.  Concurrent
+writers share fsyncs (group commit): while one batch is being written the
+next one collects.  An fsync failure is fatal: the database refuses every
+later call with :class:`DatabaseClosedError`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import trio  # type: ignore[import-untyped, unused-ignore]
+
+from docstore.engine import commands as C
+from docstore.engine.errors import DatabaseClosedError, DocstoreError, raise_for_result
+from docstore.engine.queries import run_query
+from docstore.engine.registry import Registry
+from docstore.engine.state import Change, Engine
+from docstore.engine.values import DEFAULT_LIMITS, Limits, check_key, check_name, clone
+from docstore.storage.datafile import DataFile, encode_record
+from docstore.watch import Hub, Watcher
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Executor(Protocol):
+    """Runs command and query maps; what ``Database`` is built on."""
+
+    async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def query(self, q: dict[str, Any]) -> Any: ...
+
+    def watch(self, coll: str, flt: object, since_rev: int | None, buffer: int) -> Watcher: ...
+
+    async def aclose(self) -> None: ...
+
+
+class LocalExecutor:
+    """Engine in memory + append-only data file with group commit."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        registry: Registry | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        sync: bool = True,
+        watch_history: int = 10_000,
+    ) -> None:
+        self.dir = path
+        self.limits = limits
+        self.engine = Engine(registry, limits)
+        self.file = DataFile(os.path.join(path, "data.dslog"), sync=sync)
+        self.hub = Hub(watch_history)
+        self.rev = 0
+        self._pending: list[bytes] = []
+        self._pending_changes: list[Change] = []
+        self._batch_done = trio.Event()
+        self._flushing = False
+        self._io_lock = trio.Lock()
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._lock_fd = -1
+
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(self._start_sync)
+
+    def _start_sync(self) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise DocstoreError(f"{self.dir} is open in another process") from None
+        try:
+            for rev, effects in self.file.load():
+                self.engine.replay(effects)
+                self.rev = max(self.rev, rev)
+        except BaseException:
+            self.file.close()
+            os.close(self._lock_fd)
+            raise
+        self.hub.reset(self.rev)
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise DatabaseClosedError(f"the database failed: {self._failure!r}")
+        if self._closed:
+            raise DatabaseClosedError("the database is closed")
+
+    async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        self._check()
+        C.validate_command(cmd, self.limits)
+        rev = self.rev + 1
+        applied = self.engine.apply(cmd, rev, now_ms())
+        if applied.effects:
+            self.rev = rev
+            await self._commit(encode_record(rev, applied.effects), applied.changes)
+        elif applied.ok:
+            applied.result["rev"] = self.rev  # nothing changed: no new revision
+        return applied.result
+
+    async def _commit(self, record: bytes, changes: list[Change]) -> None:
+        self._pending.append(record)
+        self._pending_changes.extend(changes)
+        done = self._batch_done
+        if self._flushing:
+            await done.wait()
+            self._check()
+            return
+        self._flushing = True
+        try:
+            while self._pending:
+                buf = b"".join(self._pending)
+                chs = self._pending_changes
+                done = self._batch_done
+                self._pending, self._pending_changes = [], []
+                self._batch_done = trio.Event()
+                try:
+                    # Shielded: the batch holds other tasks' records, so it is
+                    # written even if the task that happens to lead is cancelled.
+                    with trio.CancelScope(shield=True):
+                        async with self._io_lock:
+                            await trio.to_thread.run_sync(self.file.append, buf)
+                except BaseException as exc:
+                    self._failure = exc
+                    self._batch_done.set()
+                    raise
+                finally:
+                    done.set()
+                self.hub.publish(chs)
+        finally:
+            self._flushing = False
+        self._check()
+
+    async def query(self, q: dict[str, Any]) -> Any:
+        self._check()
+        return clone(run_query(self.engine, q, now_ms()))
+
+    def get(self, coll: str, key: str) -> dict[str, Any] | None:
+        """Fast path for ``Collection.get`` (no query map)."""
+        self._check()
+        c = self.engine.colls.get(coll)
+        if c is None:
+            return None
+        d = c.docs.get(key)
+        if d is None or ("_expires" in d and d["_expires"] <= now_ms()):
+            return None
+        return clone(d)  # type: ignore[no-any-return]
+
+    def watch(self, coll: str, flt: object, since_rev: int | None, buffer: int) -> Watcher:
+        self._check()
+        return self.hub.watch(coll, flt, since_rev, self.rev, buffer)
+
+    async def compact(self) -> None:
+        """Rewrite the live state into a new data file and swap it in atomically."""
+        self._check()
+        async with self._io_lock:
+            # Serialised here, in one step, so it is exactly the applied state;
+            # records still pending are appended after it (effects are idempotent).
+            records = [encode_record(self.rev, [fx]) for fx in self.engine.state_effects()]
+            records.append(encode_record(self.rev, []))
+            try:
+                await trio.to_thread.run_sync(self.file.rewrite, records)
+            except BaseException as exc:
+                self._failure = exc
+                raise
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.hub.close()
+        async with self._io_lock:
+            self.file.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+
+class Collection:
+    """A named set of documents; every method maps to one command or query."""
+
+    def __init__(self, db: Database, name: str) -> None:
+        self.db = db
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Collection {self.name!r}>"
+
+    async def get(self, key: str) -> dict[str, Any] | None:
+        """The document (with ``_key`` and ``_rev``) or None."""
+        if self.db._local is not None:
+            return self.db._local.get(self.name, key)
+        return await self.db._query({"op": "get", "coll": self.name, "key": check_key(key)})  # type: ignore[no-any-return]
+
+    async def put(
+        self,
+        key: str,
+        doc: dict[str, Any],
+        *,
+        if_rev: int | None = None,
+        if_exists: bool | None = None,
+        if_match: object = None,
+        ttl: float | None = None,
+    ) -> int:
+        """Create or replace; returns the new revision.  ``ttl`` seconds sets ``_expires``."""
+        cmd = C.put(
+            self.name, key, _ttl(doc, ttl), if_rev=if_rev, if_exists=if_exists, if_match=if_match
+        )
+        return int((await self.db._execute(cmd))["rev"])
+
+    async def insert(self, doc: dict[str, Any], *, ttl: float | None = None) -> str:
+        """Store ``doc`` under a key the database assigns (ordered by revision)."""
+        return str((await self.db._execute(C.insert(self.name, _ttl(doc, ttl))))["key"])
+
+    async def patch(
+        self,
+        key: str,
+        ops: dict[str, Any],
+        *,
+        upsert: bool = False,
+        if_rev: int | None = None,
+        if_exists: bool | None = None,
+        if_match: object = None,
+    ) -> int:
+        """Apply update operators (``$set``, ``$inc``, ...); returns the new revision."""
+        cmd = C.patch(
+            self.name,
+            key,
+            ops,
+            upsert=upsert,
+            if_rev=if_rev,
+            if_exists=if_exists,
+            if_match=if_match,
+        )
+        return int((await self.db._execute(cmd))["rev"])
+
+    async def delete(
+        self,
+        key: str,
+        *,
+        if_rev: int | None = None,
+        if_exists: bool | None = None,
+        if_match: object = None,
+    ) -> bool:
+        """Delete; returns whether a document was there."""
+        cmd = C.delete(self.name, key, if_rev=if_rev, if_exists=if_exists, if_match=if_match)
+        return bool((await self.db._execute(cmd))["deleted"])
+
+    async def update_many(self, flt: object, ops: dict[str, Any]) -> int:
+        """Patch every matching document (one revision); returns how many."""
+        return int((await self.db._execute(C.update_many(self.name, flt, ops)))["matched"])
+
+    async def delete_many(self, flt: object) -> int:
+        return int((await self.db._execute(C.delete_many(self.name, flt)))["deleted"])
+
+    async def find(
+        self, flt: object = None, *, sort: object = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Matching documents, by ``sort`` (``"f"``, ``"-f"``, ``[["f", -1], ...]``) else key."""
+        q = {"op": "find", "coll": self.name, "filter": flt, "sort": sort, "limit": limit}
+        return await self.db._query(q)  # type: ignore[no-any-return]
+
+    async def scan(
+        self,
+        *,
+        prefix: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Documents in key order with ``prefix`` and/or ``start <= key < end``."""
+        q = {
+            "op": "scan",
+            "coll": self.name,
+            "prefix": prefix,
+            "start": start,
+            "end": end,
+            "limit": limit,
+        }
+        return await self.db._query(q)  # type: ignore[no-any-return]
+
+    async def count(self, flt: object = None) -> int:
+        return int(await self.db._query({"op": "count", "coll": self.name, "filter": flt}))
+
+    def watch(
+        self, flt: object = None, since_rev: int | None = None, *, buffer: int = 1024
+    ) -> Watcher:
+        """Async iterator of changes after ``since_rev`` (or from now).
+
+        Example:
+            async with users.watch({"age": {"$gte": 18}}) as changes:
+                async for ch in changes:
+                    print(ch["op"], ch["key"], ch["rev"])
+        """
+        return self.db._executor.watch(self.name, flt, since_rev, buffer)
+
+    async def create_index(
+        self, fields: list[str] | str, *, unique: bool = False, name: str | None = None
+    ) -> str:
+        res = await self.db._execute(C.create_index(self.name, fields, unique=unique, name=name))
+        return str(res["name"])
+
+    async def drop_index(self, name: str) -> bool:
+        return bool((await self.db._execute(C.drop_index(self.name, name)))["dropped"])
+
+
+def _ttl(doc: dict[str, Any], ttl: float | None) -> dict[str, Any]:
+    if ttl is None:
+        return doc
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0:
+        raise DocstoreError("ttl is a positive number of seconds")
+    if not isinstance(doc, dict):
+        return doc  # validation reports it
+    return {**doc, "_expires": now_ms() + int(ttl * 1000)}
+
+
+class Database:
+    """A docstore database (embedded via :func:`open`)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._local = executor if isinstance(executor, LocalExecutor) else None
+
+    async def _execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return raise_for_result(await self._executor.execute(cmd))
+
+    async def _query(self, q: dict[str, Any]) -> Any:
+        return await self._executor.query(q)
+
+    def collection(self, name: str) -> Collection:
+        return Collection(self, check_name(name, "collection"))
+
+    async def collections(self) -> list[str]:
+        return await self._query({"op": "collections"})  # type: ignore[no-any-return]
+
+    async def create_collection(
+        self, name: str, *, type: str | None = None, if_not_exists: bool = False
+    ) -> Collection:
+        await self._execute(C.create_collection(name, type=type, if_not_exists=if_not_exists))
+        return Collection(self, name)
+
+    async def drop_collection(self, name: str) -> bool:
+        return bool((await self._execute(C.drop_collection(name)))["dropped"])
+
+    async def batch(self, cmds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply commands (see :mod:`docstore.commands`) atomically at one revision.
+
+        Raises the first failing command's error (with a note naming it); then
+        nothing was applied.
+        """
+        return list((await self._execute(C.batch(cmds)))["results"])
+
+    async def call(self, name: str, version: int, args: object = None) -> list[dict[str, Any]]:
+        """Run a registered extension command."""
+        return list((await self._execute(C.call(name, version, args)))["results"])
+
+    async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Run any command map; returns its result or raises its error."""
+        return await self._execute(cmd)
+
+    async def digest(self) -> str:
+        """SHA-256 over the whole state in canonical order."""
+        return str(await self._query({"op": "digest"}))
+
+    async def expire(self, now: int | None = None) -> int:
+        """Delete documents whose ``_expires`` is at or before ``now`` (ms; default: now)."""
+        res = await self._execute(C.expire(now_ms() if now is None else now))
+        return int(res["expired"])
+
+    async def compact(self) -> None:
+        if self._local is None:
+            raise DocstoreError("compaction is a local operation")
+        await self._local.compact()
+
+    @property
+    def rev(self) -> int:
+        """The last revision written (embedded)."""
+        return self._local.rev if self._local is not None else 0
+
+    async def aclose(self) -> None:
+        await self._executor.aclose()
+
+    async def _expire_loop(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            local = self._local
+            if local is not None and not any(c.expiring for c in local.engine.colls.values()):
+                continue
+            try:
+                await self.expire()
+            except DatabaseClosedError:
+                return
+
+
+@asynccontextmanager
+async def open(
+    path: str | os.PathLike[str],
+    *,
+    registry: Registry | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    sync: bool = True,
+    expire_interval: float | None = 1.0,
+    watch_history: int = 10_000,
+) -> AsyncIterator[Database]:
+    """Open (creating if needed) the embedded database in directory ``path``.
+
+    Extensions in ``registry`` that the database does not have at their
+    version yet are registered on open.  ``sync=False`` skips fsync (tests,
+    scratch data only).  A background task deletes expired documents every
+    ``expire_interval`` seconds (None: only when :meth:`Database.expire` is called).
+
+    Example:
+        async with docstore.open("data/app") as db:
+            users = db.collection("users")
+            rev = await users.put("ann", {"age": 31})
+    """
+    ex = LocalExecutor(
+        os.fspath(path), registry=registry, limits=limits, sync=sync, watch_history=watch_history
+    )
+    await ex.start()
+    db = Database(ex)
+    try:
+        if registry is not None:
+            have = ex.engine.extensions
+            for kind, table in registry.local_versions().items():
+                for name, version in table.items():
+                    if have[kind].get(name) != version:
+                        await db._execute(C.register(kind[:-1], name, version))
+        async with trio.open_nursery() as nursery:
+            if expire_interval:
+                nursery.start_soon(db._expire_loop, expire_interval)
+            yield db
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await db.aclose()

@@ -1,0 +1,120 @@
+"""Extensions: user collection types and named, versioned command handlers.
+
+The *code* lives in a :class:`Registry` handed to ``docstore.open`` or to the
+state machine adapter.  Which names and versions are *in force* is part of the
+replicated state (``register`` commands, recorded in snapshots), so a command
+naming an extension that is not registered there, or naming another version,
+fails with the same error result on every replica.  A replica whose registry
+lacks the code for an extension in force raises :class:`RegistryError`
+instead of guessing: that stops its apply loop until the code is deployed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Protocol
+
+from docstore.engine.errors import InvalidCommandError, RegistryError
+from docstore.engine.values import check_name
+
+
+class CollectionType:
+    """Base class of user collection types.
+
+    Override :meth:`validate` to refuse documents (raise
+    :class:`docstore.ValidationError`) and :meth:`compute` to derive fields
+    that indexes and filters can use but that are not stored.  Both must be
+    deterministic: they run during apply on every replica.
+
+    Example:
+        >>> class Users(CollectionType):
+        ...     name = "users"
+        ...     version = 1
+        ...     def compute(self, doc):
+        ...         return {"email_lower": str(doc.get("email", "")).lower()}
+    """
+
+    name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+
+    def validate(self, doc: dict[str, Any]) -> None:
+        """Raise ValidationError if ``doc`` is not acceptable."""
+
+    def compute(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Computed fields of ``doc`` (visible to filters and indexes)."""
+        return {}
+
+    @property
+    def has_computed(self) -> bool:
+        return type(self).compute is not CollectionType.compute
+
+
+class CommandContext(Protocol):
+    """What a command handler sees: reads of the state as of this command."""
+
+    rev: int
+    now_ms: int
+
+    def get(self, coll: str, key: str) -> dict[str, Any] | None: ...
+
+    def find(self, coll: str, flt: object = None) -> list[dict[str, Any]]: ...
+
+
+CommandHandler = Callable[[CommandContext, Any], list[dict[str, Any]]]
+"""``handler(ctx, args) -> [command, ...]``: the commands to apply atomically."""
+
+
+class Registry:
+    """Extension code known to this process.
+
+    Example:
+        >>> reg = Registry()
+        >>> reg.register_command("transfer", 1, lambda ctx, args: [])
+    """
+
+    def __init__(self) -> None:
+        self._types: dict[str, CollectionType] = {}
+        self._commands: dict[str, tuple[int, CommandHandler]] = {}
+
+    def register_type(self, ctype: CollectionType) -> None:
+        name = check_name(ctype.name, "collection type")
+        _check_version(ctype.version)
+        self._types[name] = ctype
+
+    def register_command(self, name: str, version: int, handler: CommandHandler) -> None:
+        check_name(name, "command")
+        _check_version(version)
+        if not callable(handler):
+            raise TypeError("a command handler must be callable")
+        self._commands[name] = (version, handler)
+
+    def local_versions(self) -> dict[str, dict[str, int]]:
+        """``{"types": {name: version}, "commands": {name: version}}``."""
+        return {
+            "types": {n: t.version for n, t in sorted(self._types.items())},
+            "commands": {n: v for n, (v, _) in sorted(self._commands.items())},
+        }
+
+    def type(self, name: str, version: int) -> CollectionType:
+        t = self._types.get(name)
+        if t is None or t.version != version:
+            have = "none" if t is None else f"version {t.version}"
+            raise RegistryError(
+                f"collection type {name!r} version {version} is in force but this "
+                f"process registered {have}"
+            )
+        return t
+
+    def command(self, name: str, version: int) -> CommandHandler:
+        c = self._commands.get(name)
+        if c is None or c[0] != version:
+            have = "none" if c is None else f"version {c[0]}"
+            raise RegistryError(
+                f"command {name!r} version {version} is in force but this process registered {have}"
+            )
+        return c[1]
+
+
+def _check_version(v: object) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise InvalidCommandError(f"extension versions are positive integers, got {v!r}")

@@ -1,0 +1,253 @@
+"""JSON values: validation, limits, canonical form, ordering and dotted paths.
+
+Documents are JSON objects: ``None``, ``bool``, ``int``, finite ``float``,
+``str``, ``list`` and ``dict`` with string keys.  The canonical form (sorted
+keys, no spaces, UTF-8) is what digests, snapshots and index keys are built
+from, so two replicas holding equal documents hash the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from docstore.engine.errors import InvalidCommandError, LimitError
+
+RESERVED = ("_key", "_rev", "_expires")
+"""Fields the engine owns: the key, the revision, the expiry (ms since epoch)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits, enforced by the API before sending and again at apply.
+
+    Example:
+        >>> Limits(max_doc_bytes=64 * 1024).max_key_bytes
+        256
+    """
+
+    max_doc_bytes: int = 1024 * 1024
+    max_key_bytes: int = 256
+    max_depth: int = 32
+    max_indexes: int = 16
+    max_batch: int = 1000
+    max_name_bytes: int = 128
+
+
+DEFAULT_LIMITS = Limits()
+
+_dumps = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON text of ``value``."""
+    return _dumps(value)
+
+
+def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    if not isinstance(key, str):
+        raise InvalidCommandError(f"document keys are strings, got {type(key).__name__}")
+    if not key:
+        raise InvalidCommandError("document key must not be empty")
+    if len(key.encode()) > limits.max_key_bytes:
+        raise LimitError(f"key is {len(key.encode())} bytes, the limit is {limits.max_key_bytes}")
+    return key
+
+
+def check_name(name: object, what: str, limits: Limits = DEFAULT_LIMITS) -> str:
+    if not isinstance(name, str) or not name:
+        raise InvalidCommandError(f"{what} name must be a non-empty string, got {name!r}")
+    if len(name.encode()) > limits.max_name_bytes:
+        raise LimitError(f"{what} name longer than {limits.max_name_bytes} bytes")
+    if name.startswith("$") or "\x00" in name:
+        raise InvalidCommandError(f"{what} name {name!r} must not start with '$' or hold NUL")
+    return name
+
+
+def check_value(value: object, limits: Limits = DEFAULT_LIMITS, depth: int = 0) -> None:
+    """Raise unless ``value`` is plain JSON no deeper than the limit."""
+    if depth > limits.max_depth:
+        raise LimitError(f"nesting deeper than {limits.max_depth} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidCommandError("numbers must be finite (no NaN or Infinity)")
+        return
+    if isinstance(value, list):
+        for v in value:
+            check_value(v, limits, depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidCommandError(f"object keys are strings, got {k!r}")
+            check_value(v, limits, depth + 1)
+        return
+    raise InvalidCommandError(f"{type(value).__name__} is not a JSON value")
+
+
+def check_document(doc: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Validate a user document (a JSON object); returns it."""
+    if not isinstance(doc, dict):
+        raise InvalidCommandError(f"a document is a JSON object, got {type(doc).__name__}")
+    check_value(doc, limits)
+    check_size(doc, limits)
+    exp = doc.get("_expires")
+    if exp is not None and (not isinstance(exp, int) or isinstance(exp, bool)):
+        raise InvalidCommandError("_expires must be an integer (ms since the epoch)")
+    return doc
+
+
+def check_size(doc: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> None:
+    size = len(canonical(doc).encode())
+    if size > limits.max_doc_bytes:
+        raise LimitError(f"document is {size} bytes, the limit is {limits.max_doc_bytes}")
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of a JSON value (much faster than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return {k: (clone(v) if isinstance(v, (dict, list)) else v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) if isinstance(v, (dict, list)) else v for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------
+# Ordering.  Types rank null < numbers < strings < objects < arrays < booleans
+# (as in MongoDB); a missing field sorts as null.
+# --------------------------------------------------------------------------
+
+
+def rank(v: Any) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, bool):
+        return 5
+    if isinstance(v, (int, float)):
+        return 1
+    if isinstance(v, str):
+        return 2
+    if isinstance(v, dict):
+        return 3
+    return 4
+
+
+def sort_key(v: Any) -> tuple[int, Any]:
+    r = rank(v)
+    if r in (3, 4):
+        return (r, canonical(v))
+    if r == 0:
+        return (0, 0)
+    return (r, v)
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality that keeps ``true`` and ``1`` apart (Python does not)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    if rank(a) != rank(b):
+        return False
+    return bool(a == b)
+
+
+def index_key(v: Any) -> str:
+    """The hashable form of a value in an index: canonical JSON, 1.0 written as 1."""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    elif isinstance(v, (dict, list)):
+        v = _norm(v)
+    return canonical(v)
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _norm(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_norm(x) for x in v]
+    return v
+
+
+# --------------------------------------------------------------------------
+# Dotted paths: "a.b.0.c" walks objects by key and arrays by index.
+# --------------------------------------------------------------------------
+
+MISSING: Any = object()
+
+
+def split_path(path: object) -> list[str]:
+    if not isinstance(path, str) or not path:
+        raise InvalidCommandError(f"a field path is a non-empty string, got {path!r}")
+    parts = path.split(".")
+    if any(not p for p in parts):
+        raise InvalidCommandError(f"field path {path!r} has an empty segment")
+    if any(p.startswith("$") for p in parts):
+        raise InvalidCommandError(f"field path {path!r} has a segment starting with '$'")
+    return parts
+
+
+def get_path(doc: Any, parts: list[str]) -> Any:
+    """The value at ``parts`` or :data:`MISSING`."""
+    cur = doc
+    for p in parts:
+        if isinstance(cur, dict):
+            if p not in cur:
+                return MISSING
+            cur = cur[p]
+        elif isinstance(cur, list) and p.isdigit():
+            i = int(p)
+            if i >= len(cur):
+                return MISSING
+            cur = cur[i]
+        else:
+            return MISSING
+    return cur
+
+
+def _parent(doc: dict[str, Any], parts: list[str], create: bool) -> Any:
+    cur: Any = doc
+    for p in parts[:-1]:
+        if isinstance(cur, dict):
+            nxt = cur.get(p, MISSING)
+            if nxt is MISSING:
+                if not create:
+                    return MISSING
+                nxt = cur[p] = {}
+            cur = nxt
+        elif isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
+            cur = cur[int(p)]
+        else:
+            if not create:
+                return MISSING
+            raise InvalidCommandError(f"cannot descend into a {type(cur).__name__} at {p!r}")
+    return cur
+
+
+def set_path(doc: dict[str, Any], parts: list[str], value: Any) -> None:
+    parent = _parent(doc, parts, create=True)
+    last = parts[-1]
+    if isinstance(parent, dict):
+        parent[last] = value
+    elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
+        parent[int(last)] = value
+    else:
+        raise InvalidCommandError(f"cannot set {'.'.join(parts)!r}: parent is not an object")
+
+
+def unset_path(doc: dict[str, Any], parts: list[str]) -> None:
+    parent = _parent(doc, parts, create=False)
+    if isinstance(parent, dict):
+        parent.pop(parts[-1], None)
+    elif isinstance(parent, list) and parts[-1].isdigit() and int(parts[-1]) < len(parent):
+        parent[int(parts[-1])] = None  # arrays keep their length, as in MongoDB

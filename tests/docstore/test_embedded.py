@@ -1,0 +1,238 @@
+"""The embedded Database/Collection API over the data file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+import trio.lowlevel
+
+import docstore
+from docstore import commands as C
+
+
+async def test_crud_and_reopen(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        users = db.collection("users")
+        r1 = await users.put("ann", {"name": "Ann", "age": 31})
+        key = await users.insert({"name": "Bob", "age": 17})
+        r3 = await users.patch("ann", {"$inc": {"age": 1}, "$push": {"tags": "x"}})
+        assert r3 == r1 + 2
+        assert await users.get("ann") == {
+            "name": "Ann",
+            "age": 32,
+            "tags": ["x"],
+            "_key": "ann",
+            "_rev": r3,
+        }
+        assert [d["name"] for d in await users.find({"age": {"$gte": 18}})] == ["Ann"]
+        assert await users.count() == 2
+        assert await users.delete(key) is True
+        assert await users.delete(key) is False
+        digest = await db.digest()
+    async with docstore.open(tmp_path) as db:
+        assert await db.digest() == digest
+        assert db.rev == r3 + 1
+        assert (await db.collection("users").get("ann"))["_rev"] == r3  # type: ignore[index]
+
+
+async def test_returned_documents_are_copies(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        await c.put("k", {"l": [1]})
+        doc = await c.get("k")
+        assert doc is not None
+        doc["l"].append(2)
+        (await c.find())[0]["l"].append(3)
+        assert (await c.get("k"))["l"] == [1]  # type: ignore[index]
+
+
+async def test_conflict_error_carries_current_revision(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        rev = await c.put("k", {"v": 1})
+        with pytest.raises(docstore.ConflictError) as info:
+            await c.put("k", {"v": 2}, if_rev=rev + 5)
+        assert info.value.rev == rev
+        with pytest.raises(docstore.ConflictError):
+            await c.delete("k", if_match={"v": 2})
+        with pytest.raises(docstore.NotFoundError):
+            await c.patch("zz", {"$set": {"a": 1}})
+        with pytest.raises(docstore.UniqueViolation):
+            await c.create_index("v", unique=True)
+            await c.put("j", {"v": 1})
+
+
+async def test_limits_enforced_at_the_api(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path, limits=docstore.Limits(max_doc_bytes=64)) as db:
+        c = db.collection("c")
+        with pytest.raises(docstore.LimitError):
+            await c.put("k", {"x": "y" * 100})
+        with pytest.raises(docstore.LimitError):
+            await c.put("k" * 300, {})
+        with pytest.raises(docstore.InvalidCommandError):
+            await c.find({"$bogus": 1})
+        with pytest.raises(docstore.InvalidCommandError):
+            db.collection("")
+        assert db.rev == 0
+
+
+async def test_batch_scan_and_collections(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        res = await db.batch(
+            [C.put("a", f"k{i:02}", {"i": i}) for i in range(12)] + [C.create_index("a", "i")]
+        )
+        assert len(res) == 13 and db.rev == 1
+        a = db.collection("a")
+        assert [d["i"] for d in await a.scan(prefix="k0")] == list(range(10))
+        assert [d["i"] for d in await a.scan(start="k05", end="k08")] == [5, 6, 7]
+        assert [d["i"] for d in await a.scan(limit=2)] == [0, 1]
+        with pytest.raises(docstore.ConflictError):
+            await db.batch([C.put("a", "new", {}), C.put("a", "k00", {}, if_exists=False)])
+        assert await a.get("new") is None
+        assert await db.collections() == ["a"]
+        assert await db.drop_collection("a") is True
+        assert await db.collections() == []
+        assert await a.update_many({}, {"$set": {"x": 1}}) == 0
+
+
+async def test_compaction_preserves_contents_and_revisions(tmp_path: Path) -> None:
+    data = tmp_path / "data.dslog"
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        await c.create_index("g")
+        for i in range(200):
+            await c.put(f"k{i % 20}", {"g": i % 3, "i": i})
+        before = await db.digest()
+        revs = {d["_key"]: d["_rev"] for d in await c.scan()}
+        size = data.stat().st_size
+        await db.compact()
+        assert data.stat().st_size < size / 5
+        assert await db.digest() == before
+        await c.put("after", {"g": 1})
+        after = await db.digest()
+        rev = db.rev
+    async with docstore.open(tmp_path) as db:
+        assert await db.digest() == after and db.rev == rev
+        c = db.collection("c")
+        assert {d["_key"]: d["_rev"] for d in await c.scan() if d["_key"] != "after"} == revs
+        assert len(await c.find({"g": 1})) == 8
+
+
+async def test_compaction_concurrent_with_writers(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+
+        async def writer(n: int) -> None:
+            for i in range(50):
+                await c.put(f"{n}-{i % 7}", {"i": i})
+
+        async with trio.open_nursery() as nursery:
+            for n in range(4):
+                nursery.start_soon(writer, n)
+            for _ in range(5):
+                await trio.lowlevel.checkpoint()
+                await db.compact()
+        digest = await db.digest()
+    async with docstore.open(tmp_path) as db:
+        assert await db.digest() == digest
+
+
+async def test_group_commit_shares_fsyncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (calls.append(fd), real(fd))[1])
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        async with trio.open_nursery() as nursery:
+            for i in range(100):
+                nursery.start_soon(c.put, f"k{i}", {"i": i})
+        assert await c.count() == 100
+    assert 1 <= len(calls) < 50
+
+
+async def test_fsync_failure_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        await c.put("a", {})
+
+        def boom(fd: int) -> None:
+            raise OSError(5, "EIO")
+
+        monkeypatch.setattr(os, "fdatasync", boom)
+        with pytest.raises(OSError):
+            await c.put("b", {})
+        monkeypatch.undo()
+        with pytest.raises(docstore.DatabaseClosedError):
+            await c.get("a")
+        with pytest.raises(docstore.DatabaseClosedError):
+            await c.put("c", {})
+
+
+async def test_second_open_of_same_directory_is_refused(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path):
+        with pytest.raises(docstore.DocstoreError, match="another process"):
+            async with docstore.open(tmp_path):
+                pass
+
+
+async def test_ttl_reads_hide_and_background_expiry_deletes(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path, expire_interval=0.02) as db:
+        c = db.collection("c")
+        await c.put("short", {"v": 1}, ttl=0.05)
+        await c.put("long", {"v": 2}, ttl=60)
+        await c.put("exp", {"_expires": 1})  # already expired: hidden at once
+        assert await c.get("exp") is None
+        assert await c.get("short") is not None
+        rev = db.rev
+        await trio.sleep(0.06)
+        assert await c.get("short") is None  # hidden before the sweep removes it
+        local = c.db._local
+        assert local is not None
+        with trio.fail_after(5):
+            async with c.watch(since_rev=rev) as w:
+                async for ch in w:  # the sweep's delete shows up as a change
+                    if ch["key"] == "short":
+                        assert ch["op"] == "delete"
+                        break
+        assert "short" not in local.engine.colls["c"].docs
+        assert [d["_key"] for d in await c.find()] == ["long"]
+
+
+async def test_watch_streams_changes_and_since_rev(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        r1 = await c.put("a", {"v": 1})
+        await c.put("b", {"v": 50})
+        seen = []
+        async with c.watch({"v": {"$lt": 10}}, since_rev=r1 - 1) as w:
+            await c.put("c", {"v": 2})
+            await c.delete("a")
+            async for ch in w:
+                seen.append((ch["op"], ch["key"]))
+                if len(seen) == 3:
+                    break
+        assert seen == [("put", "a"), ("put", "c"), ("delete", "a")]
+
+
+async def test_slow_watcher_gets_resync_and_never_blocks_writers(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path, watch_history=5) as db:
+        c = db.collection("c")
+        w = c.watch(buffer=3)
+        with trio.fail_after(5):
+            for i in range(20):
+                await c.put(f"k{i}", {})
+        with pytest.raises(docstore.ResyncRequired):
+            await w.__anext__()
+        with pytest.raises(docstore.ResyncRequired):
+            c.watch(since_rev=1)
+        await w.aclose()
+
+
+async def test_watch_ends_when_database_closes(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        w = db.collection("c").watch()
+    with pytest.raises(docstore.DatabaseClosedError):
+        await w.__anext__()

@@ -1,0 +1,269 @@
+"""Hypothesis strategies producing every valid wire message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from trioraft.core.types import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    EntryKind,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Membership,
+    RequestVote,
+    RequestVoteResponse,
+    SnapshotMeta,
+    TimeoutNow,
+)
+from trioraft.transport.codec import CONSISTENCY_LEVELS, MAX_INT
+from trioraft.transport.messages import (
+    AnyMessage,
+    ClientHello,
+    ClientRequest,
+    ClientResponse,
+    Hello,
+    HelloAuth,
+    HelloReject,
+    SnapshotChunk,
+    SnapshotChunkAck,
+)
+
+# Mostly small numbers (realistic), sometimes the extremes.
+uints = st.one_of(st.integers(0, 1000), st.integers(0, MAX_INT))
+terms = uints
+node_ids = st.one_of(st.integers(1, 9), st.integers(1, MAX_INT))
+ids = st.text(max_size=20)
+names = st.from_regex(r"[a-z][a-z0-9_.\-]{0,15}", fullmatch=True)
+
+
+@st.composite
+def peers(draw: st.DrawFn) -> tuple[int, int]:
+    src = draw(node_ids)
+    dst = draw(node_ids.filter(lambda n: n != src))
+    return src, dst
+
+
+@st.composite
+def log_pos(draw: st.DrawFn, max_term: int) -> tuple[int, int]:
+    """(index, term) with index 0 exactly when term 0, term <= max_term."""
+    if max_term == 0 or draw(st.booleans()):
+        return 0, 0
+    return draw(st.integers(1, MAX_INT - 100)), draw(st.integers(1, max_term))
+
+
+free_values: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.binary(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def request_votes(draw: st.DrawFn) -> RequestVote:
+    term = draw(terms)
+    src, dst = draw(peers())
+    li, lt = draw(log_pos(term))
+    return RequestVote(term, src, dst, li, lt, draw(st.booleans()), draw(st.booleans()))
+
+
+@st.composite
+def request_vote_responses(draw: st.DrawFn) -> RequestVoteResponse:
+    src, dst = draw(peers())
+    return RequestVoteResponse(draw(terms), src, dst, draw(st.booleans()), draw(st.booleans()))
+
+
+@st.composite
+def entries_after(draw: st.DrawFn, prev_index: int, prev_term: int, term: int) -> tuple[Entry, ...]:
+    n = draw(st.integers(0, 8))
+    out = []
+    t = max(prev_term, 1)
+    for i in range(n):
+        t = draw(st.integers(t, max(t, term)))
+        kind = draw(st.sampled_from(EntryKind))
+        if kind == EntryKind.CONFIG:
+            data = Membership(frozenset(draw(st.sets(node_ids, min_size=1, max_size=3)))).encode()
+        else:
+            data = draw(st.binary(max_size=64))
+        out.append(
+            Entry(
+                prev_index + 1 + i,
+                t,
+                kind,
+                data,
+                draw(ids),
+                draw(uints),
+                draw(uints),
+            )
+        )
+    return tuple(out)
+
+
+@st.composite
+def append_entries(draw: st.DrawFn) -> AppendEntries:
+    term = draw(st.integers(1, 1000) | st.integers(1, MAX_INT))
+    src, dst = draw(peers())
+    pi, pt = draw(log_pos(term))
+    return AppendEntries(term, src, dst, pi, pt, draw(entries_after(pi, pt, term)), draw(uints))
+
+
+@st.composite
+def append_entries_responses(draw: st.DrawFn) -> AppendEntriesResponse:
+    src, dst = draw(peers())
+    return AppendEntriesResponse(
+        draw(terms), src, dst, draw(st.booleans()), draw(uints), draw(uints), draw(uints)
+    )
+
+
+@st.composite
+def heartbeats(draw: st.DrawFn) -> Heartbeat:
+    src, dst = draw(peers())
+    return Heartbeat(draw(terms), src, dst, draw(uints), draw(uints))
+
+
+@st.composite
+def heartbeat_responses(draw: st.DrawFn) -> HeartbeatResponse:
+    src, dst = draw(peers())
+    return HeartbeatResponse(draw(terms), src, dst, draw(uints))
+
+
+@st.composite
+def memberships(draw: st.DrawFn) -> Membership:
+    voters = draw(st.sets(node_ids, min_size=1, max_size=5))
+    outgoing = draw(st.sets(node_ids, max_size=5))
+    learners = draw(st.sets(node_ids, max_size=3)) - voters - outgoing
+    return Membership(frozenset(voters), frozenset(outgoing), frozenset(learners))
+
+
+@st.composite
+def install_snapshots(draw: st.DrawFn) -> InstallSnapshot:
+    term = draw(st.integers(1, MAX_INT))
+    src, dst = draw(peers())
+    meta = SnapshotMeta(
+        draw(st.integers(1, MAX_INT)), draw(st.integers(1, term)), draw(memberships())
+    )
+    return InstallSnapshot(term, src, dst, meta)
+
+
+@st.composite
+def timeout_nows(draw: st.DrawFn) -> TimeoutNow:
+    src, dst = draw(peers())
+    return TimeoutNow(draw(terms), src, dst)
+
+
+@st.composite
+def snapshot_chunks(draw: st.DrawFn) -> SnapshotChunk:
+    src, dst = draw(peers())
+    data = draw(st.binary(max_size=64))
+    offset = draw(uints.filter(lambda o: o <= MAX_INT - 10_000))
+    done = draw(st.booleans())
+    total = offset + len(data) + (0 if done else draw(st.integers(1, 1000)))
+    return SnapshotChunk(
+        draw(terms),
+        src,
+        dst,
+        draw(st.integers(1, MAX_INT)),
+        draw(st.integers(1, MAX_INT)),
+        offset,
+        data,
+        total,
+        draw(st.binary(min_size=32, max_size=32)),
+        done,
+    )
+
+
+@st.composite
+def snapshot_chunk_acks(draw: st.DrawFn) -> SnapshotChunkAck:
+    src, dst = draw(peers())
+    return SnapshotChunkAck(
+        draw(terms), src, dst, draw(st.integers(1, MAX_INT)), draw(st.integers(1, 99)), draw(uints)
+    )
+
+
+client_requests = st.builds(
+    ClientRequest,
+    request_id=uints,
+    kind=names,
+    payload=free_values,
+    client_id=ids,
+    sequence=uints,
+    consistency=st.sampled_from(sorted(CONSISTENCY_LEVELS)),
+)
+
+
+@st.composite
+def client_responses(draw: st.DrawFn) -> ClientResponse:
+    ok = draw(st.booleans())
+    return ClientResponse(
+        draw(uints),
+        ok,
+        draw(free_values),
+        "" if ok else draw(names),
+        draw(st.text(max_size=30)),
+        draw(st.none() | node_ids),
+        draw(st.none() | st.text(min_size=1, max_size=30)),
+    )
+
+
+nonces = st.binary(min_size=16, max_size=64)
+hellos = st.builds(Hello, node_ids, st.text(min_size=1, max_size=20), nonces)
+client_hellos = st.builds(
+    ClientHello, st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20), nonces
+)
+hello_auths = st.builds(HelloAuth, st.binary(min_size=32, max_size=32))
+hello_rejects = st.builds(HelloReject, names, st.text(max_size=30))
+
+BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
+    "RequestVote": request_votes(),
+    "RequestVoteResponse": request_vote_responses(),
+    "AppendEntries": append_entries(),
+    "AppendEntriesResponse": append_entries_responses(),
+    "Heartbeat": heartbeats(),
+    "HeartbeatResponse": heartbeat_responses(),
+    "InstallSnapshot": install_snapshots(),
+    "TimeoutNow": timeout_nows(),
+    "SnapshotChunk": snapshot_chunks(),
+    "SnapshotChunkAck": snapshot_chunk_acks(),
+    "ClientRequest": client_requests,
+    "ClientResponse": client_responses(),
+    "Hello": hellos,
+    "ClientHello": client_hellos,
+    "HelloAuth": hello_auths,
+    "HelloReject": hello_rejects,
+}
+
+any_message: st.SearchStrategy[AnyMessage] = st.one_of(*BY_TYPE.values())
+
+# One plain instance of each type, for tests that need a sample, not a search.
+SAMPLES: dict[str, AnyMessage] = {
+    "RequestVote": RequestVote(3, 1, 2, 7, 2, True, False),
+    "RequestVoteResponse": RequestVoteResponse(3, 2, 1, True, True),
+    "AppendEntries": AppendEntries(3, 1, 2, 4, 2, (Entry(5, 3, data=b"x"),), 4),
+    "AppendEntriesResponse": AppendEntriesResponse(3, 2, 1, False, 4, 3, 2),
+    "Heartbeat": Heartbeat(3, 1, 2, 4, 9),
+    "HeartbeatResponse": HeartbeatResponse(3, 2, 1, 9),
+    "InstallSnapshot": InstallSnapshot(
+        3, 1, 2, SnapshotMeta(10, 2, Membership(frozenset({1, 2, 3})))
+    ),
+    "TimeoutNow": TimeoutNow(3, 1, 2),
+    "SnapshotChunk": SnapshotChunk(3, 1, 2, 10, 2, 0, b"abc", 3, b"h" * 32, True),
+    "SnapshotChunkAck": SnapshotChunkAck(3, 2, 1, 10, 2, 3),
+    "ClientRequest": ClientRequest(1, "propose", {"op": "put"}, "c", 1),
+    "ClientResponse": ClientResponse(1, False, None, "not_leader", "", 2, "h:1"),
+    "Hello": Hello(1, "c", b"n" * 32),
+    "ClientHello": ClientHello("me", "c", b"n" * 32),
+    "HelloAuth": HelloAuth(b"m" * 32),
+    "HelloReject": HelloReject("bad_mac", "no"),
+}

@@ -1,0 +1,868 @@
+"""The versioned CBOR envelope: typed messages in, bytes out, and back.
+
+Theory of operation
+-------------------
+A frame is one CBOR map ``{"v": version, "c": cluster_id (optional), "m":
+[message, ...]}`` carried in one WebSocket binary message.  Each message is a
+CBOR array ``[type_tag, field, field, ...]`` with a fixed number of
+positional fields per type (see ``docs/protocol.md`` for the table).  Arrays
+with integer tags keep frames small and decoding cheap: this is the hot path
+(every AppendEntries and acknowledgement crosses it).
+
+Decoding is the trust boundary (DESIGN.md layer rule 5).  Everything wrong
+becomes :class:`ProtocolError`, and only the dataclasses of
+:mod:`trioraft.core.types` and :mod:`trioraft.transport.messages` come out:
+
+* the size limit is checked before a single byte is decoded;
+* CBOR is decoded with definite lengths only, no duplicate map keys, map keys
+  restricted to text/byte strings (no hash-flooding with crafted integer
+  keys), bounded nesting, and every tag rejected -- including the ones cbor2
+  would otherwise turn into datetimes, decimals, shared references (cycles!),
+  regexes and so on; trailing bytes after the frame are an error;
+* every field is checked for its exact type (``bool`` is not an ``int``
+  here, although Python says it is), its range (terms and indexes are
+  ``0..2**63-1``, node ids ``1..2**63-1``) and its length;
+* cross-field rules hold: entries in an AppendEntries are contiguous from
+  ``prev_index + 1`` with non-decreasing terms no newer than the message's;
+  a membership is valid; a snapshot chunk stays inside its file.
+
+Free-form values (``ClientRequest.payload``, ``ClientResponse.result``) may be
+null, booleans, integers (64-bit), floats, text, bytes, arrays and maps with
+text or byte-string keys, nested at most :data:`MAX_VALUE_DEPTH` deep.
+
+Encoding trusts its input's types (they come from our own code) apart from
+free-form values, which are checked so that a frame we send is one a peer
+accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import re
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn
+
+import cbor2
+
+from trioraft.core.types import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    EntryKind,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Membership,
+    RequestVote,
+    RequestVoteResponse,
+    SnapshotMeta,
+    TimeoutNow,
+)
+from trioraft.transport.messages import (
+    AnyMessage,
+    ClientHello,
+    ClientRequest,
+    ClientResponse,
+    Hello,
+    HelloAuth,
+    HelloReject,
+    SnapshotChunk,
+    SnapshotChunkAck,
+)
+
+__all__ = [
+    "CONSISTENCY_LEVELS",
+    "DEFAULT_MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "Frame",
+    "ProtocolError",
+    "decode_envelope",
+    "decode_frame",
+    "encode_frame",
+    "handshake_mac",
+    "new_nonce",
+    "verify_handshake_mac",
+]
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_FRAME: Final = 16 * 1024 * 1024
+
+MAX_INT: Final = 2**63 - 1  # terms, indexes, ids, offsets: fit a signed 64-bit integer
+MAX_MESSAGES: Final = 65_536  # per frame
+MAX_ENTRIES: Final = 65_536  # per AppendEntries
+MAX_ENTRY_DATA: Final = 8 * 1024 * 1024
+MAX_CHUNK_DATA: Final = 4 * 1024 * 1024
+MAX_VALUE_BYTES: Final = 8 * 1024 * 1024  # one byte or text string inside a free value
+MAX_VALUE_DEPTH: Final = 32
+MAX_ID: Final = 256  # client ids, cluster ids, addresses (characters)
+MAX_CODE: Final = 64  # request kinds, error codes
+MAX_TEXT: Final = 65_536  # error messages
+MIN_NONCE: Final = 16
+MAX_NONCE: Final = 64
+MAC_SIZE: Final = 32
+CONSISTENCY_LEVELS: Final = frozenset({"linearizable", "lease", "local"})
+
+# Frame map -> "m" array -> message array: free values start at depth 3.
+_MAX_DEPTH = 3 + MAX_VALUE_DEPTH
+_KIND_RE = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
+_KINDS = (EntryKind.NORMAL, EntryKind.NOOP, EntryKind.CONFIG)
+
+
+class ProtocolError(ValueError):
+    """A frame that is malformed, oversized, of another version or otherwise invalid.
+
+    The message names the offending message type and field.  A peer that
+    sends one should be disconnected.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A decoded frame: its protocol version, optional cluster id and messages."""
+
+    version: int
+    cluster_id: str | None
+    messages: tuple[AnyMessage, ...]
+
+
+# --------------------------------------------------------------------------
+# Type tags.  Part of the wire format: never reuse a number.
+# --------------------------------------------------------------------------
+
+T_REQUEST_VOTE: Final = 1
+T_REQUEST_VOTE_RESPONSE: Final = 2
+T_APPEND_ENTRIES: Final = 3
+T_APPEND_ENTRIES_RESPONSE: Final = 4
+T_HEARTBEAT: Final = 5
+T_HEARTBEAT_RESPONSE: Final = 6
+T_INSTALL_SNAPSHOT: Final = 7
+T_TIMEOUT_NOW: Final = 8
+T_SNAPSHOT_CHUNK: Final = 16
+T_SNAPSHOT_CHUNK_ACK: Final = 17
+T_CLIENT_REQUEST: Final = 32
+T_CLIENT_RESPONSE: Final = 33
+T_HELLO: Final = 48
+T_CLIENT_HELLO: Final = 49
+T_HELLO_AUTH: Final = 50
+T_HELLO_REJECT: Final = 51
+
+
+# --------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------
+
+
+def _e_entries(entries: tuple[Entry, ...]) -> list[list[Any]]:
+    return [
+        [e.index, e.term, int(e.kind), e.data, e.client_id, e.sequence, e.timestamp_ms]
+        for e in entries
+    ]
+
+
+def _e_ids(ids: frozenset[int]) -> list[int]:
+    return sorted(ids)
+
+
+_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
+    RequestVote: lambda m: [
+        T_REQUEST_VOTE,
+        m.term,
+        m.src,
+        m.dst,
+        m.last_index,
+        m.last_term,
+        m.pre_vote,
+        m.transfer,
+    ],
+    RequestVoteResponse: lambda m: [
+        T_REQUEST_VOTE_RESPONSE,
+        m.term,
+        m.src,
+        m.dst,
+        m.granted,
+        m.pre_vote,
+    ],
+    AppendEntries: lambda m: [
+        T_APPEND_ENTRIES,
+        m.term,
+        m.src,
+        m.dst,
+        m.prev_index,
+        m.prev_term,
+        m.commit,
+        _e_entries(m.entries),
+    ],
+    AppendEntriesResponse: lambda m: [
+        T_APPEND_ENTRIES_RESPONSE,
+        m.term,
+        m.src,
+        m.dst,
+        m.success,
+        m.index,
+        m.hint_index,
+        m.hint_term,
+    ],
+    Heartbeat: lambda m: [T_HEARTBEAT, m.term, m.src, m.dst, m.commit, m.ctx],
+    HeartbeatResponse: lambda m: [T_HEARTBEAT_RESPONSE, m.term, m.src, m.dst, m.ctx],
+    InstallSnapshot: lambda m: [
+        T_INSTALL_SNAPSHOT,
+        m.term,
+        m.src,
+        m.dst,
+        m.meta.index,
+        m.meta.term,
+        _e_ids(m.meta.membership.voters),
+        _e_ids(m.meta.membership.voters_outgoing),
+        _e_ids(m.meta.membership.learners),
+    ],
+    TimeoutNow: lambda m: [T_TIMEOUT_NOW, m.term, m.src, m.dst],
+    SnapshotChunk: lambda m: [
+        T_SNAPSHOT_CHUNK,
+        m.term,
+        m.src,
+        m.dst,
+        m.snapshot_index,
+        m.snapshot_term,
+        m.offset,
+        m.data,
+        m.total_size,
+        m.sha256,
+        m.done,
+    ],
+    SnapshotChunkAck: lambda m: [
+        T_SNAPSHOT_CHUNK_ACK,
+        m.term,
+        m.src,
+        m.dst,
+        m.snapshot_index,
+        m.snapshot_term,
+        m.next_offset,
+    ],
+    ClientRequest: lambda m: [
+        T_CLIENT_REQUEST,
+        m.request_id,
+        m.kind,
+        _check_value(m.payload, "ClientRequest.payload", 0),
+        m.client_id,
+        m.sequence,
+        m.consistency,
+    ],
+    ClientResponse: lambda m: [
+        T_CLIENT_RESPONSE,
+        m.request_id,
+        m.ok,
+        _check_value(m.result, "ClientResponse.result", 0),
+        m.error_code,
+        m.error_message,
+        m.leader_id,
+        m.leader_addr,
+    ],
+    Hello: lambda m: [T_HELLO, m.node_id, m.cluster_id, m.nonce],
+    ClientHello: lambda m: [T_CLIENT_HELLO, m.client_id, m.cluster_id, m.nonce],
+    HelloAuth: lambda m: [T_HELLO_AUTH, m.mac],
+    HelloReject: lambda m: [T_HELLO_REJECT, m.code, m.message],
+}
+
+
+def encode_frame(messages: Sequence[AnyMessage], *, cluster_id: str | None = None) -> bytes:
+    """Pack one or more messages into one frame.
+
+    Raises:
+        TypeError: an object that is not a wire message.
+        ProtocolError: no messages, or a free-form value (payload/result) the
+            decoder would refuse.
+
+    Example::
+
+        data = encode_frame([Heartbeat(term=3, src=1, dst=2, commit=10)])
+        assert decode_frame(data) == [Heartbeat(term=3, src=1, dst=2, commit=10)]
+    """
+    if not messages:
+        raise ProtocolError("a frame carries at least one message")
+    body: list[list[Any]] = []
+    for m in messages:
+        enc = _ENCODERS.get(type(m))
+        if enc is None:
+            raise TypeError(f"not a wire message: {type(m).__name__}")
+        body.append(enc(m))
+    frame: dict[str, Any] = {"v": PROTOCOL_VERSION}
+    if cluster_id is not None:
+        frame["c"] = cluster_id
+    frame["m"] = body
+    return cbor2.dumps(frame)
+
+
+# --------------------------------------------------------------------------
+# Decoding: field checks.  Each returns the value, so decoders read naturally.
+# --------------------------------------------------------------------------
+
+
+def _describe(v: object) -> str:
+    text = repr(v)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(v).__name__} {text}"
+
+
+def _fail(where: str, want: str, got: object) -> NoReturn:
+    raise ProtocolError(f"{where}: expected {want}, got {_describe(got)}")
+
+
+def _uint(v: Any, where: str) -> int:
+    if type(v) is not int or v < 0 or v > MAX_INT:
+        _fail(where, f"an integer in 0..{MAX_INT}", v)
+    return v
+
+
+def _pos(v: Any, where: str) -> int:
+    if type(v) is not int or v <= 0 or v > MAX_INT:
+        _fail(where, f"an integer in 1..{MAX_INT}", v)
+    return v
+
+
+def _bool(v: Any, where: str) -> bool:
+    if type(v) is not bool:
+        _fail(where, "a boolean", v)
+    return v
+
+
+def _bytes(v: Any, where: str, limit: int, minimum: int = 0) -> bytes:
+    if type(v) is not bytes:
+        _fail(where, "a byte string", v)
+    if not minimum <= len(v) <= limit:
+        raise ProtocolError(f"{where}: {len(v)} bytes, allowed {minimum}..{limit}")
+    return v
+
+
+def _text(v: Any, where: str, limit: int, minimum: int = 0) -> str:
+    if type(v) is not str:
+        _fail(where, "a text string", v)
+    if not minimum <= len(v) <= limit:
+        raise ProtocolError(f"{where}: {len(v)} characters, allowed {minimum}..{limit}")
+    return v
+
+
+def _check_value(v: Any, where: str, depth: int) -> Any:
+    """Accept a plain CBOR value (see module docstring); return it unchanged."""
+    t = type(v)
+    if v is None or t is bool or t is float:
+        return v
+    if t is int:
+        if not -(2**64) <= v < 2**64:
+            raise ProtocolError(f"{where}: integer {v} does not fit CBOR's 64-bit range")
+        return v
+    if t is str or t is bytes:
+        if len(v) > MAX_VALUE_BYTES:
+            raise ProtocolError(f"{where}: string of {len(v)} exceeds {MAX_VALUE_BYTES}")
+        return v
+    if depth >= MAX_VALUE_DEPTH:
+        raise ProtocolError(f"{where}: nested deeper than {MAX_VALUE_DEPTH}")
+    if t is list or t is tuple:
+        for item in v:
+            _check_value(item, where, depth + 1)
+        return v
+    if t is dict:
+        for key, item in v.items():
+            if type(key) is not str and type(key) is not bytes:
+                _fail(where, "map keys that are text or byte strings", key)
+            _check_value(item, where, depth + 1)
+        return v
+    _fail(where, "a plain CBOR value", v)
+
+
+def _arity(m: list[Any], n: int, name: str) -> None:
+    if len(m) != n:
+        raise ProtocolError(f"{name}: expected {n - 1} fields, got {len(m) - 1}")
+
+
+def _peers(src: Any, dst: Any, name: str) -> None:
+    _pos(src, name + ".src")
+    _pos(dst, name + ".dst")
+    if src == dst:
+        raise ProtocolError(f"{name}: src and dst are both {src}")
+
+
+def _log_pos(index: int, term: int, where: str) -> None:
+    """Index 0 is the empty log, whose term is 0; any real entry has term >= 1."""
+    if (index == 0) != (term == 0):
+        raise ProtocolError(f"{where}: index {index} with term {term}")
+
+
+# --------------------------------------------------------------------------
+# Decoding: one function per message type.
+# --------------------------------------------------------------------------
+
+
+def _d_request_vote(m: list[Any]) -> RequestVote:
+    _arity(m, 8, "RequestVote")
+    _, term, src, dst, last_index, last_term, pre_vote, transfer = m
+    _uint(term, "RequestVote.term")
+    _peers(src, dst, "RequestVote")
+    _uint(last_index, "RequestVote.last_index")
+    _uint(last_term, "RequestVote.last_term")
+    _log_pos(last_index, last_term, "RequestVote.last_index/last_term")
+    if last_term > term:
+        raise ProtocolError(f"RequestVote: last_term {last_term} is newer than term {term}")
+    return RequestVote(
+        term,
+        src,
+        dst,
+        last_index,
+        last_term,
+        _bool(pre_vote, "RequestVote.pre_vote"),
+        _bool(transfer, "RequestVote.transfer"),
+    )
+
+
+def _d_request_vote_response(m: list[Any]) -> RequestVoteResponse:
+    _arity(m, 6, "RequestVoteResponse")
+    _, term, src, dst, granted, pre_vote = m
+    _uint(term, "RequestVoteResponse.term")
+    _peers(src, dst, "RequestVoteResponse")
+    return RequestVoteResponse(
+        term,
+        src,
+        dst,
+        _bool(granted, "RequestVoteResponse.granted"),
+        _bool(pre_vote, "RequestVoteResponse.pre_vote"),
+    )
+
+
+def _d_append_entries(m: list[Any]) -> AppendEntries:
+    _arity(m, 8, "AppendEntries")
+    _, term, src, dst, prev_index, prev_term, commit, raw = m
+    _uint(term, "AppendEntries.term")
+    _peers(src, dst, "AppendEntries")
+    _uint(prev_index, "AppendEntries.prev_index")
+    _uint(prev_term, "AppendEntries.prev_term")
+    _log_pos(prev_index, prev_term, "AppendEntries.prev_index/prev_term")
+    if prev_term > term:
+        raise ProtocolError(f"AppendEntries: prev_term {prev_term} is newer than term {term}")
+    _uint(commit, "AppendEntries.commit")
+    if type(raw) is not list:
+        _fail("AppendEntries.entries", "an array", raw)
+    if len(raw) > MAX_ENTRIES:
+        raise ProtocolError(f"AppendEntries: {len(raw)} entries, at most {MAX_ENTRIES}")
+    if prev_index + len(raw) > MAX_INT:
+        raise ProtocolError("AppendEntries: entry indexes overflow")
+    entries: list[Entry] = []
+    expect = prev_index + 1
+    last_term = prev_term
+    for e in raw:
+        # Inlined checks: this loop is the hottest code in the transport.
+        if type(e) is not list or len(e) != 7:
+            _fail(f"AppendEntries.entries[{len(entries)}]", "an array of 7 fields", e)
+        index, eterm, kind, data, client_id, sequence, ts = e
+        if type(index) is not int or index != expect:
+            where = f"AppendEntries.entries[{len(entries)}].index"
+            if type(index) is int:
+                raise ProtocolError(f"{where}: {index} breaks the run, expected {expect}")
+            _fail(where, "an integer", index)
+        if type(eterm) is not int or eterm < last_term or eterm > term:
+            where = f"AppendEntries.entries[{len(entries)}].term"
+            if type(eterm) is int:
+                raise ProtocolError(
+                    f"{where}: {eterm} outside {max(last_term, 1)}..{term} "
+                    "(entry terms never decrease and never exceed the message term)"
+                )
+            _fail(where, "an integer", eterm)
+        if eterm == 0:
+            raise ProtocolError(f"AppendEntries.entries[{len(entries)}].term: 0")
+        if type(kind) is not int or not 0 <= kind <= 2:
+            _fail(f"AppendEntries.entries[{len(entries)}].kind", "0, 1 or 2", kind)
+        if type(data) is not bytes or len(data) > MAX_ENTRY_DATA:
+            _bytes(data, f"AppendEntries.entries[{len(entries)}].data", MAX_ENTRY_DATA)
+        if type(client_id) is not str or len(client_id) > MAX_ID:
+            _text(client_id, f"AppendEntries.entries[{len(entries)}].client_id", MAX_ID)
+        if type(sequence) is not int or not 0 <= sequence <= MAX_INT:
+            _uint(sequence, f"AppendEntries.entries[{len(entries)}].sequence")
+        if type(ts) is not int or not 0 <= ts <= MAX_INT:
+            _uint(ts, f"AppendEntries.entries[{len(entries)}].timestamp_ms")
+        if kind == 2:
+            try:
+                Membership.decode(data)
+            except ValueError as exc:
+                raise ProtocolError(
+                    f"AppendEntries.entries[{len(entries)}].data: bad membership: {exc}"
+                ) from None
+        entries.append(Entry(index, eterm, _KINDS[kind], data, client_id, sequence, ts))
+        expect += 1
+        last_term = eterm
+    return AppendEntries(term, src, dst, prev_index, prev_term, tuple(entries), commit)
+
+
+def _d_append_entries_response(m: list[Any]) -> AppendEntriesResponse:
+    _arity(m, 8, "AppendEntriesResponse")
+    _, term, src, dst, success, index, hint_index, hint_term = m
+    _uint(term, "AppendEntriesResponse.term")
+    _peers(src, dst, "AppendEntriesResponse")
+    return AppendEntriesResponse(
+        term,
+        src,
+        dst,
+        _bool(success, "AppendEntriesResponse.success"),
+        _uint(index, "AppendEntriesResponse.index"),
+        _uint(hint_index, "AppendEntriesResponse.hint_index"),
+        _uint(hint_term, "AppendEntriesResponse.hint_term"),
+    )
+
+
+def _d_heartbeat(m: list[Any]) -> Heartbeat:
+    _arity(m, 6, "Heartbeat")
+    _, term, src, dst, commit, ctx = m
+    _uint(term, "Heartbeat.term")
+    _peers(src, dst, "Heartbeat")
+    return Heartbeat(term, src, dst, _uint(commit, "Heartbeat.commit"), _uint(ctx, "Heartbeat.ctx"))
+
+
+def _d_heartbeat_response(m: list[Any]) -> HeartbeatResponse:
+    _arity(m, 5, "HeartbeatResponse")
+    _, term, src, dst, ctx = m
+    _uint(term, "HeartbeatResponse.term")
+    _peers(src, dst, "HeartbeatResponse")
+    return HeartbeatResponse(term, src, dst, _uint(ctx, "HeartbeatResponse.ctx"))
+
+
+def _d_ids(v: Any, where: str) -> frozenset[int]:
+    if type(v) is not list:
+        _fail(where, "an array of node ids", v)
+    ids = frozenset(_pos(x, where) for x in v)
+    if len(ids) != len(v):
+        raise ProtocolError(f"{where}: duplicate node ids")
+    return ids
+
+
+def _d_install_snapshot(m: list[Any]) -> InstallSnapshot:
+    _arity(m, 9, "InstallSnapshot")
+    _, term, src, dst, index, sterm, voters, outgoing, learners = m
+    _uint(term, "InstallSnapshot.term")
+    _peers(src, dst, "InstallSnapshot")
+    _pos(index, "InstallSnapshot.index")
+    _pos(sterm, "InstallSnapshot.snapshot_term")
+    if sterm > term:
+        raise ProtocolError(f"InstallSnapshot: snapshot term {sterm} is newer than term {term}")
+    try:
+        membership = Membership(
+            _d_ids(voters, "InstallSnapshot.voters"),
+            _d_ids(outgoing, "InstallSnapshot.voters_outgoing"),
+            _d_ids(learners, "InstallSnapshot.learners"),
+        )
+    except ValueError as exc:
+        if isinstance(exc, ProtocolError):
+            raise
+        raise ProtocolError(f"InstallSnapshot: invalid membership: {exc}") from None
+    return InstallSnapshot(term, src, dst, SnapshotMeta(index, sterm, membership))
+
+
+def _d_timeout_now(m: list[Any]) -> TimeoutNow:
+    _arity(m, 4, "TimeoutNow")
+    _, term, src, dst = m
+    _uint(term, "TimeoutNow.term")
+    _peers(src, dst, "TimeoutNow")
+    return TimeoutNow(term, src, dst)
+
+
+def _d_snapshot_chunk(m: list[Any]) -> SnapshotChunk:
+    _arity(m, 11, "SnapshotChunk")
+    _, term, src, dst, sindex, sterm, offset, data, total, digest, done = m
+    _uint(term, "SnapshotChunk.term")
+    _peers(src, dst, "SnapshotChunk")
+    _pos(sindex, "SnapshotChunk.snapshot_index")
+    _pos(sterm, "SnapshotChunk.snapshot_term")
+    _uint(offset, "SnapshotChunk.offset")
+    _bytes(data, "SnapshotChunk.data", MAX_CHUNK_DATA)
+    _uint(total, "SnapshotChunk.total_size")
+    _bytes(digest, "SnapshotChunk.sha256", 32, 32)
+    _bool(done, "SnapshotChunk.done")
+    end = offset + len(data)
+    if end > total:
+        raise ProtocolError(f"SnapshotChunk: bytes {offset}..{end} beyond total size {total}")
+    if done != (end == total):
+        raise ProtocolError(
+            f"SnapshotChunk: done={done} but the chunk ends at {end} of {total} bytes"
+        )
+    return SnapshotChunk(term, src, dst, sindex, sterm, offset, data, total, digest, done)
+
+
+def _d_snapshot_chunk_ack(m: list[Any]) -> SnapshotChunkAck:
+    _arity(m, 7, "SnapshotChunkAck")
+    _, term, src, dst, sindex, sterm, next_offset = m
+    _uint(term, "SnapshotChunkAck.term")
+    _peers(src, dst, "SnapshotChunkAck")
+    return SnapshotChunkAck(
+        term,
+        src,
+        dst,
+        _pos(sindex, "SnapshotChunkAck.snapshot_index"),
+        _pos(sterm, "SnapshotChunkAck.snapshot_term"),
+        _uint(next_offset, "SnapshotChunkAck.next_offset"),
+    )
+
+
+def _d_client_request(m: list[Any]) -> ClientRequest:
+    _arity(m, 7, "ClientRequest")
+    _, request_id, kind, payload, client_id, sequence, consistency = m
+    _uint(request_id, "ClientRequest.request_id")
+    _text(kind, "ClientRequest.kind", MAX_CODE, 1)
+    if not _KIND_RE.fullmatch(kind):
+        _fail("ClientRequest.kind", "a lowercase name [a-z][a-z0-9_.-]*", kind)
+    _check_value(payload, "ClientRequest.payload", 0)
+    _text(client_id, "ClientRequest.client_id", MAX_ID)
+    _uint(sequence, "ClientRequest.sequence")
+    if type(consistency) is not str or consistency not in CONSISTENCY_LEVELS:
+        _fail("ClientRequest.consistency", "linearizable, lease or local", consistency)
+    return ClientRequest(request_id, kind, payload, client_id, sequence, consistency)
+
+
+def _d_client_response(m: list[Any]) -> ClientResponse:
+    _arity(m, 8, "ClientResponse")
+    _, request_id, ok, result, code, message, leader_id, leader_addr = m
+    _uint(request_id, "ClientResponse.request_id")
+    _bool(ok, "ClientResponse.ok")
+    _check_value(result, "ClientResponse.result", 0)
+    _text(code, "ClientResponse.error_code", MAX_CODE)
+    _text(message, "ClientResponse.error_message", MAX_TEXT)
+    if ok == bool(code):
+        raise ProtocolError(
+            "ClientResponse: error_code must be empty exactly when ok is true"
+            f" (ok={ok}, error_code={code!r})"
+        )
+    if leader_id is not None:
+        _pos(leader_id, "ClientResponse.leader_id")
+    if leader_addr is not None:
+        _text(leader_addr, "ClientResponse.leader_addr", MAX_ID, 1)
+    return ClientResponse(request_id, ok, result, code, message, leader_id, leader_addr)
+
+
+def _d_hello(m: list[Any]) -> Hello:
+    _arity(m, 4, "Hello")
+    _, node_id, cluster_id, nonce = m
+    return Hello(
+        _pos(node_id, "Hello.node_id"),
+        _text(cluster_id, "Hello.cluster_id", MAX_ID, 1),
+        _bytes(nonce, "Hello.nonce", MAX_NONCE, MIN_NONCE),
+    )
+
+
+def _d_client_hello(m: list[Any]) -> ClientHello:
+    _arity(m, 4, "ClientHello")
+    _, client_id, cluster_id, nonce = m
+    return ClientHello(
+        _text(client_id, "ClientHello.client_id", MAX_ID, 1),
+        _text(cluster_id, "ClientHello.cluster_id", MAX_ID, 1),
+        _bytes(nonce, "ClientHello.nonce", MAX_NONCE, MIN_NONCE),
+    )
+
+
+def _d_hello_auth(m: list[Any]) -> HelloAuth:
+    _arity(m, 2, "HelloAuth")
+    return HelloAuth(_bytes(m[1], "HelloAuth.mac", MAC_SIZE, MAC_SIZE))
+
+
+def _d_hello_reject(m: list[Any]) -> HelloReject:
+    _arity(m, 3, "HelloReject")
+    return HelloReject(
+        _text(m[1], "HelloReject.code", MAX_CODE, 1),
+        _text(m[2], "HelloReject.message", MAX_TEXT),
+    )
+
+
+_DECODERS: dict[int, Callable[[list[Any]], AnyMessage]] = {
+    T_REQUEST_VOTE: _d_request_vote,
+    T_REQUEST_VOTE_RESPONSE: _d_request_vote_response,
+    T_APPEND_ENTRIES: _d_append_entries,
+    T_APPEND_ENTRIES_RESPONSE: _d_append_entries_response,
+    T_HEARTBEAT: _d_heartbeat,
+    T_HEARTBEAT_RESPONSE: _d_heartbeat_response,
+    T_INSTALL_SNAPSHOT: _d_install_snapshot,
+    T_TIMEOUT_NOW: _d_timeout_now,
+    T_SNAPSHOT_CHUNK: _d_snapshot_chunk,
+    T_SNAPSHOT_CHUNK_ACK: _d_snapshot_chunk_ack,
+    T_CLIENT_REQUEST: _d_client_request,
+    T_CLIENT_RESPONSE: _d_client_response,
+    T_HELLO: _d_hello,
+    T_CLIENT_HELLO: _d_client_hello,
+    T_HELLO_AUTH: _d_hello_auth,
+    T_HELLO_REJECT: _d_hello_reject,
+}
+
+
+# --------------------------------------------------------------------------
+# Decoding: the envelope.
+# --------------------------------------------------------------------------
+
+
+def _reject_tag(*args: object) -> NoReturn:
+    # cbor2 5.x calls tag_hook(decoder, tag), 6.x tag_hook(tag, immutable).
+    tags = [a.tag for a in args if isinstance(a, cbor2.CBORTag)]
+    raise ProtocolError(f"CBOR tag {tags[0] if tags else '?'} is not allowed")
+
+
+def _rejecter(number: int) -> Callable[..., NoReturn]:
+    def reject(*args: object) -> NoReturn:
+        raise ProtocolError(f"CBOR tag {number} is not allowed")
+
+    return reject
+
+
+# Tags cbor2 decodes by itself (datetimes, bignums, decimals, shared and string
+# references, sets, regexes, UUIDs, IP addresses, the self-describe marker...).
+# Overriding them makes every tag reach a rejection.
+_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261)
+_SEMANTIC: dict[int, Any] = {t: _rejecter(t) for t in (*_BUILTIN_TAGS, 1004, 43000, 55799)}
+
+
+def _loads(data: bytes) -> Any:
+    stream = io.BytesIO(data)
+    try:
+        obj = cbor2.CBORDecoder(
+            stream,
+            tag_hook=_reject_tag,
+            semantic_decoders=_SEMANTIC,
+            max_depth=_MAX_DEPTH,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+        ).decode()
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        # cbor2 raises CBORDecodeError, and on some inputs ValueError,
+        # OverflowError or RecursionError: all mean "not an acceptable frame".
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ProtocolError):
+            cause = cause.__cause__ or cause.__context__
+        raise ProtocolError(f"invalid CBOR: {cause or exc}") from None
+    if type(obj) is cbor2.CBORTag:  # pragma: no cover - hooks above refuse every tag
+        raise ProtocolError("CBOR tags are not allowed")
+    if stream.tell() != len(data):
+        raise ProtocolError(f"{len(data) - stream.tell()} trailing bytes after the frame")
+    return obj
+
+
+def decode_envelope(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_FRAME,
+    cluster_id: str | None = None,
+) -> Frame:
+    """Decode and validate one frame, keeping its envelope fields.
+
+    ``cluster_id``, when given, must equal the frame's ``"c"`` if it has one
+    (frames may omit it).  Raises :class:`ProtocolError` for anything wrong.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"a frame is bytes, got {type(data).__name__}")
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    if size > max_size:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_size}")
+    obj = _loads(bytes(data))
+    if type(obj) is not dict:
+        _fail("frame", "a map", obj)
+    version = obj.get("v")
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {_describe(version)} (we speak {PROTOCOL_VERSION})"
+        )
+    extra = obj.keys() - {"v", "c", "m"}
+    if extra:
+        raise ProtocolError(f"frame: unknown keys {sorted(map(repr, extra))}")
+    cid = obj.get("c")
+    if cid is not None or "c" in obj:
+        _text(cid, "frame.c", MAX_ID, 1)
+        if cluster_id is not None and cid != cluster_id:
+            raise ProtocolError(f"frame for cluster {cid!r}, this is {cluster_id!r}")
+    raw = obj.get("m")
+    if type(raw) is not list:
+        _fail("frame.m", "an array of messages", raw)
+    if not 1 <= len(raw) <= MAX_MESSAGES:
+        raise ProtocolError(f"frame: {len(raw)} messages, allowed 1..{MAX_MESSAGES}")
+    messages: list[AnyMessage] = []
+    for m in raw:
+        if type(m) is not list or not m:
+            _fail(f"frame.m[{len(messages)}]", "a non-empty array", m)
+        tag = m[0]
+        dec = _DECODERS.get(tag) if type(tag) is int else None
+        if dec is None:
+            raise ProtocolError(f"frame.m[{len(messages)}]: unknown message type {_describe(tag)}")
+        messages.append(dec(m))
+    return Frame(version, cid, tuple(messages))
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_FRAME,
+    cluster_id: str | None = None,
+) -> list[AnyMessage]:
+    """Decode and validate one frame into its messages.
+
+    Raises:
+        ProtocolError: oversized (checked before decoding), not CBOR, another
+            protocol version, an unknown message type, a missing, extra,
+            mistyped or out-of-range field, or a broken cross-field rule.
+    """
+    return list(decode_envelope(data, max_size=max_size, cluster_id=cluster_id).messages)
+
+
+# --------------------------------------------------------------------------
+# Handshake (docs/protocol.md, "Handshake").  The secret never travels: each
+# side proves it holds it by a MAC over a transcript that binds both nonces,
+# both identities, the cluster and the side's role.
+# --------------------------------------------------------------------------
+
+DIALER: Final = "dialer"
+LISTENER: Final = "listener"
+
+
+def new_nonce() -> bytes:
+    """32 fresh random bytes for a Hello."""
+    return secrets.token_bytes(32)
+
+
+def _transcript(role: str, opener: Hello | ClientHello, reply: Hello) -> bytes:
+    if role not in (DIALER, LISTENER):
+        raise ValueError(f"role must be {DIALER!r} or {LISTENER!r}, got {role!r}")
+    if isinstance(opener, Hello):
+        who: list[Any] = ["node", opener.node_id]
+    else:
+        who = ["client", opener.client_id]
+    return cbor2.dumps(
+        [
+            "trioraft-handshake",
+            PROTOCOL_VERSION,
+            role,
+            *who,
+            opener.cluster_id,
+            opener.nonce,
+            reply.node_id,
+            reply.cluster_id,
+            reply.nonce,
+        ]
+    )
+
+
+def handshake_mac(
+    secret: str | bytes, role: str, opener: Hello | ClientHello, reply: Hello
+) -> bytes:
+    """The MAC that ``role`` (``"dialer"`` or ``"listener"``) sends in its HelloAuth.
+
+    ``opener`` is the dialer's first message, ``reply`` the listener's Hello;
+    ``secret`` is the cluster secret (peers) or the client token (clients),
+    text being UTF-8 encoded.
+    """
+    key = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(key, _transcript(role, opener, reply), hashlib.sha256).digest()
+
+
+def verify_handshake_mac(
+    secret: str | bytes, role: str, opener: Hello | ClientHello, reply: Hello, mac: bytes
+) -> bool:
+    """Constant-time check of the peer's MAC; also refuses a reflected nonce."""
+    if opener.nonce == reply.nonce:
+        return False
+    return hmac.compare_digest(handshake_mac(secret, role, opener, reply), mac)

@@ -11,6 +11,7 @@ as one frame (several if the batch is over ``FRAME_SOFT_BYTES``) with a single
 ``pwrite`` and a single ``fdatasync``: group commit.  A frame is::
 
     version u8 | payload length u32 | payload crc32 u32 | header crc32 u32
+    payload | footer (4 constant bytes)
     payload: first index u64 | count u32 | first term u64 | last term u64
              then per entry: term u64 | kind u8 | sequence i64 |
              timestamp_ms i64 | client_id length u16 | data length u32 |
@@ -26,12 +27,15 @@ leaves either the state before the call or a prefix of the call's frames.
 
 Opening replays every segment in order.  In the last segment, a frame that
 runs past the end of the file, a partial header, or an all-zero remainder is
-a torn tail (an unacknowledged write): it is truncated and the truncation
-synced.  Anything else that fails validation -- a complete frame with a bad
-checksum, a bad frame followed by more data, any damage in an earlier
-segment -- raises :class:`StorageCorruption` naming the file and offset.
+a torn tail (an unacknowledged write), and so is a frame whose footer and
+everything after it is zero (a file system that extended the file but lost
+the data zero-fills it): it is truncated and the truncation synced.
+Anything else that fails validation -- a complete frame with a bad checksum,
+a bad frame followed by more data, any damage in an earlier segment -- raises
+:class:`StorageCorruption` naming the file and offset.
 Single bit flips can never look like a torn tail: the header checksum covers
-the length, and a flip cannot make bytes vanish or turn a header into zeros.
+the length, a flip cannot make bytes vanish or zero a header, and every
+footer byte has four bits set so a flipped footer never looks zero-filled.
 Writes that the file system persists out of order (a later page durable, an
 earlier one not) are reported as corruption: loud, never silent.
 
@@ -91,6 +95,11 @@ FORMAT_VERSION = 1
 
 _HDR = struct.Struct("<BIII")  # version, payload length, payload crc, header crc
 _HDR_CHECKED = 9  # the header crc covers version, length and payload crc
+# Every byte has four bits set, so no single bit flip of the footer looks
+# like a footer cut short and zero-filled (which a torn write can leave).
+_FOOTER = b"\xc3\x5a\xa5\x3c"
+_FOOTER_SIZE = len(_FOOTER)
+_CUT_FOOTERS = frozenset(_FOOTER[:k] + b"\0" * (_FOOTER_SIZE - k) for k in range(_FOOTER_SIZE))
 _FRAME = struct.Struct("<QIQQ")  # first index, count, first term, last term
 _ENT = struct.Struct("<QBqqHI")  # term, kind, sequence, timestamp, cid len, data len
 _SMALL = struct.Struct("<4sBI")  # magic, version, crc of the rest
@@ -315,7 +324,9 @@ class FileLogStore:
         while off < n:
             rem = n - off
             if rem < hsize or _crc(mv[off : off + _HDR_CHECKED]) != _HDR.unpack_from(data, off)[3]:
-                if last and (rem < hsize or data.count(0, off) == rem):
+                # A real payload starts with a non-zero index, so zeros after the
+                # header's slot mean the header itself was cut (then zero-filled).
+                if last and (rem < hsize or data.count(0, off + hsize) == n - off - hsize):
                     return frames, off
                 raise StorageCorruption("damaged frame header", path, off)
             version, length, pcrc, _ = _HDR.unpack_from(data, off)
@@ -323,12 +334,15 @@ class FileLogStore:
                 raise StorageCorruption(f"unknown frame format version {version}", path, off)
             if length < _FRAME.size or length > FRAME_MAX_BYTES:
                 raise StorageCorruption(f"impossible frame length {length}", path, off)
-            end = off + hsize + length
+            end = off + hsize + length + _FOOTER_SIZE
             if end > n:
                 if last:
                     return frames, off
                 raise StorageCorruption("frame runs past the end of the file", path, off)
-            if _crc(mv[off + hsize : end]) != pcrc:
+            footer = data[end - _FOOTER_SIZE : end]
+            if footer != _FOOTER or _crc(mv[off + hsize : end - _FOOTER_SIZE]) != pcrc:
+                if last and footer in _CUT_FOOTERS and data.count(0, end) == n - end:
+                    return frames, off  # zero-filled after a cut inside this frame
                 raise StorageCorruption("frame checksum mismatch", path, off)
             first, count, ft, lt = _FRAME.unpack_from(data, off + hsize)
             if first == 0 or ft > lt or count * _ENT.size > length - _FRAME.size:
@@ -338,7 +352,7 @@ class FileLogStore:
                 # Only a frame that spans a term change needs decoding to learn
                 # its terms; the others are decoded lazily when read.
                 try:
-                    ents = _decode_frame(data, off + hsize, end)
+                    ents = _decode_frame(data, off + hsize, end - _FOOTER_SIZE)
                 except (ValueError, struct.error) as exc:
                     raise StorageCorruption(f"undecodable frame: {exc}", path, off) from None
                 runs = [(e.index, e.term) for e in ents]
@@ -642,7 +656,7 @@ class FileLogStore:
         lt = runs[-1][1] if runs else 0
         payload = _FRAME.pack(first, count, ft, lt) + b"".join(parts)
         head = struct.pack("<BII", FORMAT_VERSION, len(payload), _crc(payload))
-        frame = head + _crc(head).to_bytes(4, "little") + payload
+        frame = head + _crc(head).to_bytes(4, "little") + payload + _FOOTER
         return first, count, runs, frame, entries[lo:hi]
 
     def compact(self, index: int, term: int) -> None:

@@ -6,6 +6,7 @@ python bench/codec_bench.py
 from __future__ import annotations
 
 import timeit
+from functools import partial
 
 from trioraft.core.types import AppendEntries, AppendEntriesResponse, Entry, Heartbeat
 from trioraft.transport.codec import decode_frame, encode_frame
@@ -49,8 +50,8 @@ def main() -> None:
         data = encode_frame(msgs)
         assert decode_frame(data) == msgs
         n = 2000 if len(data) < 20_000 else 200
-        enc = min(timeit.repeat(lambda m=msgs: encode_frame(m), number=n, repeat=5)) / n * 1e6
-        dec = min(timeit.repeat(lambda d=data: decode_frame(d), number=n, repeat=5)) / n * 1e6
+        enc = min(timeit.repeat(partial(encode_frame, msgs), number=n, repeat=5)) / n * 1e6
+        dec = min(timeit.repeat(partial(decode_frame, data), number=n, repeat=5)) / n * 1e6
         print(f"{name:<28}{len(data):>8}{enc:>11.1f}{dec:>11.1f}{enc + dec:>10.1f}")
 
 

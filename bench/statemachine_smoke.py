@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import cbor2
-import trio
+import trio  # type: ignore[import-untyped, unused-ignore]
 
 from trioraft.core.types import Entry
 from trioraft.testing.kv import KVStateMachine

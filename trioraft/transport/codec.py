@@ -77,6 +77,8 @@ from trioraft.transport.messages import (
 __all__ = [
     "CONSISTENCY_LEVELS",
     "DEFAULT_MAX_FRAME",
+    "DIALER",
+    "LISTENER",
     "PROTOCOL_VERSION",
     "Frame",
     "ProtocolError",

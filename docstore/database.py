@@ -88,9 +88,9 @@ class LocalExecutor:
             os.close(self._lock_fd)
             raise DocstoreError(f"{self.dir} is open in another process") from None
         try:
-            for rev, effects in self.file.load():
-                self.engine.replay(effects)
-                self.rev = max(self.rev, rev)
+            for rec in self.file.load():
+                self.engine.replay(rec["fx"])
+                self.rev = max(self.rev, rec["r"])
         except BaseException:
             self.file.close()
             os.close(self._lock_fd)

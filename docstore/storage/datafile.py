@@ -23,8 +23,8 @@ MAGIC = b"DOCSTOR1"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def encode_record(rev: int, effects: list[list[Any]]) -> bytes:
-    return frame(_dumps({"r": rev, "fx": effects}).encode())
+def encode_record(rev: int, effects: list[list[Any]], **extra: Any) -> bytes:
+    return frame(_dumps({"r": rev, "fx": effects, **extra}).encode())
 
 
 class DataFile:
@@ -36,7 +36,7 @@ class DataFile:
         self._fd = -1
         self.size = 0
 
-    def load(self) -> list[tuple[int, list[list[Any]]]]:
+    def load(self) -> list[dict[str, Any]]:
         """Open (creating if needed), truncate a torn tail, return the records."""
         tmp = self.path + ".tmp"
         if os.path.exists(tmp):  # a compaction that did not finish
@@ -46,11 +46,15 @@ class DataFile:
         with open(self.path, "rb") as f:
             data = f.read()
         res = parse(data, MAGIC, self.path)
-        records: list[tuple[int, list[list[Any]]]] = []
+        records: list[dict[str, Any]] = []
         for i, payload in enumerate(res.records):
             try:
                 obj = json.loads(payload)
-                records.append((int(obj["r"]), obj["fx"]))
+                if not isinstance(obj, dict) or not isinstance(obj["r"], int):
+                    raise TypeError("not a record")
+                if not isinstance(obj["fx"], list):
+                    raise TypeError("not a record")
+                records.append(obj)
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptionError(f"{self.path}: undecodable record #{i}: {exc}") from None
         self._fd = os.open(self.path, os.O_RDWR)
@@ -69,15 +73,22 @@ class DataFile:
 
     def append(self, data: bytes) -> None:
         """Write ``data`` at the end and make it durable (raises OSError on failure)."""
+        self.write(data)
+        self.flush()
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` at the end (to the OS; :meth:`flush` makes it durable)."""
         view = memoryview(data)
         off = self.size
         while view:
             n = os.pwrite(self._fd, view, off)
             off += n
             view = view[n:]
+        self.size = off
+
+    def flush(self) -> None:
         if self.sync:
             os.fdatasync(self._fd)
-        self.size = off
 
     def rewrite(self, records: Iterable[bytes]) -> None:
         """Replace the file with ``records`` atomically (compaction)."""

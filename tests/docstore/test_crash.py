@@ -18,9 +18,9 @@ def load_digest(path: Path) -> tuple[str, int]:
     try:
         e = Engine()
         rev = 0
-        for r, fx in f.load():
-            e.replay(fx)
-            rev = r
+        for rec in f.load():
+            e.replay(rec["fx"])
+            rev = rec["r"]
         return e.digest(), rev
     finally:
         f.close()

@@ -1,0 +1,344 @@
+"""docstore as a trioraft state machine.
+
+Theory of operation.  Committed entries carry CBOR command maps (see
+docs/docstore.md).  Each NORMAL entry is applied by the engine at revision
+``entry.index`` and time ``entry.timestamp_ms``; a bad command or a failed
+condition is an *error result*, the same on every replica.  Entries with a
+``client_id`` go through the session table first: a sequence already applied
+returns the recorded result without applying again (Raft dissertation 6.3),
+an older one gets a ``stale_sequence`` error.  The table is bounded (least
+recently used client evicted first, deterministic because apply order is)
+and travels in snapshots.
+
+Durability.  The Raft log is the write-ahead log; locally the machine keeps
+
+* ``base.snap`` (and ``base.snap.prev``, the previous good one): a snapshot
+  in the same format as :meth:`write_snapshot`, carrying a generation number;
+* ``apply.dslog``: one record per applied chunk (its effects, last log id and
+  session updates), written at apply and fsynced by :meth:`flush`.  Its first
+  record names the generation of the base it extends; a log of another
+  generation is stale and ignored.
+
+A chunk is one record, so a crash loses whole chunks, never half of one, and
+``last_applied()`` always matches the data.  When the log outgrows
+``compact_bytes`` a flush folds it into a new base.  Restoring a snapshot
+verifies it, writes it as the new base (temp file, fsync, rename, fsync
+directory; the old base becomes ``.prev``), then starts a new log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import cbor2
+import trio  # type: ignore[import-untyped, unused-ignore]
+
+from docstore.engine.errors import (
+    CorruptionError,
+    DocstoreError,
+    DuplicateRequestError,
+    InvalidCommandError,
+)
+from docstore.engine.queries import run_query
+from docstore.engine.registry import Registry
+from docstore.engine.state import Engine
+from docstore.engine.values import DEFAULT_LIMITS, Limits, clone
+from docstore.storage import snapshot as snap
+from docstore.storage.datafile import DataFile, encode_record
+from docstore.storage.records import fsync_dir, write_atomic
+from docstore.watch import Hub, Watcher
+from trioraft.core.types import Entry, EntryKind
+from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo
+
+__all__ = ["DocstoreStateMachine", "decode_command", "encode_command"]
+
+_BASE = "base.snap"
+_LOG = "apply.dslog"
+
+
+def encode_command(cmd: dict[str, Any]) -> bytes:
+    """The ``Entry.data`` (and ``propose`` payload) of a command map."""
+    return bytes(cbor2.dumps(cmd, canonical=True))
+
+
+def decode_command(data: bytes) -> Any:
+    """Inverse of :func:`encode_command`; raises InvalidCommandError."""
+    try:
+        return cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises a variety of errors on garbage
+        raise InvalidCommandError(f"command is not valid CBOR: {exc}") from None
+
+
+class DocstoreStateMachine:
+    """The trioraft :class:`~trioraft.StateMachine` for docstore.
+
+    Example:
+        sm = DocstoreStateMachine("data/node1/docstore")
+        async with trioraft.open_node(config, sm) as node:
+            await node.propose(encode_command({"op": "put", "coll": "c", "key": "k",
+                                               "doc": {"v": 1}}))
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        registry: Registry | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        max_sessions: int = 10_000,
+        compact_bytes: int = 64 << 20,
+        watch_history: int = 10_000,
+    ) -> None:
+        self.path = path
+        self.registry = registry
+        self.limits = limits
+        self.max_sessions = max_sessions
+        self.compact_bytes = compact_bytes
+        self.engine = Engine(registry, limits)
+        self.hub = Hub(watch_history)
+        self._sessions: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._applied = LogId(0, 0)
+        self._gen = 0
+        self._log: DataFile | None = None
+        self._dirty = False
+        self._since_base = 0  # records in the log since the base
+
+    # ------------------------------------------------------------------
+    # lifecycle
+    # ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(self._open)
+
+    def _open(self) -> None:
+        os.makedirs(self.path, exist_ok=True)
+        base = os.path.join(self.path, _BASE)
+        for name in os.listdir(self.path):
+            if name.endswith((".tmp", ".new")):
+                os.unlink(os.path.join(self.path, name))
+        loaded: snap.Snapshot | None = None
+        errors = []
+        for candidate in (base, base + ".prev"):
+            if not os.path.exists(candidate):
+                continue
+            try:
+                with open(candidate, "rb") as f:
+                    loaded = snap.decode(f.read(), candidate, self.registry, self.limits)
+                break
+            except SnapshotError as exc:
+                errors.append(str(exc))
+        if loaded is None and errors:
+            raise CorruptionError("no usable base snapshot: " + "; ".join(errors))
+        if loaded is not None:
+            self._install(loaded)
+        log = DataFile(os.path.join(self.path, _LOG))
+        records = log.load()
+        self._log = log
+        if not records or records[0].get("gen") != self._gen:
+            self._reset_log()
+            return
+        for rec in records[1:]:
+            if rec["r"] <= self._applied.index:
+                continue
+            self._replay_record(rec)
+            self._since_base += 1
+
+    def _install(self, s: snap.Snapshot) -> None:
+        self.engine = s.engine
+        self._sessions = OrderedDict((cid, (seq, res)) for cid, seq, res in s.sessions)
+        self._applied = LogId(s.index, s.term)
+        self._gen = max(self._gen, s.gen)  # never reuse a generation a stale log may carry
+        self.hub.reset(s.index)
+
+    def _replay_record(self, rec: dict[str, Any]) -> None:
+        fx = [e for e in rec["fx"] if e[0] != "sess"]
+        self.engine.replay(fx)
+        for e in rec["fx"]:
+            if e[0] == "sess":
+                self._remember(e[1], e[2], e[3])
+        self._applied = LogId(rec["r"], rec["t"])
+
+    def _reset_log(self) -> None:
+        assert self._log is not None
+        self._log.rewrite([encode_record(0, [], gen=self._gen)])
+
+    async def flush(self) -> None:
+        """Fsync the apply log; fold it into a new base when it has grown large."""
+        log = self._log
+        if log is None:
+            return
+        if self._since_base and log.size > self.compact_bytes:
+            await self._write_base()
+        elif self._dirty:
+            self._dirty = False
+            await trio.to_thread.run_sync(log.flush)
+
+    async def close(self) -> None:
+        if self._log is None:
+            return
+        await self.flush()
+        self._log.close()
+        self._log = None
+        self.hub.close()
+
+    # ------------------------------------------------------------------
+    # apply
+    # ------------------------------------------------------------------
+
+    async def apply(self, entries: Sequence[Entry]) -> list[object]:
+        results: list[object] = []
+        fx: list[list[Any]] = []
+        changes: list[Any] = []
+        before = self._applied
+        for e in entries:
+            if e.index <= self._applied.index:
+                results.append(None)
+                continue
+            result: object = None
+            if e.kind == EntryKind.NORMAL:
+                result = self._apply_one(e, fx, changes)
+            self._applied = LogId(e.index, e.term)
+            results.append(result)
+        if self._applied != before and self._log is not None:
+            last = self._applied
+            self._log.write(encode_record(last.index, fx, t=last.term))
+            self._dirty = True
+            self._since_base += 1
+        self.hub.publish(changes)
+        return results
+
+    def _apply_one(self, e: Entry, fx: list[list[Any]], changes: list[Any]) -> object:
+        cid = e.client_id
+        if cid:
+            seen = self._sessions.get(cid)
+            if seen is not None and e.sequence <= seen[0]:
+                if e.sequence == seen[0]:
+                    return clone(seen[1])
+                return DuplicateRequestError(
+                    f"client {cid!r} already sent sequence {seen[0]} (got {e.sequence})",
+                    rev=e.index,
+                ).to_result()
+        try:
+            cmd = decode_command(e.data)
+            if isinstance(cmd, dict) and cmd.get("op") == "expire" and "now_ms" not in cmd:
+                cmd = {**cmd, "now_ms": e.timestamp_ms}
+            applied = self.engine.apply(cmd, e.index, e.timestamp_ms)
+            result = applied.result
+            fx.extend(applied.effects)
+            changes.extend(applied.changes)
+        except InvalidCommandError as exc:
+            result = exc.to_result()
+        if cid:
+            self._remember(cid, e.sequence, result)
+            fx.append(["sess", cid, e.sequence, result])
+        return result
+
+    def _remember(self, cid: str, seq: int, result: Any) -> None:
+        self._sessions[cid] = (seq, result)
+        self._sessions.move_to_end(cid)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def last_applied(self) -> LogId:
+        return self._applied
+
+    # ------------------------------------------------------------------
+    # reads
+    # ------------------------------------------------------------------
+
+    async def query(self, query: object) -> object:
+        """Answer a query map (or its CBOR bytes): ``{"ok": True, "value": ...}`` or an
+        error result.  Besides the queries of :mod:`docstore.engine.queries`:
+        ``{"op": "get_multi", "coll": c, "keys": [...]}`` reads several keys at once."""
+        try:
+            q = decode_command(bytes(query)) if isinstance(query, (bytes, bytearray)) else query
+            if isinstance(q, dict) and q.get("op") == "get_multi":
+                coll, keys = q.get("coll"), q.get("keys")
+                if not isinstance(coll, str) or not isinstance(keys, list):
+                    raise InvalidCommandError("get_multi takes coll and a list of keys")
+                now = _now_ms()
+                value: Any = [
+                    clone(self.engine.get(coll, k, now_ms=now)) if isinstance(k, str) else None
+                    for k in keys
+                ]
+            elif isinstance(q, dict) and q.get("op") == "sessions":
+                value = len(self._sessions)
+            else:
+                value = clone(run_query(self.engine, q, _now_ms()))
+        except DocstoreError as exc:
+            return exc.to_result()
+        return {"ok": True, "value": value}
+
+    def watch(
+        self, coll: str, flt: object = None, since_rev: int | None = None, buffer: int = 1024
+    ) -> Watcher:
+        """Changes applied on this replica (see :class:`docstore.Watcher`)."""
+        return self.hub.watch(coll, flt, since_rev, self._applied.index, buffer)
+
+    def digest(self) -> str:
+        """Hash of the replicated state: documents, extensions and the session table."""
+        h = hashlib.sha256(self.engine.digest().encode())
+        h.update(snap._dumps(self._session_list()).encode())
+        return h.hexdigest()
+
+    def _session_list(self) -> list[list[Any]]:
+        return [[cid, seq, res] for cid, (seq, res) in self._sessions.items()]
+
+    # ------------------------------------------------------------------
+    # snapshots
+    # ------------------------------------------------------------------
+
+    async def write_snapshot(self, path: str) -> SnapshotInfo:
+        a = self._applied
+        chunks, checksum, size = snap.encode(self.engine, a.index, a.term, 0, self._session_list())
+        await trio.to_thread.run_sync(write_atomic, path, chunks)
+        return SnapshotInfo(a.index, a.term, checksum, size)
+
+    async def restore_snapshot(self, path: str, info: SnapshotInfo) -> None:
+        def read() -> bytes:
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise SnapshotError(f"cannot read snapshot {path}: {exc}") from None
+
+        data = await trio.to_thread.run_sync(read)
+        if hashlib.sha256(data).hexdigest() != info.checksum:
+            raise SnapshotError(f"{path}: checksum does not match {info.checksum[:12]}...")
+        loaded = snap.decode(data, path, self.registry, self.limits)
+        if (loaded.index, loaded.term) != (info.index, info.term):
+            raise SnapshotError(
+                f"{path}: holds ({loaded.index}, {loaded.term}), expected "
+                f"({info.index}, {info.term})"
+            )
+        self._install(loaded)
+        await self._write_base()
+
+    async def _write_base(self) -> None:
+        """Make the in-memory state the new base (a new generation), then reset the log."""
+        self._gen += 1
+        a = self._applied
+        chunks, _, _ = snap.encode(self.engine, a.index, a.term, self._gen, self._session_list())
+        base = os.path.join(self.path, _BASE)
+
+        def write() -> None:
+            tmp = base + ".new"
+            write_atomic(tmp, chunks)
+            if os.path.exists(base):
+                os.replace(base, base + ".prev")
+            os.replace(tmp, base)
+            fsync_dir(self.path)
+            self._reset_log()
+
+        await trio.to_thread.run_sync(write)
+        self._dirty = False
+        self._since_base = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,180 @@
+"""The docstore adapter beyond the conformance suite: sessions, replicas, snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from docstore import commands as C
+from docstore.state_machine import DocstoreStateMachine, encode_command
+from trioraft.core.types import Entry
+from trioraft.statemachine import SnapshotError, SnapshotInfo
+
+
+def entry(
+    index: int, cmd: Any, *, client: str = "", seq: int = 0, ts: int = 0, term: int = 1
+) -> Entry:
+    data = cmd if isinstance(cmd, bytes) else encode_command(cmd)
+    return Entry(index, term, data=data, client_id=client, sequence=seq, timestamp_ms=ts)
+
+
+async def started(path: Path, **kw: Any) -> DocstoreStateMachine:
+    sm = DocstoreStateMachine(str(path), **kw)
+    await sm.start()
+    return sm
+
+
+async def get(sm: DocstoreStateMachine, coll: str, key: str) -> Any:
+    res = await sm.query({"op": "get", "coll": coll, "key": key})
+    assert isinstance(res, dict) and res["ok"]
+    return res["value"]
+
+
+async def test_retried_write_applies_once(tmp_path: Path) -> None:
+    sm = await started(tmp_path)
+    inc = C.patch("c", "n", {"$inc": {"v": 1}}, upsert=True)
+    (first,) = await sm.apply([entry(1, inc, client="cl", seq=1)])
+    # The client retries the same request; it is committed again at index 2.
+    (again,) = await sm.apply([entry(2, inc, client="cl", seq=1)])
+    assert again == first and first["rev"] == 1  # type: ignore[index]
+    assert (await get(sm, "c", "n"))["v"] == 1
+    (stale,) = await sm.apply([entry(3, inc, client="cl", seq=0)])
+    assert stale["error"] == "stale_sequence"  # type: ignore[index]
+    await sm.apply([entry(4, inc, client="cl", seq=2)])
+    assert (await get(sm, "c", "n"))["v"] == 2
+    await sm.close()
+    sm = await started(tmp_path)  # the table survives a restart (replayed from the log)
+    (again,) = await sm.apply([entry(5, inc, client="cl", seq=2)])
+    assert again["rev"] == 4  # type: ignore[index]
+    assert (await get(sm, "c", "n"))["v"] == 2
+    await sm.close()
+
+
+async def test_session_table_is_bounded_and_in_snapshots(tmp_path: Path) -> None:
+    sm = await started(tmp_path / "a", max_sessions=3)
+    for i in range(1, 6):
+        await sm.apply([entry(i, C.put("c", f"k{i}", {}), client=f"cl{i}", seq=1)])
+    assert (await sm.query({"op": "sessions"}))["value"] == 3  # type: ignore[index]
+    info = await sm.write_snapshot(str(tmp_path / "snap"))
+    other = await started(tmp_path / "b", max_sessions=3)
+    await other.restore_snapshot(str(tmp_path / "snap"), info)
+    assert other.digest() == sm.digest()
+    # cl5 is remembered by the restored replica: its retry is not re-applied.
+    (res,) = await other.apply([entry(6, C.put("c", "k5", {"x": 1}), client="cl5", seq=1)])
+    assert res["rev"] == 5  # type: ignore[index]
+    await sm.close()
+    await other.close()
+
+
+async def test_replicas_agree_on_errors_and_state(tmp_path: Path) -> None:
+    log = [
+        entry(1, C.put("c", "a", {"v": 1})),
+        entry(2, b"\xff garbage"),
+        entry(3, {"op": "put", "coll": "c"}),
+        entry(4, C.put("c", "a", {"v": 2}, if_rev=7)),
+        entry(5, C.call("nope", 1, {})),
+        entry(6, C.put("c", "t", {"_expires": 1500}), ts=1000),
+        entry(7, {"op": "expire"}, ts=2000),  # the leader's timestamp decides
+        entry(8, C.batch([C.insert("c", {}), C.insert("c", {})])),
+    ]
+    a, b = await started(tmp_path / "a"), await started(tmp_path / "b")
+    ra = await a.apply(log)
+    rb = await b.apply(log[:3])
+    rb += await b.apply(log[3:])
+    assert ra == rb
+    assert [r["ok"] for r in ra] == [True, False, False, False, False, True, True, True]  # type: ignore[index]
+    assert ra[3]["error"] == "conflict" and ra[3]["rev"] == 1  # type: ignore[index]
+    assert ra[4]["error"] == "unknown_command"  # type: ignore[index]
+    assert ra[6]["expired"] == 1  # type: ignore[index]
+    assert a.digest() == b.digest()
+    await a.close()
+    await b.close()
+
+
+async def test_snapshot_truncated_at_every_offset_or_bit_flipped_is_refused(
+    tmp_path: Path,
+) -> None:
+    sm = await started(tmp_path / "sm")
+    await sm.apply(
+        [entry(i, C.put("c", f"k{i}", {"i": i})) for i in range(1, 6)]
+        + [entry(6, C.create_index("c", "i", unique=True))]
+    )
+    info = await sm.write_snapshot(str(tmp_path / "snap"))
+    data = (tmp_path / "snap").read_bytes()
+    target = await started(tmp_path / "t")
+    bad = tmp_path / "bad"
+    for cut in range(len(data)):
+        bad.write_bytes(data[:cut])
+        truncated = SnapshotInfo(info.index, info.term, hashlib.sha256(data[:cut]).hexdigest(), cut)
+        with pytest.raises(SnapshotError):
+            await target.restore_snapshot(str(bad), truncated)
+    for pos in range(0, len(data), 3):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x10
+        bad.write_bytes(bytes(flipped))
+        info2 = SnapshotInfo(info.index, info.term, hashlib.sha256(flipped).hexdigest(), len(data))
+        with pytest.raises(SnapshotError):
+            await target.restore_snapshot(str(bad), info2)
+    assert target.last_applied().index == 0
+    await target.restore_snapshot(str(tmp_path / "snap"), info)
+    assert target.digest() == sm.digest()
+    await sm.close()
+    await target.close()
+
+
+async def test_corrupt_base_falls_back_to_previous_and_leftovers_are_cleaned(
+    tmp_path: Path,
+) -> None:
+    sm = await started(tmp_path, compact_bytes=0)
+    await sm.apply([entry(1, C.put("c", "a", {}))])
+    await sm.flush()  # compact_bytes=0: every flush writes a new base
+    await sm.apply([entry(2, C.put("c", "b", {}))])
+    await sm.flush()
+    await sm.close()
+    base = tmp_path / "base.snap"
+    blob = bytearray(base.read_bytes())
+    blob[20] ^= 0xFF
+    base.write_bytes(bytes(blob))
+    (tmp_path / "base.snap.new").write_bytes(b"half written")
+    (tmp_path / "base.snap.tmp").write_bytes(b"half written")
+    sm = await started(tmp_path)
+    # The previous base (index 1) is used; Raft re-sends what is missing.
+    assert sm.last_applied().index == 1
+    assert await get(sm, "c", "a") is not None
+    assert not (tmp_path / "base.snap.new").exists() and not (tmp_path / "base.snap.tmp").exists()
+    await sm.close()
+
+
+async def test_restore_of_older_snapshot_ignores_newer_log(tmp_path: Path) -> None:
+    sm = await started(tmp_path / "sm")
+    await sm.apply([entry(1, C.put("c", "a", {}))])
+    info = await sm.write_snapshot(str(tmp_path / "snap"))
+    await sm.apply([entry(2, C.put("c", "b", {})), entry(3, C.put("c", "x", {}))])
+    await sm.flush()
+    await sm.restore_snapshot(str(tmp_path / "snap"), info)
+    await sm.close()
+    sm = await started(tmp_path / "sm")
+    assert sm.last_applied().index == 1
+    assert await get(sm, "c", "b") is None
+    await sm.close()
+
+
+async def test_watch_on_a_replica(tmp_path: Path) -> None:
+    sm = await started(tmp_path)
+    w = sm.watch("c", {"v": {"$gt": 1}})
+    await sm.apply([entry(1, C.put("c", "a", {"v": 1})), entry(2, C.put("c", "b", {"v": 2}))])
+    ch = await w.__anext__()
+    assert (ch["key"], ch["rev"], ch["op"]) == ("b", 2, "put")
+    await w.aclose()
+    await sm.close()
+
+
+async def test_bad_queries_are_error_results(tmp_path: Path) -> None:
+    sm = await started(tmp_path)
+    for q in ({"op": "find", "coll": "c", "filter": {"$x": 1}}, {"op": "nope"}, 3, b"\xff"):
+        res = await sm.query(q)
+        assert isinstance(res, dict) and res["ok"] is False
+    await sm.close()

@@ -27,6 +27,7 @@ ENTRY_BYTES = 100
 def bare_rate(directory: str, batch_bytes: int, seconds: float) -> float:
     """Batches per second of write(batch_bytes) + fdatasync, appending to one file."""
     path = os.path.join(directory, "bare.bin")
+    os.sync()  # do not bill this side for the previous side's deletions
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     blob = os.urandom(batch_bytes)
     n = 0
@@ -46,6 +47,7 @@ def store_rate(directory: str, batch: int, seconds: float) -> tuple[float, int]:
     """Batches per second through FileLogStore.append, and bytes per batch on disk."""
     path = os.path.join(directory, f"log-{batch}")
     store = FileLogStore.open(path)
+    os.sync()  # do not bill this side for the previous side's deletions
     payload = os.urandom(ENTRY_BYTES)
     idx = 1
     n = 0

@@ -69,7 +69,9 @@ class Membership:
     ``voters`` is the (incoming) voter set.  ``voters_outgoing`` is non-empty
     only in a joint configuration C(old,new): then every decision needs a
     majority of *both* sets.  ``learners`` receive the log but never count in
-    any quorum and never become leader.
+    any quorum and never become leader.  A node may be in ``voters_outgoing``
+    and ``learners`` at once: a voter being demoted, which still votes in the
+    old half of the joint configuration and stays a learner after it.
     """
 
     voters: frozenset[NodeId]
@@ -79,7 +81,7 @@ class Membership:
     def __post_init__(self) -> None:
         if not self.voters:
             raise ValueError("a membership needs at least one voter")
-        both = (self.voters | self.voters_outgoing) & self.learners
+        both = self.voters & self.learners
         if both:
             raise ValueError(f"nodes {sorted(both)} cannot be both voter and learner")
         for n in self.voters | self.voters_outgoing | self.learners:
@@ -93,6 +95,9 @@ class Membership:
     @property
     def all_voters(self) -> frozenset[NodeId]:
         return self.voters | self.voters_outgoing
+
+    def is_learner(self, node: NodeId) -> bool:
+        return node in self.learners and not self.is_voter(node)
 
     @property
     def members(self) -> frozenset[NodeId]:

@@ -105,7 +105,8 @@ class LocalExecutor:
 
     async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self._check()
-        C.validate_command(cmd, self.limits)
+        # No separate validate_command here: apply runs the same checks in this
+        # process before anything is logged, and reports them the same way.
         rev = self.rev + 1
         applied = self.engine.apply(cmd, rev, now_ms())
         if applied.effects:
@@ -339,6 +340,9 @@ class Database:
         self._local = executor if isinstance(executor, LocalExecutor) else None
 
     async def _execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if self._local is None:
+            # Refuse a bad command before it travels; the replicas check again.
+            C.validate_command(cmd)
         return raise_for_result(await self._executor.execute(cmd))
 
     async def _query(self, q: dict[str, Any]) -> Any:

@@ -89,13 +89,14 @@ class Index:
         self.fields = fields
         self.parts = [split_path(f) for f in fields]
         self.unique = unique
-        self.entries: dict[str, set[str]] = {}
-        self.uniq: dict[str, str] = {}
+        self.entries: dict[tuple[str, ...], set[str]] = {}
+        self.uniq: dict[tuple[str, ...], str] = {}
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, "fields": list(self.fields), "unique": self.unique}
 
-    def keys(self, view: dict[str, Any]) -> tuple[list[str], str | None]:
+    def keys(self, view: dict[str, Any]) -> tuple[list[tuple[str, ...]], tuple[str, ...] | None]:
+        """(entry keys, unique key) of a document; ([], None) if a field is missing."""
         per_field: list[list[str]] = []
         whole: list[str] = []
         for parts in self.parts:
@@ -104,11 +105,13 @@ class Index:
                 return [], None
             k = index_key(v)
             whole.append(k)
-            alts = [k]
             if isinstance(v, list):
-                alts.extend({index_key(x) for x in v} - {k})
-            per_field.append(alts)
-        return ["\x1f".join(p) for p in product(*per_field)], "\x1f".join(whole)
+                per_field.append([k, *({index_key(x) for x in v} - {k})])
+            else:
+                per_field.append([k])
+        if len(per_field) == 1:
+            return [(k,) for k in per_field[0]], tuple(whole)
+        return list(product(*per_field)), tuple(whole)
 
     def add(self, key: str, view: dict[str, Any]) -> None:
         ks, uk = self.keys(view)
@@ -307,7 +310,7 @@ class Engine:
                     continue
                 cand: set[str] = set()
                 for combo in product(*(eq[f] for f in idx.fields)):
-                    cand |= idx.entries.get("\x1f".join(index_key(v) for v in combo), set())
+                    cand |= idx.entries.get(tuple(index_key(v) for v in combo), set())
                 if best is None or len(cand) < len(best):
                     best = cand
             if best is not None:
@@ -513,7 +516,7 @@ class Engine:
         _only(cmd, "coll", "key", "doc", *CONDITIONS)
         c = self._coll(cmd.get("coll"))
         key = check_key(cmd.get("key"), self.limits)
-        doc = check_document(cmd.get("doc"), self.limits)
+        doc = check_document(cmd.get("doc"), self.limits, size=False)  # _write checks size
         self._check_conditions(c, key, cmd)
         self._write(c, key, self._stored(c, key, doc))
         return {"key": key}
@@ -521,7 +524,7 @@ class Engine:
     def _insert(self, cmd: dict[str, Any]) -> dict[str, Any]:
         _only(cmd, "coll", "doc")
         c = self._coll(cmd.get("coll"))
-        doc = check_document(cmd.get("doc"), self.limits)
+        doc = check_document(cmd.get("doc"), self.limits, size=False)
         key = f"{self._rev:016x}-{self._inserted:04x}"
         self._inserted += 1
         self._write(c, key, self._stored(c, key, doc))
@@ -540,7 +543,7 @@ class Engine:
         if cur is None and not upsert:
             raise NotFoundError(f"{c.name}/{key} does not exist", rev=0)
         new = apply_patch(cur if cur is not None else {}, ops)
-        check_document(new, self.limits)
+        check_document(new, self.limits, size=False)
         self._write(c, key, self._stored(c, key, new))
         return {"key": key, "created": cur is None}
 
@@ -560,7 +563,7 @@ class Engine:
         docs = self.find(c.name, cmd.get("filter"), now_ms=self._now)
         for d in docs:
             new = apply_patch(d, ops)
-            check_document(new, self.limits)
+            check_document(new, self.limits, size=False)
             self._write(c, d["_key"], self._stored(c, d["_key"], new))
         return {"matched": len(docs)}
 

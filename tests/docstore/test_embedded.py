@@ -236,3 +236,32 @@ async def test_watch_ends_when_database_closes(tmp_path: Path) -> None:
         w = db.collection("c").watch()
     with pytest.raises(docstore.DatabaseClosedError):
         await w.__anext__()
+
+
+async def test_remote_shaped_executor_validates_before_sending(tmp_path: Path) -> None:
+    sent: list[dict[str, object]] = []
+
+    class Recorder:
+        async def execute(self, cmd: dict[str, object]) -> dict[str, object]:
+            sent.append(cmd)
+            return {"ok": True, "rev": 1, "key": "k"}
+
+        async def query(self, q: dict[str, object]) -> object:
+            return None
+
+        def watch(
+            self, coll: str, flt: object, since_rev: int | None, buffer: int
+        ) -> docstore.Watcher:
+            raise NotImplementedError
+
+        async def aclose(self) -> None:
+            pass
+
+    db = docstore.Database(Recorder())
+    c = db.collection("c")
+    assert await c.put("k", {"v": 1}) == 1
+    with pytest.raises(docstore.LimitError):
+        await c.put("k" * 1000, {})
+    with pytest.raises(docstore.InvalidCommandError):
+        await c.patch("k", {"$nope": {"a": 1}})
+    assert sent == [C.put("c", "k", {"v": 1})]

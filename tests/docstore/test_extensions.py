@@ -114,3 +114,15 @@ async def test_registry_is_recorded_in_snapshots(tmp_path: Path) -> None:
     assert r["ok"]  # type: ignore[index]
     for m in (sm, bare, good):
         await m.close()
+
+
+async def test_embedded_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "embedded_example", ROOT / "examples" / "embedded.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    await mod.main(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "conflict, current revision is 3" in out and "watch: put milk at rev 3" in out

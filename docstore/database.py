@@ -156,6 +156,8 @@ class LocalExecutor:
     def get(self, coll: str, key: str) -> dict[str, Any] | None:
         """Fast path for ``Collection.get`` (no query map)."""
         self._check()
+        if type(key) is not str:
+            check_key(key, self.limits)
         c = self.engine.colls.get(coll)
         if c is None:
             return None
@@ -447,11 +449,19 @@ async def open(
                 for name, version in table.items():
                     if have[kind].get(name) != version:
                         await db._execute(C.register(kind[:-1], name, version))
+        body_exc: BaseException | None = None
         async with trio.open_nursery() as nursery:
             if expire_interval:
                 nursery.start_soon(db._expire_loop, expire_interval)
-            yield db
+            try:
+                yield db
+            except BaseException as exc:
+                # Re-raised below, outside the nursery, so the caller sees its
+                # own exception rather than a group wrapping it.
+                body_exc = exc
             nursery.cancel_scope.cancel()
+        if body_exc is not None:
+            raise body_exc
     finally:
         with trio.CancelScope(shield=True):
             await db.aclose()

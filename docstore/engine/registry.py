@@ -73,46 +73,53 @@ class Registry:
     """
 
     def __init__(self) -> None:
-        self._types: dict[str, CollectionType] = {}
-        self._commands: dict[str, tuple[int, CommandHandler]] = {}
+        # Several versions of one name may be registered at once: the state in
+        # force may still name the old one while an upgrade is being applied.
+        self._types: dict[tuple[str, int], CollectionType] = {}
+        self._commands: dict[tuple[str, int], CommandHandler] = {}
 
     def register_type(self, ctype: CollectionType) -> None:
         name = check_name(ctype.name, "collection type")
         _check_version(ctype.version)
-        self._types[name] = ctype
+        self._types[name, ctype.version] = ctype
 
     def register_command(self, name: str, version: int, handler: CommandHandler) -> None:
         check_name(name, "command")
         _check_version(version)
         if not callable(handler):
             raise TypeError("a command handler must be callable")
-        self._commands[name] = (version, handler)
+        self._commands[name, version] = handler
 
     def local_versions(self) -> dict[str, dict[str, int]]:
-        """``{"types": {name: version}, "commands": {name: version}}``."""
-        return {
-            "types": {n: t.version for n, t in sorted(self._types.items())},
-            "commands": {n: v for n, (v, _) in sorted(self._commands.items())},
-        }
+        """``{"types": {name: version}, "commands": {name: version}}``, newest versions."""
+        out: dict[str, dict[str, int]] = {"types": {}, "commands": {}}
+        for kind, table in (("types", self._types), ("commands", self._commands)):
+            for name, version in sorted(table):
+                out[kind][name] = version
+        return out
 
     def type(self, name: str, version: int) -> CollectionType:
-        t = self._types.get(name)
-        if t is None or t.version != version:
-            have = "none" if t is None else f"version {t.version}"
+        t = self._types.get((name, version))
+        if t is None:
             raise RegistryError(
                 f"collection type {name!r} version {version} is in force but this "
-                f"process registered {have}"
+                f"process registered {self._have(self._types, name)}"
             )
         return t
 
     def command(self, name: str, version: int) -> CommandHandler:
-        c = self._commands.get(name)
-        if c is None or c[0] != version:
-            have = "none" if c is None else f"version {c[0]}"
+        c = self._commands.get((name, version))
+        if c is None:
             raise RegistryError(
-                f"command {name!r} version {version} is in force but this process registered {have}"
+                f"command {name!r} version {version} is in force but this process "
+                f"registered {self._have(self._commands, name)}"
             )
-        return c[1]
+        return c
+
+    @staticmethod
+    def _have(table: dict[tuple[str, int], Any], name: str) -> str:
+        versions = sorted(v for n, v in table if n == name)
+        return f"versions {versions}" if versions else "none"
 
 
 def _check_version(v: object) -> None:

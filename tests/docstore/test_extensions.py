@@ -126,3 +126,40 @@ async def test_embedded_example_runs(tmp_path: Path, capsys: pytest.CaptureFixtu
     await mod.main(str(tmp_path))
     out = capsys.readouterr().out
     assert "conflict, current revision is 3" in out and "watch: put milk at rev 3" in out
+
+
+class AccountsV2(ex.Accounts):  # type: ignore[name-defined, misc]
+    version = 2
+
+    def compute(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "email_lower": str(doc.get("email", "")).lower(),
+            "rich": doc.get("balance", 0) > 100,
+        }
+
+
+async def test_upgrading_a_collection_type(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path, registry=ex.make_registry()) as db:
+        acc = await db.create_collection("accounts", type="accounts")
+        await acc.create_index("rich")
+        await acc.put("a", {"email": "a@b", "balance": 500})
+        assert await acc.find({"rich": True}) == []  # v1 computes no "rich"
+    reg = ex.make_registry()
+    reg.register_type(AccountsV2())  # both versions known: the log still names v1
+    async with docstore.open(tmp_path, registry=reg) as db:
+        acc = db.collection("accounts")
+        assert [d["_key"] for d in await acc.find({"rich": True})] == ["a"]
+    reg2 = docstore.Registry()
+    reg2.register_type(AccountsV2())
+    reg2.register_command("transfer", 1, ex.transfer)
+    with pytest.raises(docstore.RegistryError, match=r"versions \[2\]"):
+        async with docstore.open(tmp_path, registry=reg2):
+            pass
+    await_compact = tmp_path  # after compaction only v2 is named, so v1 code can go
+    async with docstore.open(await_compact, registry=reg) as db:
+        await db.compact()
+    async with docstore.open(tmp_path, registry=reg2) as db:
+        assert len(await db.collection("accounts").find({"rich": True})) == 1
+    with pytest.raises(docstore.InvalidCommandError):
+        async with docstore.open(tmp_path, registry=reg2) as db:
+            await db.collection("accounts").get(["not a key"])  # type: ignore[arg-type]

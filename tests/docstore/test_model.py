@@ -9,6 +9,7 @@ compaction, so both must preserve contents and revisions exactly.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from typing import Any
 
@@ -23,7 +24,13 @@ KEYS = ["a", "b", "c", "d"]
 COLLS = ["p", "q"]
 small = st.integers(-3, 3)
 fields = st.sampled_from(["x", "y", "u"])
-docs = st.dictionaries(fields, small, max_size=3)
+FUTURE = 10**13  # ms: expiry times the wall clock of reads never reaches
+docs = st.builds(
+    lambda d, exp, lst: {**d, **exp, **lst},
+    st.dictionaries(fields, small, max_size=3),
+    st.one_of(st.just({}), st.builds(lambda t: {"_expires": FUTURE + t}, st.integers(0, 3))),
+    st.one_of(st.just({}), st.builds(lambda v: {"l": v}, st.lists(small, max_size=3))),
+)
 conds = st.one_of(
     st.just({}),
     st.builds(lambda r: {"if_rev": r}, st.integers(0, 8)),
@@ -43,6 +50,9 @@ patch_ops = st.one_of(
     st.builds(lambda f: {"$unset": {f: True}}, fields),
     st.builds(lambda f, v: {"$inc": {f: v}}, fields, small),
     st.builds(lambda f, v: {"$max": {f: v}}, fields, small),
+    st.builds(
+        lambda op, v: {op: {"l": v}}, st.sampled_from(["$push", "$addToSet", "$pull"]), small
+    ),
 )
 coll = st.sampled_from(COLLS)
 key = st.sampled_from(KEYS)
@@ -61,6 +71,9 @@ write_no_drop = st.one_of(
     st.builds(C.update_many, coll, filters, st.builds(lambda v: {"$inc": {"y": v}}, small)),
     st.builds(C.delete_many, coll, filters),
     st.builds(lambda c: C.create_index(c, ["u"], unique=True), coll),
+    st.builds(lambda c: C.drop_index(c, "u"), coll),
+    st.builds(lambda c, e: C.create_collection(c, if_not_exists=e), coll, st.booleans()),
+    st.builds(lambda t: C.expire(FUTURE + t), st.integers(0, 3)),
 )
 write = st.one_of(write_no_drop, st.builds(C.drop_collection, coll))
 step = st.one_of(
@@ -152,7 +165,7 @@ class Model:
             cur = self.colls.get(c, {}).get(cmd["key"])
             if cur is None and not cmd.get("upsert"):
                 raise _Fail("not_found")
-            d = {k: v for k, v in (cur or {}).items() if not k.startswith("_")}
+            d = {k: v for k, v in (cur or {}).items() if k not in ("_key", "_rev")}
             ((pop, args),) = cmd["ops"].items()
             ((f, v),) = args.items()
             if pop == "$set":
@@ -163,6 +176,14 @@ class Model:
                 d[f] = d.get(f, 0) + v
             elif pop == "$max":
                 d[f] = max(d[f], v) if f in d else v
+            elif pop in ("$push", "$addToSet"):
+                if f in d and not isinstance(d[f], list):
+                    raise _Fail("invalid")
+                lst = d.setdefault(f, [])
+                if pop == "$push" or v not in lst:
+                    lst.append(v)
+            elif pop == "$pull" and f in d:
+                d[f] = [x for x in d[f] if x != v]
             self.colls.setdefault(c, {})
             self._put(c, cmd["key"], d, rev)
         elif op == "delete":
@@ -173,7 +194,7 @@ class Model:
         elif op == "update_many":
             hits = [d for d in self.colls.get(c, {}).values() if self._match(d, cmd["filter"])]
             for d in sorted(hits, key=lambda d: d["_key"]):
-                nd = {k: v for k, v in d.items() if not k.startswith("_")}
+                nd = {k: v for k, v in d.items() if k not in ("_key", "_rev")}
                 nd["y"] = nd.get("y", 0) + cmd["ops"]["$inc"]["y"]
                 self._put(c, d["_key"], nd, rev)
             return {"matched": len(hits)}
@@ -191,6 +212,23 @@ class Model:
                 self.changed = True
             self.colls.setdefault(c, {})
             self.unique[c] = True
+        elif op == "drop_index":
+            dropped = bool(self.unique.pop(c, False))
+            self.changed |= dropped
+            return {"dropped": dropped}
+        elif op == "create_collection":
+            if c in self.colls:
+                if cmd.get("if_not_exists"):
+                    return {}
+                raise _Fail("conflict")
+            self.colls[c] = {}
+            self.changed = True
+        elif op == "expire":
+            for name in sorted(self.colls):
+                for k, d in list(self.colls[name].items()):
+                    if d.get("_expires", cmd["now_ms"] + 1) <= cmd["now_ms"]:
+                        del self.colls[name][k]
+                        self.changed = True
         elif op == "drop_collection":
             if c in self.colls:
                 del self.colls[c]
@@ -231,6 +269,7 @@ async def run_program(path: str, program: list[dict[str, Any]]) -> None:
                     if name in want:
                         assert got[name] == want[name], (i, cmd, got, want)
             assert db.rev == model.rev, (i, cmd)
+            assert await db.collections() == sorted(model.colls), (i, cmd)
             for c in COLLS:
                 got_docs = await db.collection(c).scan()
                 want_docs = sorted(model.colls.get(c, {}).values(), key=lambda d: d["_key"])
@@ -242,7 +281,7 @@ async def run_program(path: str, program: list[dict[str, Any]]) -> None:
         await db_cm.__aexit__(None, None, None)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=int(os.environ.get("DOCSTORE_MODEL_EXAMPLES", "150")), deadline=None)
 @given(st.lists(step, max_size=25))
 def test_database_matches_model(program: list[dict[str, Any]]) -> None:
     with tempfile.TemporaryDirectory() as d:

@@ -592,9 +592,12 @@ class RaftCore:
 
     def _handle_vote_response(self, m: RequestVoteResponse) -> None:
         if m.pre_vote:
-            if self.role is not Role.PRE_CANDIDATE or m.term != self.term + 1:
-                if not m.granted and m.term > self.term:
-                    self._become_follower(m.term, None)
+            if not m.granted and m.term > self.term:
+                # Rejected by a node in a newer term: join it, or a node whose
+                # vote is spent in that term would refuse us forever.
+                self._become_follower(m.term, None)
+                return
+            if self.role is not Role.PRE_CANDIDATE or m.term not in (self.term, self.term + 1):
                 return
         elif self.role is not Role.CANDIDATE or m.term != self.term:
             return

@@ -475,7 +475,7 @@ class Simulation:
         ids = list(self.nodes)
         self.blocked = set()
         kind = r.randrange(4)
-        if kind == 0:
+        if kind == 0 or len(ids) < 2:
             return  # heal
         if kind == 1:  # split into two sides
             r.shuffle(ids)

@@ -266,18 +266,18 @@ class Collection:
         cmd = C.delete(self.name, key, if_rev=if_rev, if_exists=if_exists, if_match=if_match)
         return bool((await self.db._execute(cmd))["deleted"])
 
-    async def update_many(self, flt: object, ops: dict[str, Any]) -> int:
+    async def update_many(self, filter: object, ops: dict[str, Any]) -> int:
         """Patch every matching document (one revision); returns how many."""
-        return int((await self.db._execute(C.update_many(self.name, flt, ops)))["matched"])
+        return int((await self.db._execute(C.update_many(self.name, filter, ops)))["matched"])
 
-    async def delete_many(self, flt: object) -> int:
-        return int((await self.db._execute(C.delete_many(self.name, flt)))["deleted"])
+    async def delete_many(self, filter: object) -> int:
+        return int((await self.db._execute(C.delete_many(self.name, filter)))["deleted"])
 
     async def find(
-        self, flt: object = None, *, sort: object = None, limit: int | None = None
+        self, filter: object = None, *, sort: object = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
         """Matching documents, by ``sort`` (``"f"``, ``"-f"``, ``[["f", -1], ...]``) else key."""
-        q = {"op": "find", "coll": self.name, "filter": flt, "sort": sort, "limit": limit}
+        q = {"op": "find", "coll": self.name, "filter": filter, "sort": sort, "limit": limit}
         return await self.db._query(q)  # type: ignore[no-any-return]
 
     async def scan(
@@ -299,11 +299,11 @@ class Collection:
         }
         return await self.db._query(q)  # type: ignore[no-any-return]
 
-    async def count(self, flt: object = None) -> int:
-        return int(await self.db._query({"op": "count", "coll": self.name, "filter": flt}))
+    async def count(self, filter: object = None) -> int:
+        return int(await self.db._query({"op": "count", "coll": self.name, "filter": filter}))
 
     def watch(
-        self, flt: object = None, since_rev: int | None = None, *, buffer: int = 1024
+        self, filter: object = None, since_rev: int | None = None, *, buffer: int = 1024
     ) -> Watcher:
         """Async iterator of changes after ``since_rev`` (or from now).
 
@@ -312,10 +312,10 @@ class Collection:
                 async for ch in changes:
                     print(ch["op"], ch["key"], ch["rev"])
         """
-        return self.db._executor.watch(self.name, flt, since_rev, buffer)
+        return self.db._executor.watch(self.name, filter, since_rev, buffer)
 
     async def create_index(
-        self, fields: list[str] | str, *, unique: bool = False, name: str | None = None
+        self, fields: list[str] | str, unique: bool = False, *, name: str | None = None
     ) -> str:
         res = await self.db._execute(C.create_index(self.name, fields, unique=unique, name=name))
         return str(res["name"])

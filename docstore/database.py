@@ -24,7 +24,12 @@ from typing import Any, Protocol
 import trio  # type: ignore[import-untyped, unused-ignore]
 
 from docstore.engine import commands as C
-from docstore.engine.errors import DatabaseClosedError, DocstoreError, raise_for_result
+from docstore.engine.errors import (
+    DatabaseClosedError,
+    DocstoreError,
+    InvalidCommandError,
+    raise_for_result,
+)
 from docstore.engine.queries import run_query
 from docstore.engine.registry import Registry
 from docstore.engine.state import Change, Engine
@@ -206,9 +211,15 @@ class Collection:
     def __repr__(self) -> str:
         return f"<Collection {self.name!r}>"
 
-    async def get(self, key: str) -> dict[str, Any] | None:
-        """The document (with ``_key`` and ``_rev``) or None."""
+    async def get(self, key: str, *, consistency: str | None = None) -> dict[str, Any] | None:
+        """The document (with ``_key`` and ``_rev``) or None.
+
+        ``consistency`` (``"linearizable"``, ``"lease"``, ``"local"``) matters
+        for a clustered database; an embedded one is always current.
+        """
         if self.db._local is not None:
+            if consistency is not None:
+                _check_consistency(consistency)
             return self.db._local.get(self.name, key)
         return await self.db._query({"op": "get", "coll": self.name, "key": check_key(key)})  # type: ignore[no-any-return]
 
@@ -274,11 +285,16 @@ class Collection:
         return int((await self.db._execute(C.delete_many(self.name, filter)))["deleted"])
 
     async def find(
-        self, filter: object = None, *, sort: object = None, limit: int | None = None
+        self,
+        filter: object = None,
+        *,
+        sort: object = None,
+        limit: int | None = None,
+        consistency: str | None = None,
     ) -> list[dict[str, Any]]:
         """Matching documents, by ``sort`` (``"f"``, ``"-f"``, ``[["f", -1], ...]``) else key."""
         q = {"op": "find", "coll": self.name, "filter": filter, "sort": sort, "limit": limit}
-        return await self.db._query(q)  # type: ignore[no-any-return]
+        return await self.db._query(q, consistency)  # type: ignore[no-any-return]
 
     async def scan(
         self,
@@ -287,6 +303,7 @@ class Collection:
         start: str | None = None,
         end: str | None = None,
         limit: int | None = None,
+        consistency: str | None = None,
     ) -> list[dict[str, Any]]:
         """Documents in key order with ``prefix`` and/or ``start <= key < end``."""
         q = {
@@ -297,10 +314,11 @@ class Collection:
             "end": end,
             "limit": limit,
         }
-        return await self.db._query(q)  # type: ignore[no-any-return]
+        return await self.db._query(q, consistency)  # type: ignore[no-any-return]
 
-    async def count(self, filter: object = None) -> int:
-        return int(await self.db._query({"op": "count", "coll": self.name, "filter": filter}))
+    async def count(self, filter: object = None, *, consistency: str | None = None) -> int:
+        q = {"op": "count", "coll": self.name, "filter": filter}
+        return int(await self.db._query(q, consistency))
 
     def watch(
         self, filter: object = None, since_rev: int | None = None, *, buffer: int = 1024
@@ -322,6 +340,12 @@ class Collection:
 
     async def drop_index(self, name: str) -> bool:
         return bool((await self.db._execute(C.drop_index(self.name, name)))["dropped"])
+
+
+def _check_consistency(c: object) -> str:
+    if c not in ("linearizable", "lease", "local"):
+        raise InvalidCommandError(f"consistency is linearizable, lease or local, not {c!r}")
+    return str(c)
 
 
 def _ttl(doc: dict[str, Any], ttl: float | None) -> dict[str, Any]:
@@ -347,7 +371,9 @@ class Database:
             C.validate_command(cmd)
         return raise_for_result(await self._executor.execute(cmd))
 
-    async def _query(self, q: dict[str, Any]) -> Any:
+    async def _query(self, q: dict[str, Any], consistency: str | None = None) -> Any:
+        if consistency is not None:
+            q["consistency"] = _check_consistency(consistency)
         return await self._executor.query(q)
 
     def collection(self, name: str) -> Collection:

@@ -38,6 +38,7 @@ def run_query(engine: Engine, q: object, now_ms: int = 0) -> Any:
         "start",
         "end",
         "now_ms",
+        "consistency",  # for the cluster's read path; the engine is always current
     }
     if extra:
         raise InvalidCommandError(f"query {op}: unknown fields {sorted(extra)}")

@@ -265,3 +265,14 @@ async def test_remote_shaped_executor_validates_before_sending(tmp_path: Path) -
     with pytest.raises(docstore.InvalidCommandError):
         await c.patch("k", {"$nope": {"a": 1}})
     assert sent == [C.put("c", "k", {"v": 1})]
+
+
+async def test_reads_accept_consistency(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        await c.put("k", {"v": 1})
+        assert await c.get("k", consistency="local") is not None
+        assert await c.count(consistency="linearizable") == 1
+        assert len(await c.find({"v": 1}, consistency="lease")) == 1
+        with pytest.raises(docstore.InvalidCommandError):
+            await c.scan(consistency="eventual")

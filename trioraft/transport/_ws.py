@@ -1,0 +1,457 @@
+"""WebSocket plumbing shared by the peer transport and the remote client.
+
+Theory of operation
+-------------------
+* **We own every TCP stream.**  trio-websocket 0.12.2 stops its reader
+  without closing the socket when it rejects an oversized message, and waits
+  forever for a close handshake the other side may never finish.  So streams
+  are opened (or accepted) here, wrapped with trio-websocket's low-level
+  ``wrap_client_stream``/``wrap_server_stream``, and closed in ``finally``
+  with :func:`trio.aclose_forcefully` whatever happened to the WebSocket.
+* **Nothing waits for ever.**  The opening handshake is bounded by a timeout
+  and also ends as soon as trio-websocket's reader task does (garbage instead
+  of HTTP, a failed TLS handshake); the closing handshake gets
+  :data:`CLOSE_TIMEOUT`.
+* **The authentication handshake** of docs/protocol.md ("Handshake") runs
+  over :class:`FrameSocket` before anything else; :class:`HandshakeFailed`
+  reports who refused and why.  Until the opener has passed its checks
+  (cluster id, known node or client handler present), frames are limited to
+  :data:`HANDSHAKE_MAX_FRAME` bytes, so a stranger cannot make us buffer a
+  full-size frame; :meth:`FrameSocket.authenticated` then lifts the limit
+  (the dialer pipelines data behind its HelloAuth, so the listener lifts it
+  when it replies; handshake messages themselves are still refused above
+  :data:`HANDSHAKE_MAX_FRAME`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Final, NoReturn, TypeVar, cast
+
+import trio
+import trio_websocket
+from wsproto.connection import ConnectionState
+
+from trioraft.core.types import NodeId
+from trioraft.transport.base import TokenLookup
+from trioraft.transport.codec import (
+    DIALER,
+    LISTENER,
+    MAX_TEXT,
+    ProtocolError,
+    decode_frame,
+    encode_frame,
+    handshake_mac,
+    new_nonce,
+    verify_handshake_mac,
+)
+from trioraft.transport.messages import AnyMessage, ClientHello, Hello, HelloAuth, HelloReject
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "HANDSHAKE_MAX_FRAME",
+    "Closed",
+    "FrameSocket",
+    "HandshakeFailed",
+    "accept_stream",
+    "dial",
+    "dialer_handshake",
+    "listener_handshake",
+    "open_service_nursery",
+    "parse_address",
+]
+
+T = TypeVar("T")
+
+CLOSE_TIMEOUT: Final = 1.0
+HANDSHAKE_MAX_FRAME: Final = 4096
+RECEIVE_BUFFER: Final = 65536
+# Frames trio-websocket may hold for us before its reader stops reading the
+# socket: a little slack for latency, TCP flow control does the rest.
+WS_QUEUE: Final = 4
+RESOURCE: Final = "/"
+_MESSAGE_TOO_BIG: Final = 1009
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6 literals).
+
+    >>> parse_address("127.0.0.1:7000")
+    ('127.0.0.1', 7000)
+    """
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"address must be host:port, got {address!r}")
+    return host, int(port_text)
+
+
+def describe_stream(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the other end, for logs."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    try:
+        name = inner.socket.getpeername()
+    except (AttributeError, OSError):
+        return "?"
+    if isinstance(name, tuple):
+        host = name[0]
+        return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
+    return str(name)
+
+
+# --------------------------------------------------------------------------
+# Nurseries
+# --------------------------------------------------------------------------
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+@asynccontextmanager
+async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for a context manager's background tasks.
+
+    It is cancelled when the body ends.  The tasks handle their own errors,
+    so an exception out of the body propagates as itself instead of inside
+    an ExceptionGroup: a user's ``except ValueError`` around our context
+    manager keeps working.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+        # A Cancelled dropped here is delivered again at the next checkpoint.
+        single = errors if errors else leaves
+        if len(single) == 1:
+            raise single[0] from single[0].__cause__
+        raise
+
+
+class _ReaderWatch:
+    """Stands in for the nursery given to ``wrap_*_stream``.
+
+    Those functions only call ``start_soon(reader)``; wrapping the reader
+    lets us notice it ending during the opening handshake (garbage instead of
+    HTTP, a broken TLS handshake) instead of waiting out a timeout.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.done = trio.Event()
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object, **kw: Any) -> None:
+        async def run() -> None:
+            try:
+                await fn(*args)
+            finally:
+                self.done.set()
+
+        self._nursery.start_soon(run, **kw)
+
+
+async def _open_handshake(watch: _ReaderWatch, opener: Callable[[], Awaitable[T]]) -> T:
+    got: list[T] = []
+    async with trio.open_nursery() as nursery:
+
+        async def watcher() -> None:
+            await watch.done.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watcher)
+        got.append(await opener())
+        nursery.cancel_scope.cancel()
+    if not got:
+        raise Closed("the connection closed during the WebSocket opening handshake")
+    return got[0]
+
+
+# --------------------------------------------------------------------------
+# Frame sockets
+# --------------------------------------------------------------------------
+
+
+class Closed(Exception):
+    """The WebSocket closed.  ``oversized``: we closed it over a too-large frame."""
+
+    def __init__(self, reason: str, *, oversized: bool = False) -> None:
+        super().__init__(reason)
+        self.oversized = oversized
+
+
+class FrameSocket:
+    """One WebSocket carrying trioraft frames (binary messages)."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, remote: str, max_frame: int) -> None:
+        self.ws = ws
+        self.remote = remote
+        self.max_frame = max_frame
+
+    def authenticated(self) -> None:
+        """Lift the frame limit from :data:`HANDSHAKE_MAX_FRAME` to ``max_frame``."""
+        # trio-websocket has no public setter; it reads this attribute for
+        # every incoming message.  The connection was created with the small
+        # limit so that even a frame pipelined behind the HTTP upgrade gets it.
+        if not hasattr(self.ws, "_max_message_size"):  # pragma: no cover
+            raise RuntimeError("this trio-websocket version cannot raise the frame limit")
+        self.ws._max_message_size = self.max_frame
+
+    async def receive(self) -> bytes:
+        """The next frame.
+
+        Raises:
+            Closed: the connection closed (``oversized`` if over our limit).
+            ProtocolError: a text message.
+        """
+        try:
+            data = await self.ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            reason = exc.reason
+            # Code 1009 while *we* are closing: our reader refused the frame.
+            # (From the peer it would arrive in state REMOTE_CLOSING/CLOSED.)
+            wsproto_conn = getattr(self.ws, "_wsproto", None)
+            local = getattr(wsproto_conn, "state", None) == ConnectionState.LOCAL_CLOSING
+            oversized = reason is not None and reason.code == _MESSAGE_TOO_BIG and local
+            raise Closed(str(reason), oversized=oversized) from None
+        if isinstance(data, str):
+            raise ProtocolError("text WebSocket message; frames are binary")
+        return data
+
+    async def send(self, data: bytes) -> None:
+        """Send one frame; raises :class:`Closed` if the connection is gone."""
+        try:
+            await self.ws.send_message(data)
+        except trio_websocket.ConnectionClosed as exc:
+            raise Closed(str(exc.reason)) from None
+
+
+async def _close_ws(ws: trio_websocket.WebSocketConnection) -> None:
+    # Graceful close so that a last frame (a HelloReject) is not lost to a
+    # TCP reset; bounded, and skipped at once when we are being cancelled.
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        await ws.aclose()
+
+
+@asynccontextmanager
+async def dial(
+    address: str,
+    *,
+    ssl_context: Any = None,
+    max_frame: int,
+    connect_timeout: float,
+) -> AsyncIterator[FrameSocket]:
+    """Open a TCP (or TLS) stream and a client WebSocket on it; close both on exit.
+
+    ``connect_timeout`` bounds the TCP connect and the WebSocket opening handshake.
+    """
+    host, port = parse_address(address)
+    with trio.fail_after(connect_timeout):
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+        if ssl_context is not None:
+            stream = await trio.open_ssl_over_tcp_stream(
+                host, port, ssl_context=ssl_context, https_compatible=True
+            )
+        else:
+            stream = await trio.open_tcp_stream(host, port)
+    try:
+        remote = describe_stream(stream)
+        async with trio.open_nursery() as nursery:
+            watch = _ReaderWatch(nursery)
+            fake = cast(trio.Nursery, watch)
+            with trio.fail_after(connect_timeout):
+                ws = await _open_handshake(
+                    watch,
+                    lambda: trio_websocket.wrap_client_stream(
+                        fake,
+                        stream,
+                        host,
+                        RESOURCE,
+                        message_queue_size=WS_QUEUE,
+                        max_message_size=HANDSHAKE_MAX_FRAME,
+                        receive_buffer_size=RECEIVE_BUFFER,
+                    ),
+                )
+            try:
+                yield FrameSocket(ws, remote, max_frame)
+            finally:
+                await _close_ws(ws)
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+@asynccontextmanager
+async def accept_stream(
+    stream: trio.abc.Stream, *, max_frame: int, deadline: float
+) -> AsyncIterator[FrameSocket]:
+    """Run the server side of the WebSocket opening handshake on ``stream``.
+
+    The stream is closed on exit, whatever happened.
+    """
+    try:
+        remote = describe_stream(stream)
+        async with trio.open_nursery() as nursery:
+            watch = _ReaderWatch(nursery)
+            fake = cast(trio.Nursery, watch)
+            with trio.fail_at(deadline):
+                request = await _open_handshake(
+                    watch,
+                    lambda: trio_websocket.wrap_server_stream(
+                        fake,
+                        stream,
+                        message_queue_size=WS_QUEUE,
+                        max_message_size=HANDSHAKE_MAX_FRAME,
+                        receive_buffer_size=RECEIVE_BUFFER,
+                    ),
+                )
+                ws = await request.accept()
+            try:
+                yield FrameSocket(ws, remote, max_frame)
+            finally:
+                await _close_ws(ws)
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+# --------------------------------------------------------------------------
+# The authentication handshake (docs/protocol.md, "Handshake")
+# --------------------------------------------------------------------------
+
+
+class HandshakeFailed(Exception):
+    """The handshake failed.  ``by_peer``: the other side sent the HelloReject."""
+
+    def __init__(self, code: str, message: str, *, by_peer: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.by_peer = by_peer
+
+
+async def _reject(sock: FrameSocket, code: str, message: str) -> NoReturn:
+    with suppress(Closed):
+        await sock.send(encode_frame([HelloReject(code, message[:MAX_TEXT])]))
+    raise HandshakeFailed(code, message, by_peer=False)
+
+
+async def _receive_handshake(sock: FrameSocket) -> list[AnyMessage]:
+    try:
+        data = await sock.receive()
+    except Closed as exc:
+        if exc.oversized:
+            raise HandshakeFailed("protocol", "oversized handshake frame", by_peer=False) from None
+        raise
+    try:
+        return decode_frame(data, max_size=HANDSHAKE_MAX_FRAME)
+    except ProtocolError as exc:
+        await _reject(sock, "protocol", f"bad handshake frame: {exc}")
+
+
+def _peer_rejected(messages: list[AnyMessage]) -> None:
+    if len(messages) == 1 and isinstance(messages[0], HelloReject):
+        raise HandshakeFailed(messages[0].code, messages[0].message, by_peer=True)
+
+
+async def dialer_handshake(
+    sock: FrameSocket,
+    opener: Hello | ClientHello,
+    key: bytes,
+    *,
+    expect_node: NodeId | None,
+) -> Hello:
+    """Steps 1 and 3 of the handshake; returns the listener's Hello.
+
+    ``expect_node`` is the node we meant to reach (None: any node of the
+    cluster, as for a client).  Raises :class:`HandshakeFailed` or
+    :class:`Closed`.
+    """
+    await sock.send(encode_frame([opener], cluster_id=opener.cluster_id))
+    messages = await _receive_handshake(sock)
+    _peer_rejected(messages)
+    reply, auth = messages[0], messages[-1]
+    if len(messages) != 2 or not isinstance(reply, Hello) or not isinstance(auth, HelloAuth):
+        await _reject(sock, "protocol", "expected Hello and HelloAuth in one frame")
+    if reply.cluster_id != opener.cluster_id:
+        await _reject(
+            sock, "wrong_cluster", f"we are in {opener.cluster_id!r}, not {reply.cluster_id!r}"
+        )
+    if expect_node is not None and reply.node_id != expect_node:
+        await _reject(
+            sock, "unknown_node", f"dialled node {expect_node} but reached node {reply.node_id}"
+        )
+    if not verify_handshake_mac(key, LISTENER, opener, reply, auth.mac):
+        await _reject(sock, "bad_mac", "the listener's MAC does not verify")
+    # The listener is proven: accept full-size frames from here on (before
+    # sending, since its first data frame may follow our HelloAuth at once).
+    sock.authenticated()
+    await sock.send(encode_frame([HelloAuth(handshake_mac(key, DIALER, opener, reply))]))
+    return reply
+
+
+async def listener_handshake(
+    sock: FrameSocket,
+    *,
+    node_id: NodeId,
+    cluster_id: str,
+    secret: bytes,
+    is_peer: Callable[[NodeId], bool],
+    client_key: TokenLookup | None,
+) -> Hello | ClientHello:
+    """Steps 2 and 4 of the handshake; returns the dialer's authenticated opener.
+
+    Peers (``Hello``) prove ``secret``; clients (``ClientHello``) prove the
+    token ``client_key(client_id)`` returns.  An unknown client gets the same
+    treatment as a wrong token (a MAC under a random key), so the handshake
+    does not reveal which client ids exist.  Raises :class:`HandshakeFailed`
+    or :class:`Closed`.
+    """
+    messages = await _receive_handshake(sock)
+    _peer_rejected(messages)
+    opener = messages[0]
+    if len(messages) != 1 or not isinstance(opener, Hello | ClientHello):
+        await _reject(sock, "protocol", "expected Hello or ClientHello alone in the first frame")
+    if opener.cluster_id != cluster_id:
+        await _reject(sock, "wrong_cluster", f"this is cluster {cluster_id!r}")
+    if isinstance(opener, Hello):
+        if opener.node_id == node_id or not is_peer(opener.node_id):
+            await _reject(sock, "unknown_node", f"node {opener.node_id} is not a peer here")
+        key = secret
+    else:
+        if client_key is None:
+            await _reject(sock, "protocol", "this node does not accept client connections")
+        token = client_key(opener.client_id)
+        key = token if token is not None else secrets.token_bytes(32)
+    nonce = new_nonce()
+    while nonce == opener.nonce:  # pragma: no cover - 2**-256
+        nonce = new_nonce()
+    reply = Hello(node_id, cluster_id, nonce)
+    # The dialer sends data right behind its HelloAuth, which trio-websocket
+    # reads before we have checked the MAC: lift the limit now.  Nothing the
+    # dialer sends reaches the application before the MAC verifies.
+    sock.authenticated()
+    await sock.send(
+        encode_frame(
+            [reply, HelloAuth(handshake_mac(key, LISTENER, opener, reply))], cluster_id=cluster_id
+        )
+    )
+    messages = await _receive_handshake(sock)
+    _peer_rejected(messages)
+    auth = messages[0]
+    if len(messages) != 1 or not isinstance(auth, HelloAuth):
+        await _reject(sock, "protocol", "expected HelloAuth alone")
+    if not verify_handshake_mac(key, DIALER, opener, reply, auth.mac):
+        await _reject(sock, "bad_mac", "authentication failed")
+    return opener

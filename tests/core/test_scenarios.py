@@ -153,9 +153,7 @@ def test_vote_not_persisted_lets_a_restarted_node_elect_two_leaders() -> None:
 
 
 def test_single_voter_commits_only_what_is_persisted() -> None:
-    core = RaftCore(
-        RaftConfig(1), _Zero(), membership=Membership(frozenset({1})), now=0.0
-    )
+    core = RaftCore(RaftConfig(1), _Zero(), membership=Membership(frozenset({1})), now=0.0)
     core.election_timer_fired(core.election_deadline)
     assert core.role is Role.LEADER
     rd = core.ready()
@@ -245,9 +243,7 @@ def test_truncation_while_a_write_is_in_flight_is_not_acknowledged() -> None:
     assert [e.index for e in rd.entries] == [2, 3]
     # Meanwhile node 2 leads term 2 and overwrites index 2 onwards on node 1.
     c.heal()
-    newer = AppendEntries(
-        2, 2, 1, 1, 1, (Entry(2, 2, EntryKind.NOOP),), 1
-    )
+    newer = AppendEntries(2, 2, 1, 1, 1, (Entry(2, 2, EntryKind.NOOP),), 1)
     core1.step(newer, c.now + 10)
     assert core1.role is Role.FOLLOWER
     core1.advance(rd)  # the old write completes

@@ -79,4 +79,11 @@ def test_cli_reports_and_exits(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--seeds", "3", "--steps", "200"]) == 0
     out = capsys.readouterr().out
     assert "seeds/s" in out and "0 violations" in out
-    assert main(["--seed", "7", "--steps", "200", "--fault", "read_before_commit_in_term"]) in (0, 1)
+    broken = ["--seeds", "50", "--steps", "1500", "--fault", "read_before_commit_in_term"]
+    assert main(broken) == 1
+    out = capsys.readouterr().out
+    seed = int(out.split("seed ")[1].split(":")[0])
+    assert (
+        main(["--seed", str(seed), "--steps", "1500", "--fault", "read_before_commit_in_term"]) == 1
+    )
+    assert "VIOLATION t=" in capsys.readouterr().out

@@ -1,0 +1,460 @@
+"""An in-process network with fault injection, for tests.
+
+Theory of operation
+-------------------
+:class:`MemoryNetwork` owns a nursery with one delivery task and a queue of
+in-flight messages ordered by delivery time.  :meth:`MemoryTransport.send`
+encodes the message with the real codec (so codec bugs surface in every
+runtime test), applies the faults in force and schedules the frame at
+``now + delay``; the delivery task decodes it and calls the destination's
+``on_messages``.  Messages due at the same moment from one source to one
+destination arrive as one batch, like a frame.
+
+Faults (attributes and methods of the network, changeable at any time):
+
+* ``drop_rate``: probability that a message is lost;
+* ``duplicate_rate``: probability that it is delivered twice;
+* ``delay = (low, high)``: each message takes a uniform random time in the
+  range, so messages overtake each other unless ``low == high``;
+* ``partition(a, b)``, ``isolate(n)``, ``block(src, dst)`` (one way),
+  ``unblock``, ``heal()``: links that drop everything.  A link is checked
+  when a message is sent and again when it is delivered.
+
+As with TCP, a message sent before a node restarted is never delivered to
+the new incarnation.  Randomness comes from ``seed``, and the clock from
+Trio, so runs under ``trio.testing.MockClock(autojump_threshold=0)`` are
+reproducible and take no wall time.
+
+Mistakes surface loudly: sending an object the codec cannot encode raises
+from :meth:`~MemoryTransport.send`, and a frame that fails to decode (a codec
+bug) or an exception from ``on_messages`` crashes the network's nursery,
+failing the test.  A message larger than the frame limit is logged and
+dropped, as the WebSocket transport does.
+
+Example::
+
+    async with MemoryNetwork(seed=7, delay=(0.001, 0.01)) as net:
+        async with net.open_transport(1, on_messages_1) as t1, \\
+                   net.open_transport(2, on_messages_2) as t2:
+            t1.send(2, Heartbeat(term=1, src=1, dst=2, commit=0))
+            net.partition({1}, {2})
+            ...
+            net.heal()
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import trio
+
+from trioraft.core.types import NodeId
+from trioraft.transport._ws import open_service_nursery
+from trioraft.transport.base import OnMessages, PeerStatistics, TransportStatistics
+from trioraft.transport.codec import DEFAULT_MAX_FRAME, decode_frame, encode_frame
+from trioraft.transport.messages import AnyMessage
+
+__all__ = ["MemoryNetwork", "MemoryTransport", "NetworkStatistics"]
+
+log = logging.getLogger("trioraft.transport.memory")
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkStatistics:
+    """Counters of a :class:`MemoryNetwork`.
+
+    ``blocked``: lost to a partition or block; ``unreachable``: sent to a
+    node that was not running (or restarted before delivery); ``lost``:
+    random drops; ``oversized``: larger than a frame.
+    """
+
+    delivered: int = 0
+    in_flight: int = 0
+    blocked: int = 0
+    unreachable: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    oversized: int = 0
+
+
+@dataclass(order=True)
+class _Flight:
+    at: float
+    seq: int
+    src: NodeId = field(compare=False)
+    dst: NodeId = field(compare=False)
+    target: MemoryTransport = field(compare=False)
+    payload: bytes | AnyMessage = field(compare=False)
+    counter: _PeerCounters = field(compare=False)
+
+
+class _PeerCounters:
+    __slots__ = ("address", "dropped", "in_flight", "received", "sent")
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sent = 0
+        self.dropped = 0
+        self.received = 0
+        self.in_flight = 0
+
+
+class MemoryTransport:
+    """A :class:`~trioraft.transport.base.Transport` on a :class:`MemoryNetwork`.
+
+    Until :meth:`set_peers` is called (or unless ``peers`` was given), every
+    node on the network is a peer.
+    """
+
+    def __init__(
+        self,
+        network: MemoryNetwork,
+        node_id: NodeId,
+        on_messages: OnMessages,
+        peers: Mapping[NodeId, str] | Iterable[NodeId] | None,
+    ) -> None:
+        self.node_id = node_id
+        self.network = network
+        self._on_messages = on_messages
+        self._peers: dict[NodeId, str] | None = None
+        self._counters: dict[NodeId, _PeerCounters] = {}
+        self._closed = False
+        self._frames_in = 0
+        self._frames_out = 0
+        self._dropped_unknown = 0
+        if peers is not None:
+            self.set_peers(peers if isinstance(peers, Mapping) else {n: "" for n in peers})
+
+    def __repr__(self) -> str:
+        return f"<MemoryTransport node {self.node_id}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _counter(self, dst: NodeId) -> _PeerCounters:
+        c = self._counters.get(dst)
+        if c is None:
+            address = self._peers.get(dst, "") if self._peers is not None else ""
+            c = self._counters[dst] = _PeerCounters(address or f"memory:{dst}")
+        return c
+
+    def send(self, dst: NodeId, message: AnyMessage) -> None:
+        if (
+            self._closed
+            or dst == self.node_id
+            or (self._peers is not None and dst not in self._peers)
+        ):
+            self._dropped_unknown += 1
+            return
+        self.network._submit(self, dst, message)
+
+    def set_peers(self, peers: Mapping[NodeId, str]) -> None:
+        self._peers = {n: a for n, a in peers.items() if n != self.node_id}
+        for n in list(self._counters):
+            if n not in self._peers:
+                del self._counters[n]
+        for n, a in self._peers.items():
+            self._counter(n).address = a or f"memory:{n}"
+
+    def statistics(self) -> TransportStatistics:
+        net = self.network
+        known = self._peers if self._peers is not None else self._counters
+        peers = {}
+        for n in known:
+            c = self._counter(n)
+            peers[n] = PeerStatistics(
+                address=c.address,
+                connected=net._up(self.node_id, n),
+                inbound=net._up(n, self.node_id),
+                queued=c.in_flight,
+                sent=c.sent,
+                dropped=c.dropped,
+                received=c.received,
+                connects=0,
+            )
+        return TransportStatistics(
+            peers=peers,
+            frames_in=self._frames_in,
+            frames_out=self._frames_out,
+            dropped_unknown=self._dropped_unknown,
+        )
+
+    def close(self) -> None:
+        """Leave the network: nothing more is sent or delivered (like a crash)."""
+        if not self._closed:
+            self._closed = True
+            self.network._detach(self)
+
+
+class MemoryNetwork:
+    """The in-memory network; use as ``async with MemoryNetwork(...) as net``.
+
+    Args:
+        seed: seeds the network's :class:`random.Random` (drops, delays).
+        drop_rate: probability that a message is lost.
+        duplicate_rate: probability that a message is delivered twice.
+        delay: ``(low, high)`` seconds, or one number for a fixed delay.
+        codec: pass messages through ``encode_frame``/``decode_frame``.
+        max_frame: the frame limit; larger messages are dropped.
+        queue_size: messages in flight per link before sends are dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        drop_rate: float = 0.0,
+        duplicate_rate: float = 0.0,
+        delay: float | tuple[float, float] = 0.0,
+        codec: bool = True,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        queue_size: int = 1024,
+    ) -> None:
+        self.random = random.Random(seed)
+        self.drop_rate = drop_rate
+        self.duplicate_rate = duplicate_rate
+        self.delay = delay
+        self.codec = codec
+        self.max_frame = max_frame
+        self.queue_size = queue_size
+        self._nodes: dict[NodeId, MemoryTransport] = {}
+        self._blocked: set[tuple[NodeId, NodeId]] = set()
+        self._isolated: set[NodeId] = set()
+        self._heap: list[_Flight] = []
+        self._seq = 0
+        self._wakeup = trio.Event()
+        self._running = False
+        self._cm: AbstractAsyncContextManager[MemoryNetwork] | None = None
+        self._delivered = 0
+        self._lost = 0
+        self._blocked_count = 0
+        self._unreachable = 0
+        self._duplicated = 0
+        self._oversized = 0
+
+    # ------------------------------------------------------------------
+    # Lifetime
+    # ------------------------------------------------------------------
+
+    async def __aenter__(self) -> MemoryNetwork:
+        if self._cm is not None:
+            raise RuntimeError("a MemoryNetwork can be entered once")
+        self._cm = self._run()
+        return await self._cm.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._cm is not None
+        return await self._cm.__aexit__(exc_type, exc, tb)
+
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[MemoryNetwork]:
+        async with open_service_nursery() as nursery:
+            nursery.start_soon(self._deliver_forever)
+            self._running = True
+            try:
+                yield self
+            finally:
+                self._running = False
+
+    def attach(
+        self,
+        node_id: NodeId,
+        on_messages: OnMessages,
+        *,
+        peers: Mapping[NodeId, str] | Iterable[NodeId] | None = None,
+    ) -> MemoryTransport:
+        """Join the network now; :meth:`MemoryTransport.close` leaves it."""
+        if not self._running:
+            raise RuntimeError("use the network inside `async with MemoryNetwork() as net`")
+        if node_id in self._nodes:
+            raise ValueError(f"node {node_id} is already on the network")
+        transport = MemoryTransport(self, node_id, on_messages, peers)
+        self._nodes[node_id] = transport
+        return transport
+
+    @asynccontextmanager
+    async def open_transport(
+        self,
+        node_id: NodeId,
+        on_messages: OnMessages,
+        *,
+        peers: Mapping[NodeId, str] | Iterable[NodeId] | None = None,
+    ) -> AsyncIterator[MemoryTransport]:
+        """``async with net.open_transport(1, on_messages) as t``: attach, then close on exit.
+
+        An async context manager, like
+        :func:`~trioraft.transport.websocket.open_websocket_transport`, so a
+        runtime can take either.
+        """
+        transport = self.attach(node_id, on_messages, peers=peers)
+        try:
+            yield transport
+        finally:
+            transport.close()
+
+    def _detach(self, transport: MemoryTransport) -> None:
+        if self._nodes.get(transport.node_id) is transport:
+            del self._nodes[transport.node_id]
+
+    # ------------------------------------------------------------------
+    # Faults
+    # ------------------------------------------------------------------
+
+    def partition(self, group_a: Collection[NodeId], group_b: Collection[NodeId]) -> None:
+        """Cut every link between the two groups, both ways."""
+        for a in group_a:
+            for b in group_b:
+                if a != b:
+                    self._blocked.add((a, b))
+                    self._blocked.add((b, a))
+
+    def isolate(self, node: NodeId) -> None:
+        """Cut ``node`` off from everyone (until :meth:`heal` or :meth:`reconnect`)."""
+        self._isolated.add(node)
+
+    def reconnect(self, node: NodeId) -> None:
+        """Undo :meth:`isolate` for ``node``."""
+        self._isolated.discard(node)
+
+    def block(self, src: NodeId, dst: NodeId) -> None:
+        """Drop everything ``src`` sends to ``dst`` (one way)."""
+        self._blocked.add((src, dst))
+
+    def unblock(self, src: NodeId, dst: NodeId) -> None:
+        """Undo :meth:`block` (or one direction of a partition)."""
+        self._blocked.discard((src, dst))
+
+    def heal(self) -> None:
+        """Remove every partition, block and isolation (rates and delays stay)."""
+        self._blocked.clear()
+        self._isolated.clear()
+
+    def is_blocked(self, src: NodeId, dst: NodeId) -> bool:
+        return (src, dst) in self._blocked or src in self._isolated or dst in self._isolated
+
+    def _up(self, src: NodeId, dst: NodeId) -> bool:
+        return src in self._nodes and dst in self._nodes and not self.is_blocked(src, dst)
+
+    def statistics(self) -> NetworkStatistics:
+        return NetworkStatistics(
+            delivered=self._delivered,
+            in_flight=len(self._heap),
+            blocked=self._blocked_count,
+            unreachable=self._unreachable,
+            lost=self._lost,
+            duplicated=self._duplicated,
+            oversized=self._oversized,
+        )
+
+    # ------------------------------------------------------------------
+    # Sending and delivering
+    # ------------------------------------------------------------------
+
+    def _delay(self) -> float:
+        d = self.delay
+        if isinstance(d, tuple):
+            low, high = d
+            return low if low >= high else self.random.uniform(low, high)
+        return d
+
+    def _submit(self, sender: MemoryTransport, dst: NodeId, message: AnyMessage) -> None:
+        counter = sender._counter(dst)
+        if counter.in_flight >= self.queue_size:
+            counter.dropped += 1
+            return
+        payload: bytes | AnyMessage = message
+        if self.codec:
+            payload = encode_frame([message])  # raises on a message the codec refuses
+            if len(payload) > self.max_frame:
+                self._oversized += 1
+                counter.dropped += 1
+                log.error(
+                    "node %d: dropped a %s of %d bytes to %d: larger than a frame",
+                    sender.node_id,
+                    type(message).__name__,
+                    len(payload),
+                    dst,
+                )
+                return
+        counter.sent += 1
+        sender._frames_out += 1
+        src = sender.node_id
+        target = self._nodes.get(dst)
+        if target is None:
+            self._unreachable += 1
+            return
+        if self.is_blocked(src, dst):
+            self._blocked_count += 1
+            return
+        if self.drop_rate and self.random.random() < self.drop_rate:
+            self._lost += 1
+            return
+        copies = 1
+        if self.duplicate_rate and self.random.random() < self.duplicate_rate:
+            copies = 2
+            self._duplicated += 1
+        now = trio.current_time()
+        for _ in range(copies):
+            self._seq += 1
+            heapq.heappush(
+                self._heap,
+                _Flight(now + self._delay(), self._seq, src, dst, target, payload, counter),
+            )
+            counter.in_flight += 1
+        self._wakeup.set()
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            self._wakeup = trio.Event()
+            if not self._heap:
+                await self._wakeup.wait()
+                continue
+            if self._heap[0].at > trio.current_time():
+                with trio.move_on_at(self._heap[0].at):
+                    await self._wakeup.wait()
+                continue
+            self._deliver_due()
+            # Let receivers run before the next round, like a real network would.
+            await trio.lowlevel.checkpoint()
+
+    def _deliver_due(self) -> None:
+        now = trio.current_time()
+        batches: dict[tuple[NodeId, NodeId], list[_Flight]] = {}
+        while self._heap and self._heap[0].at <= now:
+            f = heapq.heappop(self._heap)
+            f.counter.in_flight -= 1
+            batches.setdefault((f.src, f.dst), []).append(f)
+        for (src, dst), flights in batches.items():
+            messages: list[AnyMessage] = []
+            target = flights[0].target
+            for f in flights:
+                if f.target is not target or self._nodes.get(dst) is not target:
+                    # Sent to an earlier incarnation: that connection is gone.
+                    self._unreachable += 1
+                elif target._peers is not None and src not in target._peers:
+                    # The WebSocket transport refuses a node that is not a peer.
+                    self._unreachable += 1
+                elif self.is_blocked(src, dst):
+                    self._blocked_count += 1
+                elif isinstance(f.payload, bytes):
+                    messages += decode_frame(f.payload, max_size=self.max_frame)
+                else:
+                    messages.append(f.payload)
+            if not messages:
+                continue
+            self._delivered += len(messages)
+            target._frames_in += 1
+            target._counter(src).received += len(messages)
+            target._on_messages(src, messages)

@@ -917,7 +917,7 @@ class RaftCore:
         entries: tuple[Entry, ...] = ()
         if self._unstable_from <= self.last_index():
             entries = tuple(self.log[self._unstable_from - self.offset - 1 :])
-        hs_out = self._hard_state_to_persist(bool(entries) or self._pending_snapshot is not None)
+        hs_out = self._hard_state_to_persist()
         committed: tuple[Entry, ...] = ()
         if self.commit > self._apply_cursor:
             committed = tuple(self.entries_between(self._apply_cursor + 1, self.commit + 1))
@@ -941,13 +941,13 @@ class RaftCore:
                 self._apply_cursor = committed[-1].index
         return rd
 
-    def _hard_state_to_persist(self, writing: bool) -> HardState | None:
+    def _hard_state_to_persist(self) -> HardState | None:
         """The hard state to write, or None.
 
-        Term and vote changes are always written: nothing that depends on
-        them may leave before they are durable.  The commit index is only a
-        hint, so it rides along when entries are written anyway instead of
-        costing an fsync of its own.
+        Written when the term or vote changed: nothing that depends on them
+        may leave before they are durable.  The commit index in it is a hint
+        for restarts only (the state machine's applied index is the real
+        restart point), so a commit change alone costs no fsync.
         """
         hs = HardState(
             self.term,
@@ -955,7 +955,7 @@ class RaftCore:
             self.commit,
         )
         p = self._persisted_hs
-        if hs.term != p.term or hs.vote != p.vote or (writing and hs.commit > p.commit):
+        if hs.term != p.term or hs.vote != p.vote:
             return hs
         return None
 
@@ -974,7 +974,7 @@ class RaftCore:
                     self._broadcast_wanted or self._round_wanted or self.commit > self._commit_sent
                 )
             )
-            or self._hard_state_to_persist(False) is not None
+            or self._hard_state_to_persist() is not None
         )
 
     def advance(self, rd: Ready) -> None:
@@ -1042,15 +1042,17 @@ class RaftCore:
         self._broadcast_wanted = True
         return first
 
-    def read(self, request_id: int, *, lease: bool = False) -> None:
+    def read(self, request_id: int, now: float, *, lease: bool = False) -> None:
         """Ask for a linearizable read point.
 
         The answer comes in a later Ready: ``ReadState(request_id, index)``
         (serve the read once applied >= index) or ``ReadFailed``.  A request
         id already pending is not registered twice.  ``lease=True`` answers
         at once from the leader lease when it is valid (needs check-quorum),
-        otherwise falls back to ReadIndex.
+        otherwise falls back to ReadIndex.  ``now`` matters: a leader that was
+        paused must not judge its lease by the time it last saw.
         """
+        self.now = max(self.now, now)
         if self.role is not Role.LEADER:
             self._failed_reads.append(ReadFailed(request_id, self.leader, "not leader"))
             return
@@ -1168,20 +1170,30 @@ class RaftCore:
 
     # ------------------------------------------------------------ snapshots
 
-    def compact(self, index: int) -> SnapshotMeta:
-        """The state machine holds a durable snapshot at ``index``: drop the log up to it."""
+    def compact(self, index: int, keep_entries: int = 0) -> SnapshotMeta:
+        """The state machine holds a durable snapshot at ``index``: drop the log before it.
+
+        The newest ``keep_entries`` entries up to ``index`` stay in the log,
+        so a follower lagging by less than that still gets entries instead of
+        a whole snapshot.  The new log start is ``self.offset`` afterwards.
+        """
         if index > self.applied:
             raise ValueError(f"cannot compact to {index}: only {self.applied} applied")
-        if index <= self.offset:
-            assert self.snapshot is not None
+        if self.snapshot is not None and index <= self.snapshot.index:
             return self.snapshot
         term = self.term_at(index)
-        assert term is not None
+        if term is None:
+            raise ValueError(f"cannot compact to {index}: not in the log")
         meta = SnapshotMeta(index, term, self.membership_at(index))
-        del self.log[: index - self.offset]
-        self._base_membership = meta.membership
-        self._configs = [(i, c) for i, c in self._configs if i > index]
-        self.offset, self.offset_term, self.snapshot = index, term, meta
+        self.snapshot = meta
+        start = max(self.offset, index - max(0, keep_entries))
+        if start > self.offset:
+            start_term = self.term_at(start)
+            assert start_term is not None
+            self._base_membership = self.membership_at(start)
+            self._configs = [(i, c) for i, c in self._configs if i > start]
+            del self.log[: start - self.offset]
+            self.offset, self.offset_term = start, start_term
         return meta
 
     def report_snapshot(self, peer: NodeId, ok: bool) -> None:

@@ -68,7 +68,7 @@ class SimConfig:
     """Knobs of one simulated run.  The seed picks fault rates within these bounds."""
 
     nodes: int = 5
-    steps: int = 400
+    steps: int = 1000
     learners: int = 0  # of the ``nodes``, how many start as learners
     election_timeout: tuple[float, float] = (0.3, 0.6)
     heartbeat: float = 0.05
@@ -148,6 +148,7 @@ class Simulation:
         # is what Figure 8 needs; small windows exercise flow control.
         self.max_append = r.choice((1, 2, 4, 16))
         self.max_inflight = r.choice((1, 2, 8))
+        self.keep_entries = r.choice((0, 0, 5, 20))  # log kept behind a snapshot
         self.now = 0.0
         self.queue: list[tuple[float, int, int, Any]] = []
         self._seq = 0
@@ -315,11 +316,10 @@ class Simulation:
         if rd.entries:
             first = rd.entries[0].index
             base = n.durable_snap[0].index if n.durable_snap else 0
-            keep = first - base - 1
-            if keep < 0:
+            if first <= base:
                 self._violation(f"node {n.id} writes entry {first} below its snapshot {base}")
                 return
-            del n.durable_entries[keep:]
+            n.durable_entries = [e for e in n.durable_entries if e.index < first]
             n.durable_entries.extend(rd.entries)
             self._check_persisted(n, rd.entries)
         if rd.hard_state is not None:
@@ -364,9 +364,9 @@ class Simulation:
         assert core is not None
         if n.sm_index - core.offset < self.cfg.snapshot_every or n.sm_index > core.applied:
             return
-        meta = core.compact(n.sm_index)
+        meta = core.compact(n.sm_index, self.keep_entries)
         n.durable_snap = (meta, n.sm_hash)
-        n.durable_entries = [e for e in n.durable_entries if e.index > meta.index]
+        n.durable_entries = [e for e in n.durable_entries if e.index > core.offset]
 
     def _send(self, n: _Node, m: Message) -> None:
         if (n.id, m.dst) in self.blocked or m.dst not in self.nodes:
@@ -441,7 +441,7 @@ class Simulation:
         elif x < c.propose_rate + c.read_rate:
             self._next_read += 1
             n.reads[self._next_read] = (self.max_commit, self._next_read)
-            core.read(self._next_read, lease=r.random() < 0.5)
+            core.read(self._next_read, self.now, lease=r.random() < 0.5)
         elif x < c.propose_rate + c.read_rate + c.membership_rate:
             self._change_membership(core)
         elif x < c.propose_rate + c.read_rate + c.membership_rate + c.transfer_rate:

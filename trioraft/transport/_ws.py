@@ -39,8 +39,10 @@ from trioraft.transport.base import TokenLookup
 from trioraft.transport.codec import (
     DIALER,
     LISTENER,
+    MAX_MESSAGES,
     MAX_TEXT,
     ProtocolError,
+    assemble_frame,
     decode_frame,
     encode_frame,
     handshake_mac,
@@ -61,6 +63,7 @@ __all__ = [
     "listener_handshake",
     "open_service_nursery",
     "parse_address",
+    "send_batches",
 ]
 
 T = TypeVar("T")
@@ -267,7 +270,7 @@ async def dial(
             stream = await trio.open_tcp_stream(host, port)
     try:
         remote = describe_stream(stream)
-        async with trio.open_nursery() as nursery:
+        async with open_service_nursery() as nursery:
             watch = _ReaderWatch(nursery)
             fake = cast(trio.Nursery, watch)
             with trio.fail_after(connect_timeout):
@@ -287,7 +290,6 @@ async def dial(
                 yield FrameSocket(ws, remote, max_frame)
             finally:
                 await _close_ws(ws)
-                nursery.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -302,7 +304,7 @@ async def accept_stream(
     """
     try:
         remote = describe_stream(stream)
-        async with trio.open_nursery() as nursery:
+        async with open_service_nursery() as nursery:
             watch = _ReaderWatch(nursery)
             fake = cast(trio.Nursery, watch)
             with trio.fail_at(deadline):
@@ -321,9 +323,53 @@ async def accept_stream(
                 yield FrameSocket(ws, remote, max_frame)
             finally:
                 await _close_ws(ws)
-                nursery.cancel_scope.cancel()
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def send_batches(
+    sock: FrameSocket,
+    channel: trio.MemoryReceiveChannel[T],
+    encode: Callable[[T], bytes | None],
+    carry: list[bytes],
+    budget: int,
+    send_timeout: float,
+    on_sent: Callable[[int], None],
+) -> None:
+    """Coalesce what is queued on ``channel`` into frames of at most ``budget`` message bytes.
+
+    ``encode`` returns a message's bytes or None to skip it; ``carry`` holds
+    an encoded message that did not fit the previous frame.  Returns when the
+    channel is closed and drained.
+    """
+    while True:
+        batch = carry[:]
+        carry.clear()
+        if not batch:
+            try:
+                first = encode(await channel.receive())
+            except trio.EndOfChannel:
+                return
+            if first is None:
+                continue
+            batch = [first]
+        size = len(batch[0])
+        while len(batch) < MAX_MESSAGES:
+            try:
+                item = channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            data = encode(item)
+            if data is None:
+                continue
+            if size + len(data) > budget:
+                carry.append(data)
+                break
+            batch.append(data)
+            size += len(data)
+        with trio.fail_after(send_timeout):
+            await sock.send(assemble_frame(batch))
+        on_sent(len(batch))
 
 
 # --------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
 import trio
+import trio_websocket
 
 from trioraft.core.types import (
     AppendEntries,
@@ -68,6 +69,7 @@ from trioraft.transport._ws import (
     listener_handshake,
     open_service_nursery,
     parse_address,
+    send_batches,
 )
 from trioraft.transport.base import (
     ClientHandler,
@@ -79,9 +81,7 @@ from trioraft.transport.base import (
 from trioraft.transport.codec import (
     DEFAULT_MAX_FRAME,
     FRAME_OVERHEAD,
-    MAX_MESSAGES,
     ProtocolError,
-    assemble_frame,
     decode_frame,
     encode_message,
     new_nonce,
@@ -127,7 +127,35 @@ _PEER_TYPES: Final = (
     SnapshotChunkAck,
 )
 # Errors that just mean "this connection is gone"; logged briefly.
-_NETWORK_ERRORS: Final = (Closed, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+_NETWORK_ERRORS: Final = (
+    Closed,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio_websocket.HandshakeError,  # e.g. an HTTP server that is not a trioraft node
+)
+
+
+class _Throttle:
+    """Log a recurring complaint at WARNING once per ``interval``, at DEBUG in between.
+
+    A misconfigured peer redials every couple of seconds for ever; one line
+    per interval is enough to see it.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last: dict[object, float] = {}
+
+    def level(self, key: object) -> int:
+        now = trio.current_time()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            return logging.DEBUG
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return logging.WARNING
 
 
 class _Peer:
@@ -145,51 +173,6 @@ class _Peer:
         self.dropped = 0
         self.received = 0
         self.connects = 0
-
-
-async def _send_batches(
-    sock: FrameSocket,
-    channel: trio.MemoryReceiveChannel[T],
-    encode: Callable[[T], bytes | None],
-    carry: list[bytes],
-    budget: int,
-    send_timeout: float,
-    on_sent: Callable[[int], None],
-) -> None:
-    """Coalesce what is queued on ``channel`` into frames of at most ``budget`` message bytes.
-
-    ``encode`` returns a message's bytes or None to skip it; ``carry`` holds
-    an encoded message that did not fit the previous frame.  Returns when the
-    channel is closed and drained.
-    """
-    while True:
-        batch = carry[:]
-        carry.clear()
-        if not batch:
-            try:
-                first = encode(await channel.receive())
-            except trio.EndOfChannel:
-                return
-            if first is None:
-                continue
-            batch = [first]
-        size = len(batch[0])
-        while len(batch) < MAX_MESSAGES:
-            try:
-                item = channel.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            data = encode(item)
-            if data is None:
-                continue
-            if size + len(data) > budget:
-                carry.append(data)
-                break
-            batch.append(data)
-            size += len(data)
-        with trio.fail_after(send_timeout):
-            await sock.send(assemble_frame(batch))
-        on_sent(len(batch))
 
 
 class _ServerClientConnection:
@@ -295,7 +278,7 @@ class _ServerClientConnection:
 
     async def _sender(self) -> None:
         try:
-            await _send_batches(
+            await send_batches(
                 self._sock,
                 self._receive_channel,
                 self._encode,
@@ -356,6 +339,7 @@ class WebSocketTransport:
         self._backoff = backoff
         self._budget = max_frame - FRAME_OVERHEAD
         self._random = random.Random()
+        self._throttle = _Throttle()
         self._peers: dict[NodeId, _Peer] = {}
         self._inbound: dict[NodeId, trio.CancelScope] = {}
         self._frames_in = 0
@@ -492,8 +476,13 @@ class WebSocketTransport:
             self._handshakes_rejected += 1
             for exc in _exceptions(group, HandshakeFailed):
                 who = "peer refused us" if exc.by_peer else "we refused the peer"
-                self.log.warning(
-                    "handshake with peer %d at %s failed (%s): %s", peer.node_id, address, who, exc
+                self.log.log(
+                    self._throttle.level((peer.node_id, exc.code)),
+                    "handshake with peer %d at %s failed (%s): %s",
+                    peer.node_id,
+                    address,
+                    who,
+                    exc,
                 )
         except* trio.TooSlowError:
             self.log.log(
@@ -538,7 +527,7 @@ class WebSocketTransport:
             self._frames_out += 1
 
         try:
-            await _send_batches(
+            await send_batches(
                 sock,
                 peer.receive_channel,
                 self._encode_for(peer),
@@ -629,7 +618,8 @@ class WebSocketTransport:
         except* HandshakeFailed as group:
             self._handshakes_rejected += 1
             for exc in _exceptions(group, HandshakeFailed):
-                self.log.warning(
+                self.log.log(
+                    self._throttle.level((remote.rpartition(":")[0], exc.code)),
                     "refused a connection from %s: %s%s",
                     remote,
                     exc,

@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -893,7 +893,7 @@ class RaftCore:
             m = self.membership
             if m.joint:
                 # C(old,new) is committed: move on to C(new) on our own.
-                self._append_config(Membership(m.voters, frozenset(), m.learners))
+                self._append_config(Membership.of(m.voters, m.learners, addresses=m.address_map))
             elif not m.is_voter(self.id):
                 # Our removal is committed: stop leading (dissertation 4.2.2).
                 self._become_follower(self.term, None)
@@ -1114,18 +1114,25 @@ class RaftCore:
 
     # ----------------------------------------------------------- membership
 
-    def change_membership(self, voters: Iterable[NodeId], learners: Iterable[NodeId] = ()) -> int:
+    def change_membership(
+        self,
+        voters: Iterable[NodeId],
+        learners: Iterable[NodeId] = (),
+        addresses: Mapping[NodeId, str] | None = None,
+    ) -> int:
         """Propose a new configuration; returns the index of its first entry.
 
         A change of voters goes through the joint configuration C(old,new)
         and the leader moves on to C(new) once that commits.  Learner-only
         changes take one entry.  One change at a time, and only after this
-        leader has committed an entry of its term.
+        leader has committed an entry of its term.  ``addresses`` adds or
+        changes where members listen; addresses of removed nodes are dropped.
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         new_voters, new_learners = frozenset(voters), frozenset(learners)
-        target = Membership(new_voters, frozenset(), new_learners)  # validates
+        addr = {**self.membership.address_map, **(addresses or {})}
+        target = Membership.of(new_voters, new_learners, addresses=addr)  # validates
         if self.commit < self._term_start:
             raise ProposalRejected("leader has not committed an entry of its term yet")
         if (self._configs and self._configs[-1][0] > self.commit) or self.membership.joint:
@@ -1135,7 +1142,9 @@ class RaftCore:
         cur = self.membership
         if target.voters == cur.voters:
             return self._append_config(target)
-        return self._append_config(Membership(new_voters, cur.voters, new_learners))
+        return self._append_config(
+            Membership.of(new_voters, new_learners, outgoing=cur.voters, addresses=addr)
+        )
 
     def _append_config(self, m: Membership) -> int:
         index = self.last_index() + 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 NodeId = int
@@ -77,6 +77,9 @@ class Membership:
     voters: frozenset[NodeId]
     voters_outgoing: frozenset[NodeId] = frozenset()
     learners: frozenset[NodeId] = frozenset()
+    #: ``(node id, "host:port")`` pairs, sorted: where members listen, so a
+    #: node added at run time is reachable by every replica.  Optional.
+    addresses: tuple[tuple[NodeId, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.voters:
@@ -87,6 +90,39 @@ class Membership:
         for n in self.voters | self.voters_outgoing | self.learners:
             if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
                 raise ValueError(f"node ids are positive integers, got {n!r}")
+        members = self.voters | self.voters_outgoing | self.learners
+        seen: set[NodeId] = set()
+        for n, addr in self.addresses:
+            if n not in members or n in seen or not isinstance(addr, str) or not addr:
+                raise ValueError(f"bad address entry ({n!r}, {addr!r})")
+            seen.add(n)
+        if list(self.addresses) != sorted(self.addresses):
+            raise ValueError("addresses must be sorted by node id")
+
+    @classmethod
+    def of(
+        cls,
+        voters: Iterable[NodeId],
+        learners: Iterable[NodeId] = (),
+        *,
+        outgoing: Iterable[NodeId] = (),
+        addresses: Mapping[NodeId, str] | None = None,
+    ) -> Membership:
+        """Build a membership; ``addresses`` is filtered to its members."""
+        v, o, lr = frozenset(voters), frozenset(outgoing), frozenset(learners)
+        members = v | o | lr
+        addr = tuple(sorted((n, a) for n, a in (addresses or {}).items() if n in members))
+        return cls(v, o, lr, addr)
+
+    def address_of(self, node: NodeId) -> str | None:
+        for n, a in self.addresses:
+            if n == node:
+                return a
+        return None
+
+    @property
+    def address_map(self) -> dict[NodeId, str]:
+        return dict(self.addresses)
 
     @property
     def joint(self) -> bool:
@@ -128,14 +164,14 @@ class Membership:
 
     def encode(self) -> bytes:
         """Canonical bytes for a CONFIG entry (sorted JSON, stable across versions)."""
-        return json.dumps(
-            {
-                "voters": sorted(self.voters),
-                "outgoing": sorted(self.voters_outgoing),
-                "learners": sorted(self.learners),
-            },
-            separators=(",", ":"),
-        ).encode()
+        obj: dict[str, object] = {
+            "voters": sorted(self.voters),
+            "outgoing": sorted(self.voters_outgoing),
+            "learners": sorted(self.learners),
+        }
+        if self.addresses:
+            obj["addresses"] = [[n, a] for n, a in self.addresses]
+        return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Membership:
@@ -155,7 +191,18 @@ class Membership:
                 raise ValueError(f"membership field {key!r} must be a list of node ids")
             return frozenset(v)
 
-        return cls(ids("voters"), ids("outgoing"), ids("learners"))
+        raw = obj.get("addresses", [])
+        if not isinstance(raw, list) or not all(
+            isinstance(x, list)
+            and len(x) == 2
+            and isinstance(x[0], int)
+            and not isinstance(x[0], bool)
+            and isinstance(x[1], str)
+            for x in raw
+        ):
+            raise ValueError("membership field 'addresses' must be a list of [id, address]")
+        addresses = tuple(sorted((int(n), str(a)) for n, a in raw))
+        return cls(ids("voters"), ids("outgoing"), ids("learners"), addresses)
 
 
 @dataclass(frozen=True, slots=True)

@@ -395,13 +395,11 @@ async def _reject(sock: FrameSocket, code: str, message: str) -> NoReturn:
 
 async def _receive_handshake(sock: FrameSocket) -> list[AnyMessage]:
     try:
-        data = await sock.receive()
+        return decode_frame(await sock.receive(), max_size=HANDSHAKE_MAX_FRAME)
     except Closed as exc:
         if exc.oversized:
             raise HandshakeFailed("protocol", "oversized handshake frame", by_peer=False) from None
         raise
-    try:
-        return decode_frame(data, max_size=HANDSHAKE_MAX_FRAME)
     except ProtocolError as exc:
         await _reject(sock, "protocol", f"bad handshake frame: {exc}")
 

@@ -64,6 +64,7 @@ from trioraft.transport._ws import (
     FrameSocket,
     HandshakeFailed,
     accept_stream,
+    describe_stream,
     dial,
     dialer_handshake,
     listener_handshake,
@@ -432,19 +433,23 @@ class WebSocketTransport:
         failures = 0
         with peer.scope:
             while True:
-                peer.connection_scope = trio.CancelScope()
-                connects = peer.connects
-                with peer.connection_scope:
+                # One attempt and the pause after it; set_peers cancels this
+                # scope when the address changes, to redial at once.
+                attempt = peer.connection_scope = trio.CancelScope()
+                with attempt:
+                    connects = peer.connects
                     await self._peer_connection(peer, quiet=failures > 0)
+                    if peer.connects > connects:
+                        delay, failures = low, 0
+                    else:
+                        failures += 1
+                    # Jitter in [delay/2, delay]: restarted nodes do not all
+                    # redial in lockstep.
+                    await trio.sleep(delay * (0.5 + 0.5 * self._random.random()))
+                    delay = min(delay * 2, high)
                 peer.connection_scope = None
-                if peer.connects > connects:
+                if attempt.cancelled_caught:
                     delay, failures = low, 0
-                else:
-                    failures += 1
-                # Full jitter in [delay/2, delay]: restarted nodes do not all
-                # redial in lockstep.
-                await trio.sleep(delay * (0.5 + 0.5 * self._random.random()))
-                delay = min(delay * 2, high)
 
     async def _peer_connection(self, peer: _Peer, *, quiet: bool) -> None:
         address = peer.address
@@ -551,6 +556,9 @@ class WebSocketTransport:
         while True:
             try:
                 data = await sock.receive()
+                self._frames_in += 1
+                messages = decode_frame(data, max_size=self.max_frame, cluster_id=self.cluster_id)
+                self._check_batch(src, messages)
             except Closed as exc:
                 if exc.oversized:
                     self._bad_frames += 1
@@ -560,10 +568,6 @@ class WebSocketTransport:
                 else:
                     self.log.debug("connection with peer %d closed: %s", src, exc)
                 return
-            self._frames_in += 1
-            try:
-                messages = decode_frame(data, max_size=self.max_frame, cluster_id=self.cluster_id)
-                self._check_batch(src, messages)
             except ProtocolError as exc:
                 self._bad_frames += 1
                 self.log.warning("bad frame from peer %d at %s: %s; closing", src, sock.remote, exc)
@@ -597,11 +601,11 @@ class WebSocketTransport:
     # ------------------------------------------------------------------
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
-        remote = "?"
+        remote = describe_stream(stream)
+        authenticated = False
         try:
             deadline = trio.current_time() + self._handshake_timeout
             async with accept_stream(stream, max_frame=self.max_frame, deadline=deadline) as sock:
-                remote = sock.remote
                 with trio.fail_at(deadline):
                     opener = await listener_handshake(
                         sock,
@@ -611,27 +615,30 @@ class WebSocketTransport:
                         is_peer=self._peers.__contains__,
                         client_key=self._client_tokens if self._client_handler else None,
                     )
+                authenticated = True
                 if isinstance(opener, Hello):
                     await self._serve_peer(sock, opener.node_id)
                 else:
                     await self._serve_client(sock, opener.client_id)
         except* HandshakeFailed as group:
-            self._handshakes_rejected += 1
             for exc in _exceptions(group, HandshakeFailed):
-                self.log.log(
-                    self._throttle.level((remote.rpartition(":")[0], exc.code)),
-                    "refused a connection from %s: %s%s",
-                    remote,
-                    exc,
-                    " (it refused us)" if exc.by_peer else "",
-                )
+                suffix = " (it refused us)" if exc.by_peer else ""
+                self._refused(remote, exc.code, f"{exc}{suffix}")
         except* trio.TooSlowError:
-            self._handshakes_rejected += 1
-            self.log.warning("refused a connection from %s: handshake timed out", remote)
+            self._refused(remote, "timeout", "handshake timed out")
         except* _NETWORK_ERRORS as group:
-            self.log.debug("connection from %s ended: %s", remote, _summary(group))
+            if authenticated:
+                self.log.debug("connection from %s ended: %s", remote, _summary(group))
+            else:
+                # Garbage instead of HTTP, a failed TLS handshake, a hang-up.
+                self._refused(remote, "closed", f"closed before authenticating: {_summary(group)}")
         except* Exception as group:
             self.log.error("connection from %s: unexpected error", remote, exc_info=group)
+
+    def _refused(self, remote: str, code: str, text: str) -> None:
+        self._handshakes_rejected += 1
+        level = self._throttle.level((remote.rpartition(":")[0], code))
+        self.log.log(level, "refused a connection from %s: %s", remote, text)
 
     async def _serve_peer(self, sock: FrameSocket, node_id: NodeId) -> None:
         scope = trio.CancelScope()

@@ -666,6 +666,10 @@ class WebSocketTransport:
                     nursery.start_soon(conn._sender)
                     try:
                         await self._client_handler(conn)
+                    except trio.EndOfChannel:
+                        pass  # from conn.receive(): the connection closed, a normal end
+                    except Exception:
+                        self.log.exception("the client handler failed on %r", conn)
                     finally:
                         # Let the sender flush what the handler queued, then stop.
                         conn._send_channel.close()

@@ -212,3 +212,40 @@ async def test_logger_name(caplog: pytest.LogCaptureFixture) -> None:
     async with node(7, Inbox()):
         pass
     assert any(r.name == "trioraft.transport.7" for r in caplog.records)
+
+
+async def test_keepalive_notices_a_black_holed_connection() -> None:
+    """Node 1 reaches node 2 through a proxy that then silently stops forwarding."""
+    inbox = Inbox()
+    freezes: list[trio.Event] = []
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream, frozen: trio.Event) -> None:
+        while data := await src.receive_some(65536):
+            if frozen.is_set():
+                await trio.sleep_forever()  # neither forward nor close: a black hole
+            await dst.send_all(data)
+
+    async with node(2, inbox) as t2, trio.open_nursery() as nursery:
+
+        async def handle(client: trio.SocketStream) -> None:
+            frozen = trio.Event()
+            freezes.append(frozen)
+            upstream = await trio.open_tcp_stream("127.0.0.1", t2.port)
+            async with client, upstream, trio.open_nursery() as pumps:
+                pumps.start_soon(pump, client, upstream, frozen)
+                pumps.start_soon(pump, upstream, client, frozen)
+
+        listeners = await nursery.start(trio.serve_tcp, handle, 0)
+        proxy = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        async with node(1, inbox, {2: proxy}, keepalive=0.1) as t1:
+            t2.set_peers({1: addr(t1)})
+            t1.send(2, hb(1, 2, 1))
+            await eventually(lambda: inbox.commits(2) == [1])
+            for frozen in freezes:
+                frozen.set()
+            t1.send(2, hb(1, 2, 2))  # swallowed by the black hole
+            # Noticed within about two keepalive periods, not after a close timeout.
+            await eventually(lambda: t1.statistics().peers[2].connects == 2, within=0.8)
+            t1.send(2, hb(1, 2, 3))
+            await eventually(lambda: 3 in inbox.commits(2))
+        nursery.cancel_scope.cancel()

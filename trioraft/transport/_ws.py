@@ -201,6 +201,9 @@ class FrameSocket:
         self.ws = ws
         self.remote = remote
         self.max_frame = max_frame
+        #: Set when the other end stopped responding: closing skips the
+        #: closing handshake, which would only wait out its timeout.
+        self.dead = False
 
     def authenticated(self) -> None:
         """Lift the frame limit from :data:`HANDSHAKE_MAX_FRAME` to ``max_frame``."""
@@ -232,6 +235,17 @@ class FrameSocket:
             raise ProtocolError("text WebSocket message; frames are binary")
         return data
 
+    async def ping(self, patience: float) -> None:
+        """Send a WebSocket ping; raise :class:`Closed` unless the pong comes in time."""
+        try:
+            with trio.fail_after(patience):
+                await self.ws.ping()
+        except trio.TooSlowError:
+            self.dead = True
+            raise Closed(f"no pong within {patience} s") from None
+        except trio_websocket.ConnectionClosed as exc:
+            raise Closed(str(exc.reason)) from None
+
     async def send(self, data: bytes) -> None:
         """Send one frame; raises :class:`Closed` if the connection is gone."""
         try:
@@ -240,11 +254,13 @@ class FrameSocket:
             raise Closed(str(exc.reason)) from None
 
 
-async def _close_ws(ws: trio_websocket.WebSocketConnection) -> None:
+async def _close_ws(sock: FrameSocket) -> None:
     # Graceful close so that a last frame (a HelloReject) is not lost to a
-    # TCP reset; bounded, and skipped at once when we are being cancelled.
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        await ws.aclose()
+    # TCP reset; bounded, and skipped at once when we are being cancelled or
+    # the other end is known to be unresponsive.
+    if not sock.dead:
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await sock.ws.aclose()
 
 
 @asynccontextmanager
@@ -286,10 +302,11 @@ async def dial(
                         receive_buffer_size=RECEIVE_BUFFER,
                     ),
                 )
+            sock = FrameSocket(ws, remote, max_frame)
             try:
-                yield FrameSocket(ws, remote, max_frame)
+                yield sock
             finally:
-                await _close_ws(ws)
+                await _close_ws(sock)
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -319,10 +336,11 @@ async def accept_stream(
                     ),
                 )
                 ws = await request.accept()
+            sock = FrameSocket(ws, remote, max_frame)
             try:
-                yield FrameSocket(ws, remote, max_frame)
+                yield sock
             finally:
-                await _close_ws(ws)
+                await _close_ws(sock)
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -335,12 +353,14 @@ async def send_batches(
     budget: int,
     send_timeout: float,
     on_sent: Callable[[int], None],
+    on_lost: Callable[[int], None] = lambda count: None,
 ) -> None:
     """Coalesce what is queued on ``channel`` into frames of at most ``budget`` message bytes.
 
     ``encode`` returns a message's bytes or None to skip it; ``carry`` holds
-    an encoded message that did not fit the previous frame.  Returns when the
-    channel is closed and drained.
+    an encoded message that did not fit the previous frame.  ``on_sent`` and
+    ``on_lost`` get the number of messages in each frame written or lost
+    with a failed write.  Returns when the channel is closed and drained.
     """
     while True:
         batch = carry[:]
@@ -367,8 +387,14 @@ async def send_batches(
                 break
             batch.append(data)
             size += len(data)
-        with trio.fail_after(send_timeout):
-            await sock.send(assemble_frame(batch))
+        try:
+            with trio.fail_after(send_timeout):
+                await sock.send(assemble_frame(batch))
+        except BaseException as exc:
+            on_lost(len(batch))
+            if isinstance(exc, trio.TooSlowError):
+                sock.dead = True
+            raise
         on_sent(len(batch))
 
 

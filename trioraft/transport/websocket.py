@@ -101,6 +101,7 @@ __all__ = [
     "DEFAULT_BACKOFF",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_KEEPALIVE",
     "DEFAULT_SEND_TIMEOUT",
     "WebSocketTransport",
     "open_websocket_transport",
@@ -112,6 +113,7 @@ E = TypeVar("E", bound=BaseException)
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 DEFAULT_SEND_TIMEOUT: Final = 10.0
+DEFAULT_KEEPALIVE: Final = 5.0
 DEFAULT_BACKOFF: Final = (0.05, 1.5)
 MIN_FRAME: Final = 64 * 1024
 
@@ -319,6 +321,7 @@ class WebSocketTransport:
         connect_timeout: float,
         handshake_timeout: float,
         send_timeout: float,
+        keepalive: float,
         backoff: tuple[float, float],
     ) -> None:
         self.node_id = node_id
@@ -337,6 +340,7 @@ class WebSocketTransport:
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._send_timeout = send_timeout
+        self._keepalive_interval = keepalive
         self._backoff = backoff
         self._budget = max_frame - FRAME_OVERHEAD
         self._random = random.Random()
@@ -474,6 +478,7 @@ class WebSocketTransport:
                             nursery.cancel_scope.cancel()
 
                         nursery.start_soon(receiver)
+                        nursery.start_soon(self._keepalive, sock)
                         await self._send_loop(sock, peer)
                 finally:
                     peer.connected = False
@@ -531,21 +536,31 @@ class WebSocketTransport:
             peer.sent += count
             self._frames_out += 1
 
-        try:
-            await send_batches(
-                sock,
-                peer.receive_channel,
-                self._encode_for(peer),
-                peer.carry,
-                self._budget,
-                self._send_timeout,
-                sent,
-            )
-        except BaseException:
-            # The frame being written when the connection broke is lost.
-            peer.dropped += 1
-            raise
+        def lost(count: int) -> None:
+            peer.dropped += count
+
+        await send_batches(
+            sock,
+            peer.receive_channel,
+            self._encode_for(peer),
+            peer.carry,
+            self._budget,
+            self._send_timeout,
+            sent,
+            lost,
+        )
         await trio.sleep_forever()  # the peer was removed; its scope ends us
+
+    async def _keepalive(self, sock: FrameSocket) -> None:
+        """Ping the peer; no pong within ``keepalive`` seconds means the connection is dead.
+
+        Our outbound connections carry nothing back, so without this a
+        half-open connection (the peer vanished without a reset) would
+        swallow messages until TCP gives up, many minutes later.
+        """
+        while True:
+            await trio.sleep(self._keepalive_interval)
+            await sock.ping(self._keepalive_interval)
 
     # ------------------------------------------------------------------
     # Receiving from peers (both directions)
@@ -740,6 +755,7 @@ async def open_websocket_transport(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    keepalive: float = DEFAULT_KEEPALIVE,
     backoff: tuple[float, float] = DEFAULT_BACKOFF,
 ) -> AsyncIterator[WebSocketTransport]:
     """Listen on ``listen`` and connect to ``peers`` until the block exits.
@@ -769,6 +785,8 @@ async def open_websocket_transport(
         handshake_timeout: the whole handshake of an inbound connection.
         send_timeout: a frame that cannot be written in this time closes the
             connection (the peer is stuck).
+        keepalive: each outbound peer connection is pinged this often and
+            closed (then redialled) when the pong takes longer.
         backoff: (first, maximum) seconds between redials; doubled per
             failure with jitter.
 
@@ -789,6 +807,8 @@ async def open_websocket_transport(
         raise ValueError("the cluster secret must not be empty")
     if max_frame < MIN_FRAME:
         raise ValueError(f"max_frame must be at least {MIN_FRAME}")
+    if not keepalive > 0:
+        raise ValueError("keepalive must be positive")
     if queue_size < 1 or client_queue_size < 1:
         raise ValueError("queue sizes must be positive")
     if not 0 < backoff[0] <= backoff[1] or not math.isfinite(backoff[1]):
@@ -821,6 +841,7 @@ async def open_websocket_transport(
             connect_timeout=connect_timeout,
             handshake_timeout=handshake_timeout,
             send_timeout=send_timeout,
+            keepalive=keepalive,
             backoff=backoff,
         )
         await nursery.start(trio.serve_listeners, transport._handle_stream, listeners)

@@ -1,4 +1,4 @@
-"""encode_message + assemble_frame (the senders' batching path) equals encode_frame byte for byte."""
+"""encode_message + assemble_frame (the batching path) equals encode_frame byte for byte."""
 
 from __future__ import annotations
 

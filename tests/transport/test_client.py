@@ -6,13 +6,14 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 import trio
 
 from trioraft.client.connection import (
     ClientConnectionError,
+    Connection,
     ConnectionClosedError,
     HandshakeError,
     open_client_connection,
@@ -60,14 +61,13 @@ async def server(
 
 
 def connect(
-    t: WebSocketTransport, client_id: str = "app", token: bytes | str = b"app token", **kw: object
-):  # type: ignore[no-untyped-def]
+    t: WebSocketTransport,
+    client_id: str = "app",
+    token: bytes | str = b"app token",
+    max_frame: int = 16 << 20,
+) -> AbstractAsyncContextManager[Connection]:
     return open_client_connection(
-        addr(t),
-        cluster_id=CLUSTER,
-        client_id=client_id,
-        token=token,
-        **kw,  # type: ignore[arg-type]
+        addr(t), cluster_id=CLUSTER, client_id=client_id, token=token, max_frame=max_frame
     )
 
 

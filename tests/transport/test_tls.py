@@ -52,10 +52,16 @@ async def answer(conn: ClientConnection) -> None:
 async def test_peers_and_clients_over_tls(certificate: tuple[Path, Path]) -> None:
     server_ctx, client_ctx = contexts(certificate)
     inbox = Inbox()
-    tls = {"ssl_context": server_ctx, "client_ssl_context": client_ctx}
     async with (
-        node(1, inbox, client_handler=answer, client_tokens={"app": b"tok"}, **tls) as t1,
-        node(2, inbox, **tls) as t2,
+        node(
+            1,
+            inbox,
+            client_handler=answer,
+            client_tokens={"app": b"tok"},
+            ssl_context=server_ctx,
+            client_ssl_context=client_ctx,
+        ) as t1,
+        node(2, inbox, ssl_context=server_ctx, client_ssl_context=client_ctx) as t2,
     ):
         mesh(t1, t2)
         t1.send(2, hb(1, 2, 1))

@@ -26,6 +26,7 @@ Theory of operation
 from __future__ import annotations
 
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final, NoReturn, TypeVar, cast
@@ -267,7 +268,7 @@ async def _close_ws(sock: FrameSocket) -> None:
 async def dial(
     address: str,
     *,
-    ssl_context: Any = None,
+    ssl_context: ssl.SSLContext | None = None,
     max_frame: int,
     connect_timeout: float,
 ) -> AsyncIterator[FrameSocket]:

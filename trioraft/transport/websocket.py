@@ -224,7 +224,7 @@ class _ServerClientConnection:
         except Closed as exc:
             if exc.oversized:
                 t._bad_frames += 1
-                t.log.warning("client %s at %s: oversized frame; closing", self, self.remote)
+                t.log.warning("%r: frame over %d bytes; closing", self, t.max_frame)
             self.close()
             raise trio.EndOfChannel from None
         except ProtocolError as exc:
@@ -482,6 +482,7 @@ class WebSocketTransport:
                         await self._send_loop(sock, peer)
                 finally:
                     peer.connected = False
+                    self.log.info("disconnected from peer %d at %s", peer.node_id, address)
         except* HandshakeFailed as group:
             self._handshakes_rejected += 1
             for exc in _exceptions(group, HandshakeFailed):
@@ -502,7 +503,7 @@ class WebSocketTransport:
                 address,
             )
         except* _NETWORK_ERRORS as group:
-            level = logging.DEBUG if quiet and not peer.connected else logging.INFO
+            level = logging.DEBUG if quiet else logging.INFO
             self.log.log(level, "peer %d at %s: %s", peer.node_id, address, _summary(group))
         except* Exception as group:
             self.log.error("peer %d at %s: unexpected error", peer.node_id, address, exc_info=group)

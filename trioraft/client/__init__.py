@@ -1,1 +1,17 @@
-"""trioraft client."""
+"""trioraft client: remote connections to a cluster's nodes."""
+
+from trioraft.client.connection import (
+    ClientConnectionError,
+    Connection,
+    ConnectionClosedError,
+    HandshakeError,
+    open_client_connection,
+)
+
+__all__ = [
+    "ClientConnectionError",
+    "Connection",
+    "ConnectionClosedError",
+    "HandshakeError",
+    "open_client_connection",
+]

@@ -14,9 +14,11 @@ run a *sender* (fed by a bounded memory channel; :meth:`send` uses
 Inbound connections from peers only receive.  So a request goes out on our
 connection and its reply comes back on the peer's: symmetric, and no
 arbitration between two connections for the same pair.  Connections that
-break are redialled with exponential backoff and jitter, capped at
-``backoff_max``; queued messages wait for the new connection (or are dropped
-when the queue fills: Raft resends what matters).
+break are redialled with exponential backoff and jitter (``backoff``);
+queued messages wait for the new connection (or are dropped when the queue
+fills: Raft resends what matters).  Outbound connections carry no traffic
+back, so a WebSocket ping every ``keepalive`` seconds detects one that went
+silently dead, and a frame stuck longer than ``send_timeout`` drops it too.
 
 **Batching.**  The sender takes everything queued (up to the frame limit)
 and writes it as one frame; a message too large for any frame is dropped and

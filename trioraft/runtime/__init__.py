@@ -1,1 +1,41 @@
-"""trioraft runtime."""
+"""The Trio runtime: ``open_node``, ``serve_node`` and ``Node``."""
+
+from trioraft.runtime.config import NodeConfig
+from trioraft.runtime.errors import (
+    NodeClosedError,
+    NodeError,
+    NotCaughtUpError,
+    NotLeaderError,
+    OverloadedError,
+    ProposalDroppedError,
+    ProposalRejectedError,
+    ReadFailedError,
+)
+from trioraft.runtime.node import (
+    Node,
+    NodeStatistics,
+    NodeStatus,
+    PeerProgress,
+    TransportFactory,
+    open_node,
+    serve_node,
+)
+
+__all__ = [
+    "Node",
+    "NodeClosedError",
+    "NodeConfig",
+    "NodeError",
+    "NodeStatistics",
+    "NodeStatus",
+    "NotCaughtUpError",
+    "NotLeaderError",
+    "OverloadedError",
+    "PeerProgress",
+    "ProposalDroppedError",
+    "ProposalRejectedError",
+    "ReadFailedError",
+    "TransportFactory",
+    "open_node",
+    "serve_node",
+]

@@ -207,7 +207,9 @@ class Simulation:
             snapshot=snap_meta,
         )
         # The state machine restarts from the snapshot and replays the log.
-        n.sm_index, n.sm_hash = (snap_meta.index, n.durable_snap[1]) if n.durable_snap else (0, 0)
+        n.sm_index, n.sm_hash = (
+            (n.durable_snap[0].index, n.durable_snap[1]) if n.durable_snap else (0, 0)
+        )
         n.pending = None
         n.reads = {}
         self._after(n)

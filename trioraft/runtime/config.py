@@ -1,0 +1,118 @@
+"""Node configuration: the one source of defaults (docs/operations.md refers here)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from trioraft.core.raft import RaftConfig
+from trioraft.core.types import Membership, NodeId
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` too); raises ValueError with a clear message."""
+    if not isinstance(addr, str) or ":" not in addr:
+        raise ValueError(f"address {addr!r} is not host:port")
+    host, _, port_s = addr.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ValueError(f"address {addr!r} has no host")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"address {addr!r} has a bad port") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"address {addr!r}: port out of range")
+    return host, port
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs.  Times are seconds.
+
+    ``peers`` maps the *other* bootstrap members to their ``host:port``.  A
+    new cluster's voters are ``peers`` plus this node; a node started with
+    ``join=True`` is not a voter of that bootstrap configuration and waits
+    for the leader to add it (``Node.add_learner``).
+    """
+
+    node_id: NodeId
+    data_dir: str
+    listen: str = "127.0.0.1:0"
+    peers: Mapping[NodeId, str] = field(default_factory=dict)
+    join: bool = False
+    #: The address others reach this node at, if not ``listen`` (e.g. 0.0.0.0).
+    advertise: str | None = None
+    election_timeout_min: float = 1.0
+    election_timeout_max: float = 2.0
+    heartbeat_interval: float = 0.1
+    #: Take a snapshot after this many applied entries since the last one.
+    snapshot_entries: int = 20_000
+    #: Entries kept in the log behind a snapshot for slightly lagging followers.
+    snapshot_keep_entries: int = 2_000
+    snapshot_chunk_bytes: int = 256 * 1024
+    #: Entries handed to the state machine per apply call.
+    apply_chunk: int = 512
+    #: Proposals waiting to be applied before ``propose`` answers "overloaded".
+    max_pending_proposals: int = 50_000
+    #: How far (entries) a learner may lag and still be promoted.
+    promote_max_lag: int = 1_000
+    proposal_timeout: float = 30.0
+    max_inflight_appends: int = 64
+    max_entries_per_append: int = 1024
+    max_bytes_per_append: int = 1 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+    cluster_id: str = "trioraft"
+    cluster_secret: bytes = b""
+    #: client id -> token, for clients of the service (``docstore connect``).
+    client_tokens: Mapping[str, bytes] = field(default_factory=dict)
+    ssl_context: ssl.SSLContext | None = None
+    #: Peer messages queued for the Raft loop before new ones are dropped.
+    inbox_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node_id, int) or isinstance(self.node_id, bool) or self.node_id <= 0:
+            raise ValueError("node_id must be a positive integer")
+        if not self.data_dir:
+            raise ValueError("data_dir is required")
+        parse_address(self.listen)
+        for n, addr in self.peers.items():
+            if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+                raise ValueError(f"peer id {n!r} is not a positive integer")
+            if n == self.node_id:
+                raise ValueError("peers must not include this node")
+            parse_address(addr)
+        if self.join and not self.peers:
+            raise ValueError("a joining node needs the addresses of existing members")
+        for name in ("snapshot_entries", "apply_chunk", "max_pending_proposals"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.snapshot_chunk_bytes < 1024:
+            raise ValueError("snapshot_chunk_bytes must be >= 1024")
+        self.raft_config()  # validates the timing and flow-control settings
+
+    @property
+    def address(self) -> str:
+        return self.advertise or self.listen
+
+    def raft_config(self) -> RaftConfig:
+        return RaftConfig(
+            self.node_id,
+            election_timeout_min=self.election_timeout_min,
+            election_timeout_max=self.election_timeout_max,
+            heartbeat_interval=self.heartbeat_interval,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            max_inflight=self.max_inflight_appends,
+            max_entries_per_append=self.max_entries_per_append,
+            max_bytes_per_append=self.max_bytes_per_append,
+        )
+
+    def bootstrap_membership(self) -> Membership:
+        voters = set(self.peers) if self.join else {*self.peers, self.node_id}
+        addresses = dict(self.peers)
+        if not self.join:
+            addresses[self.node_id] = self.address
+        return Membership.of(voters, addresses=addresses)

@@ -1,0 +1,1162 @@
+"""The Trio runtime: a Raft node made of the pure core, durable storage and a transport.
+
+Theory of operation
+===================
+
+One task, the *Raft loop*, owns the core's Ready cycle.  Everything that
+happens to the node reaches the core as an event, all in this Trio thread:
+
+* peer messages: the transport calls ``_on_messages`` (never blocking), which
+  queues them in a bounded inbox (full: dropped; Raft retries);
+* timers: the election timer is a cancel scope whose deadline follows
+  ``core.election_deadline`` (pushed back on every valid contact from the
+  leader); the heartbeat task fires at ``core.heartbeat_deadline`` while
+  leading;
+* client calls (``propose``, ``read``, membership changes) call the core
+  directly - it is plain synchronous code, safe to step between ``ready()``
+  and ``advance()`` - and then wake the loop.
+
+The loop drains the inbox, then runs the contract of ``trioraft.core.raft``:
+persist (in a worker thread, one fsync per batch, so many proposals and
+acknowledgements share a write) -> send -> hand committed entries to the
+apply task -> ``advance``.  Entries are applied away from the loop, in
+order, in chunks, by the *apply task*, which resolves each proposal's waiter
+with the state machine's result (or with ``ProposalDroppedError`` when a
+different entry committed at its index) and releases reads whose read index
+has been applied.
+
+Snapshots: after ``snapshot_entries`` applied entries the state machine
+writes a snapshot, the snapshot store commits it, the state machine flushes,
+and the log is compacted (keeping ``snapshot_keep_entries`` behind it).  A
+follower behind the log start gets the snapshot streamed in checksummed
+chunks with acknowledgements (resumable); only when the whole file has
+arrived and verified does its core see the ``InstallSnapshot``.
+
+A storage error (write or fsync) is fatal: the node stops and ``open_node``
+raises; nothing that could not be persisted is ever acknowledged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+from trioraft.core.errors import InvariantViolated, NotLeader, ProposalRejected
+from trioraft.core.raft import RaftCore
+from trioraft.core.types import (
+    Entry,
+    InstallSnapshot,
+    Membership,
+    Message,
+    NodeId,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
+from trioraft.runtime.config import NodeConfig
+from trioraft.runtime.errors import (
+    NodeClosedError,
+    NotCaughtUpError,
+    NotLeaderError,
+    OverloadedError,
+    ProposalDroppedError,
+    ProposalRejectedError,
+    ReadFailedError,
+)
+from trioraft.statemachine import SnapshotInfo, StateMachine
+from trioraft.storage.log import FileLogStore
+from trioraft.storage.snapshots import SnapshotReceiver, SnapshotStore, StoredSnapshot
+from trioraft.transport.base import ClientConnection, Transport, TransportStatistics
+from trioraft.transport.messages import (
+    AnyMessage,
+    ClientRequest,
+    ClientResponse,
+    SnapshotChunk,
+    SnapshotChunkAck,
+)
+
+__all__ = [
+    "Node",
+    "NodeStatistics",
+    "NodeStatus",
+    "PeerProgress",
+    "TransportFactory",
+    "open_node",
+    "serve_node",
+]
+
+CONSISTENCY = ("linearizable", "lease", "local")
+
+#: Builds the node's transport: ``factory(node)`` -> async context manager.
+TransportFactory = Callable[["Node"], AbstractAsyncContextManager[Transport]]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerProgress:
+    match_index: int
+    lag: int
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """Where the node stands (``Node.status()``)."""
+
+    node_id: NodeId
+    role: str
+    term: int
+    leader_id: NodeId | None
+    leader_address: str | None
+    commit_index: int
+    applied_index: int
+    last_index: int
+    snapshot_index: int
+    voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...]
+    joint: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatistics:
+    """Counters and latencies (``Node.statistics()``)."""
+
+    node_id: NodeId
+    role: str
+    term: int
+    commit_index: int
+    applied_index: int
+    peers: dict[NodeId, PeerProgress] = field(default_factory=dict)
+    proposals_pending: int = 0
+    proposals_committed: int = 0
+    proposal_latency_ms: dict[str, float] = field(default_factory=dict)
+    entries_applied: int = 0
+    persist_batches: int = 0
+    persist_entries: int = 0
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
+    snapshots_sent: int = 0
+    inbox_dropped: int = 0
+    transport: TransportStatistics | None = None
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "result", "started", "term")
+
+    def __init__(self, term: int) -> None:
+        self.term = term
+        self.event = trio.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.started = time.perf_counter()
+
+    def resolve(self, result: object) -> None:
+        self.result = result
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+
+class _Read:
+    __slots__ = ("error", "event", "index")
+
+    def __init__(self) -> None:
+        self.index: int | None = None
+        self.event = trio.Event()
+        self.error: BaseException | None = None
+
+
+class Node:
+    """A running Raft node.  Get one from :func:`open_node` or :func:`serve_node`."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        state_machine: StateMachine,
+        transport_factory: TransportFactory | None = None,
+    ) -> None:
+        self.config = config
+        self.state_machine = state_machine
+        self.id = config.node_id
+        self.log = logging.getLogger(f"trioraft.node.{config.node_id}")
+        self._transport_factory = transport_factory or websocket_transport
+        self.transport: Transport | None = None
+        self.core: RaftCore | None = None
+        self._closed = False
+        self._fatal: BaseException | None = None
+        self._nursery: trio.Nursery | None = None
+        inbox_send, self._inbox = trio.open_memory_channel[Any](config.inbox_size)
+        self._inbox_send = inbox_send
+        self._kicked = False
+        apply_send, self._apply_recv = trio.open_memory_channel[Any](math.inf)
+        self._apply_send = apply_send
+        self._chunks_send, self._chunks_recv = trio.open_memory_channel[Any](256)
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[int, _Read] = {}
+        self._read_ids = 0
+        self._applied = 0
+        self._storage_lock = trio.Lock()
+        self._snapshot_lock = trio.Lock()
+        self._snapshot_running = False
+        self._last_snapshot_index = 0
+        self._current_snapshot: StoredSnapshot | None = None
+        self._snap_senders: dict[NodeId, trio.MemorySendChannel[SnapshotChunkAck]] = {}
+        self._snap_rx_meta: dict[NodeId, InstallSnapshot] = {}
+        self._snap_rx: dict[NodeId, tuple[SnapshotReceiver, int]] = {}
+        self._election_scope: trio.CancelScope | None = None
+        self._heartbeat_scope: trio.CancelScope | None = None
+        self._observed: tuple[Role, int, NodeId | None] | None = None
+        self._membership_seen: Membership | None = None
+        self._latencies: deque[float] = deque(maxlen=4096)
+        self._stats: dict[str, int] = {
+            "proposals_committed": 0,
+            "entries_applied": 0,
+            "persist_batches": 0,
+            "persist_entries": 0,
+            "snapshots_taken": 0,
+            "snapshots_installed": 0,
+            "snapshots_sent": 0,
+            "inbox_dropped": 0,
+        }
+        self._logstore: FileLogStore | None = None
+        self._snaps: SnapshotStore | None = None
+        self._stopped = trio.Event()
+        self._changed_event = trio.Event()
+
+    @property
+    def _changed(self) -> trio.Event:
+        """An event set at the next change of role, leader, commit or applied index."""
+        return self._changed_event
+
+    def _notify(self) -> None:
+        self._changed_event.set()
+        self._changed_event = trio.Event()
+
+    # ================================================================ start
+
+    async def _run(self, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        self._logstore = await trio.to_thread.run_sync(
+            FileLogStore.open, os.path.join(cfg.data_dir, "log")
+        )
+        self._snaps = await trio.to_thread.run_sync(
+            SnapshotStore, os.path.join(cfg.data_dir, "snapshots")
+        )
+        try:
+            await self.state_machine.start()
+            self.core = await self._recover()
+            async with self._transport_factory(self) as transport, trio.open_nursery() as nursery:
+                self.transport = transport
+                self._nursery = nursery
+                self._update_peers()
+                nursery.start_soon(self._raft_loop)
+                nursery.start_soon(self._apply_loop)
+                nursery.start_soon(self._election_timer)
+                nursery.start_soon(self._heartbeat_timer)
+                nursery.start_soon(self._snapshot_receiver)
+                self.log.info(
+                    "node %d started: term %d, log %d..%d, applied %d",
+                    self.id,
+                    self.core.term,
+                    self.core.offset,
+                    self.core.last_index(),
+                    self._applied,
+                )
+                task_status.started(self)
+                self._kick()
+        finally:
+            self._closed = True
+            self._fail_everything(self._fatal or NodeClosedError("node closed"))
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.state_machine.close()
+                finally:
+                    await trio.to_thread.run_sync(self._logstore.close)
+                    self._stopped.set()
+
+    async def _recover(self) -> RaftCore:
+        """Rebuild the core from disk; bring the state machine up to the log's start."""
+        assert self._logstore is not None and self._snaps is not None
+        log, snaps = self._logstore, self._snaps
+        stored = await trio.to_thread.run_sync(snaps.latest_stored)
+        self._current_snapshot = stored
+        applied = self.state_machine.last_applied()
+        boundary, _ = log.boundary()
+        snap_meta = stored.meta if stored else None
+        if stored is not None and snap_meta is not None and applied.index < snap_meta.index:
+            self.log.info("restoring the state machine from snapshot %d", snap_meta.index)
+            await self.state_machine.restore_snapshot(
+                stored.path,
+                SnapshotInfo(snap_meta.index, snap_meta.term, stored.checksum, stored.size),
+            )
+            applied = self.state_machine.last_applied()
+        if applied.index < boundary:
+            raise RuntimeError(
+                f"node {self.id}: the log starts after {boundary} but the state machine is at "
+                f"{applied.index} and no readable snapshot covers the gap"
+            )
+        if snap_meta is not None:
+            self._last_snapshot_index = snap_meta.index
+        first = max(log.first_index(), (snap_meta.index + 1) if snap_meta else 1)
+        entries = await trio.to_thread.run_sync(log.entries, first, log.last_index() + 1)
+        if snap_meta is None and boundary > 0:
+            raise RuntimeError(f"node {self.id}: the log was compacted but no snapshot exists")
+        core = RaftCore(
+            self.config.raft_config(),
+            random.Random(),
+            membership=self.config.bootstrap_membership(),
+            now=trio.current_time(),
+            hard_state=log.hard_state(),
+            entries=entries,
+            snapshot=snap_meta,
+            applied=applied.index,
+        )
+        self._applied = applied.index
+        return core
+
+    # ========================================================= raft loop
+
+    def _kick(self) -> None:
+        if not self._kicked:
+            self._kicked = True
+            with suppress(trio.WouldBlock):  # a full inbox wakes the loop anyway
+                self._inbox_send.send_nowait(None)
+
+    def _on_messages(self, src: NodeId, messages: list[AnyMessage]) -> None:
+        """Transport callback: never blocks."""
+        raft: list[Message] = []
+        for m in messages:
+            if isinstance(m, SnapshotChunk):
+                try:
+                    self._chunks_send.send_nowait(m)
+                except trio.WouldBlock:
+                    self._stats["inbox_dropped"] += 1
+            elif isinstance(m, SnapshotChunkAck):
+                ch = self._snap_senders.get(m.src)
+                if ch is not None:
+                    with suppress(trio.WouldBlock):
+                        ch.send_nowait(m)
+            elif isinstance(m, InstallSnapshot):
+                # Held back until its bytes have arrived and verified.
+                self._snap_rx_meta[m.src] = m
+            elif isinstance(m, ClientRequest | ClientResponse):
+                continue  # not on a peer connection
+            else:
+                raft.append(m)  # type: ignore[arg-type]
+        if raft:
+            try:
+                self._inbox_send.send_nowait(raft)
+            except trio.WouldBlock:
+                self._stats["inbox_dropped"] += len(raft)
+
+    async def _raft_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        try:
+            while True:
+                item = await self._inbox.receive()
+                self._kicked = False
+                now = trio.current_time()
+                self._step(core, item, now)
+                for _ in range(4096):
+                    try:
+                        item = self._inbox.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._step(core, item, now)
+                await self._drain_ready(core)
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                self._fatal = exc
+                self.log.critical("node %d stops: %r", self.id, exc)
+            raise
+
+    def _step(self, core: RaftCore, item: Any, now: float) -> None:
+        if item is None:
+            return
+        if isinstance(item, InstallSnapshot):
+            core.step(item, now)
+            return
+        for m in item:
+            core.step(m, now)
+
+    async def _drain_ready(self, core: RaftCore) -> None:
+        while core.has_ready():
+            rd = core.ready()
+            if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+                async with self._storage_lock:
+                    await trio.to_thread.run_sync(self._persist, rd)
+            assert self.transport is not None
+            for m in rd.messages:
+                if isinstance(m, InstallSnapshot):
+                    self._start_snapshot_send(m)
+                else:
+                    self.transport.send(m.dst, m)
+            if rd.snapshot is not None:
+                self._apply_send.send_nowait(("snapshot", rd.snapshot))
+            if rd.committed:
+                step = self.config.apply_chunk
+                for i in range(0, len(rd.committed), step):
+                    self._apply_send.send_nowait(("entries", rd.committed[i : i + step]))
+            for rs in rd.reads:
+                r = self._reads.get(rs.request_id)
+                if r is not None:
+                    r.index = rs.index
+            if rd.reads:
+                self._apply_send.send_nowait(("reads", None))
+            for fr in rd.failed_reads:
+                r = self._reads.get(fr.request_id)
+                if r is not None:
+                    r.error = self._not_leader_error(fr.leader, fr.reason)
+                    r.event.set()
+            core.advance(rd)
+            self._observe(core)
+            self._notify()
+        self._rearm_timers(core)
+
+    def _persist(self, rd: Ready) -> None:
+        """Runs in a worker thread: one group commit for the whole Ready."""
+        log = self._logstore
+        assert log is not None
+        if rd.snapshot is not None:
+            log.compact(rd.snapshot.index, rd.snapshot.term)
+        if rd.entries:
+            log.append(rd.entries)
+            self._stats["persist_batches"] += 1
+            self._stats["persist_entries"] += len(rd.entries)
+        if rd.hard_state is not None:
+            log.save_hard_state(rd.hard_state)
+
+    def _observe(self, core: RaftCore) -> None:
+        if core.membership is not self._membership_seen:
+            self._membership_seen = core.membership
+            self._update_peers()  # followers learn new members' addresses from the log
+        now = (core.role, core.term, core.leader)
+        if now == self._observed:
+            return
+        prev = self._observed
+        self._observed = now
+        if prev is None or prev[0] is not core.role or prev[1] != core.term:
+            self.log.info(
+                "node %d is %s in term %d (leader %s)",
+                self.id,
+                core.role.value,
+                core.term,
+                core.leader,
+            )
+        if prev is not None and (prev[0] is Role.LEADER) != (core.role is Role.LEADER):
+            self._update_peers()
+        elif prev is not None and prev[2] != core.leader:
+            self.log.info("node %d follows leader %s in term %d", self.id, core.leader, core.term)
+
+    def _rearm_timers(self, core: RaftCore) -> None:
+        if self._election_scope is not None:
+            self._election_scope.deadline = core.election_deadline
+        if self._heartbeat_scope is not None:
+            self._heartbeat_scope.deadline = core.heartbeat_deadline
+
+    async def _election_timer(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            with trio.CancelScope(deadline=core.election_deadline) as scope:
+                self._election_scope = scope
+                await trio.sleep_forever()
+            self._election_scope = None
+            now = trio.current_time()
+            if now >= core.election_deadline:
+                core.election_timer_fired(now)
+                self._kick()
+            await trio.lowlevel.checkpoint()
+
+    async def _heartbeat_timer(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            with trio.CancelScope(deadline=core.heartbeat_deadline) as scope:
+                self._heartbeat_scope = scope
+                await trio.sleep_forever()
+            self._heartbeat_scope = None
+            now = trio.current_time()
+            if now >= core.heartbeat_deadline:
+                core.heartbeat_due(now)
+                self._kick()
+            await trio.lowlevel.checkpoint()
+
+    # ============================================================= apply
+
+    async def _apply_loop(self) -> None:
+        sm = self.state_machine
+        try:
+            async for kind, item in self._apply_recv:
+                if kind == "entries":
+                    chunk: Sequence[Entry] = item
+                    results = await sm.apply(chunk)
+                    for e, res in zip(chunk, results, strict=True):
+                        w = self._waiters.pop(e.index, None)
+                        if w is None:
+                            continue
+                        if w.term == e.term:
+                            self._latencies.append(time.perf_counter() - w.started)
+                            self._stats["proposals_committed"] += 1
+                            w.resolve(res)
+                        else:
+                            w.fail(ProposalDroppedError(f"entry {e.index} was replaced"))
+                    self._applied = chunk[-1].index
+                    self._stats["entries_applied"] += len(chunk)
+                elif kind == "snapshot":
+                    meta: SnapshotMeta = item
+                    stored = self._current_snapshot
+                    if stored is None or stored.meta.index != meta.index:
+                        raise RuntimeError(f"snapshot {meta.index} to install is not stored")
+                    await sm.restore_snapshot(
+                        stored.path,
+                        SnapshotInfo(meta.index, meta.term, stored.checksum, stored.size),
+                    )
+                    self._applied = meta.index
+                    self._last_snapshot_index = meta.index
+                    self._stats["snapshots_installed"] += 1
+                    for idx in [i for i in self._waiters if i <= meta.index]:
+                        self._waiters.pop(idx).fail(
+                            ProposalDroppedError(
+                                "outcome unknown: a snapshot replaced the log; "
+                                "retry with the same client session"
+                            )
+                        )
+                self._release_reads()
+                self._notify()
+                self._maybe_snapshot()
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                self._fatal = exc
+                self.log.critical("node %d stops: apply failed: %r", self.id, exc)
+            raise
+
+    def _release_reads(self) -> None:
+        for r in self._reads.values():
+            if r.index is not None and r.index <= self._applied:
+                r.event.set()
+
+    # ============================================================ client
+
+    def _check_open(self) -> RaftCore:
+        if self._closed or self.core is None:
+            raise NodeClosedError("node is closed") from self._fatal
+        return self.core
+
+    def _address_of(self, node: NodeId | None) -> str | None:
+        if node is None:
+            return None
+        if node == self.id:
+            return self.config.address
+        core = self.core
+        addr = core.membership.address_of(node) if core is not None else None
+        return addr or self.config.peers.get(node)
+
+    def _not_leader_error(self, leader: NodeId | None, reason: str = "") -> NotLeaderError:
+        return NotLeaderError(leader, self._address_of(leader))
+
+    async def propose(
+        self,
+        command: bytes,
+        *,
+        client_id: str = "",
+        sequence: int = 0,
+    ) -> object:
+        """Replicate ``command`` and return the state machine's result for it.
+
+        Raises:
+            NotLeaderError: this node is not the leader (carries the leader's id and address).
+            OverloadedError: too many proposals are pending.
+            ProposalRejectedError: a leadership transfer is in progress.
+            ProposalDroppedError: a new leader replaced the entry; retry with the same session.
+            TimeoutError: not applied within ``proposal_timeout`` (wrap the call in
+                ``trio.fail_after`` for a shorter one); it may still be applied later.
+            NodeClosedError: the node stopped.
+        """
+        core = self._check_open()
+        if not isinstance(command, bytes | bytearray | memoryview):
+            raise TypeError("a command is bytes")
+        if len(self._waiters) >= self.config.max_pending_proposals:
+            raise OverloadedError(f"{len(self._waiters)} proposals pending")
+        try:
+            index = core.propose(
+                bytes(command),
+                client_id=client_id,
+                sequence=sequence,
+                timestamp_ms=int(time.time() * 1000),
+            )
+        except NotLeader as exc:
+            raise self._not_leader_error(exc.leader) from None
+        except ProposalRejected as exc:
+            raise ProposalRejectedError(str(exc)) from None
+        return await self._wait_index(index, core.term)
+
+    async def _wait_index(self, index: int, term: int) -> object:
+        w = _Waiter(term)
+        self._waiters[index] = w
+        self._kick()
+        limit = self.config.proposal_timeout
+        try:
+            with trio.fail_after(limit):
+                await w.event.wait()
+        except trio.TooSlowError:
+            self._waiters.pop(index, None)
+            raise TimeoutError(f"entry {index} not applied within {limit}s") from None
+        if w.error is not None:
+            raise w.error
+        return w.result
+
+    async def read(
+        self,
+        query: object,
+        *,
+        consistency: str = "linearizable",
+    ) -> object:
+        """Answer ``query`` from the state machine.
+
+        ``"linearizable"`` (ReadIndex: confirmed by a quorum, sees every
+        write acknowledged before it started), ``"lease"`` (the leader's
+        lease, no round trip; relies on bounded clock drift) or ``"local"``
+        (this node's state as it is, possibly stale; any node).
+        """
+        core = self._check_open()
+        if consistency not in CONSISTENCY:
+            raise ValueError(f"consistency must be one of {CONSISTENCY}")
+        if consistency != "local":
+            self._read_ids += 1
+            rid = self._read_ids
+            r = _Read()
+            self._reads[rid] = r
+            try:
+                core.read(rid, trio.current_time(), lease=consistency == "lease")
+                self._kick()
+                with trio.fail_after(self.config.proposal_timeout):
+                    await r.event.wait()
+            except trio.TooSlowError:
+                raise TimeoutError("read not confirmed in time") from None
+            finally:
+                self._reads.pop(rid, None)
+            if r.error is not None:
+                if isinstance(r.error, NotLeaderError) and core.role is Role.LEADER:
+                    raise ReadFailedError(str(r.error))
+                raise r.error
+        return await self.state_machine.query(query)
+
+    # ======================================================== membership
+
+    async def _change(
+        self,
+        voters: set[NodeId],
+        learners: set[NodeId],
+        addresses: dict[NodeId, str],
+    ) -> None:
+        core = self._check_open()
+        try:
+            index = core.change_membership(voters, learners, addresses)
+        except NotLeader as exc:
+            raise self._not_leader_error(exc.leader) from None
+        except ProposalRejected as exc:
+            raise ProposalRejectedError(str(exc)) from None
+        await self._wait_index(index, core.term)
+        # A voter change goes through a joint configuration: wait until it is left.
+        with trio.fail_after(self.config.proposal_timeout):
+            while core.membership.joint or core.commit < self._last_config_index(core):
+                if core.role is not Role.LEADER:
+                    raise self._not_leader_error(core.leader)
+                await self._changed.wait()
+        self._update_peers()
+
+    @staticmethod
+    def _last_config_index(core: RaftCore) -> int:
+        return core._configs[-1][0] if core._configs else 0
+
+    async def add_learner(self, node_id: NodeId, address: str) -> None:
+        """Add ``node_id`` (listening at ``address``) as a learner: it gets the log, never votes."""
+        core = self._check_open()
+        m = core.membership
+        if m.is_voter(node_id):
+            raise ValueError(f"node {node_id} is already a voter")
+        await self._change(set(m.voters), set(m.learners) | {node_id}, {node_id: address})
+
+    async def promote(self, node_id: NodeId) -> None:
+        """Make learner ``node_id`` a voter, once it has caught up with the log."""
+        core = self._check_open()
+        m = core.membership
+        if node_id not in m.learners:
+            raise ValueError(f"node {node_id} is not a learner")
+        pr = core.progress.get(node_id)
+        lag = core.last_index() - (pr.match if pr else 0)
+        if lag > self.config.promote_max_lag:
+            raise NotCaughtUpError(f"node {node_id} lags {lag} entries")
+        await self._change(set(m.voters) | {node_id}, set(m.learners) - {node_id}, {})
+
+    async def remove_node(self, node_id: NodeId) -> None:
+        """Remove a voter or learner (the leader may remove itself: it then steps down)."""
+        core = self._check_open()
+        m = core.membership
+        if node_id not in m.members:
+            raise ValueError(f"node {node_id} is not a member")
+        voters = set(m.voters) - {node_id}
+        if not voters:
+            raise ValueError("cannot remove the last voter")
+        await self._change(voters, set(m.learners) - {node_id}, {})
+
+    async def transfer_leadership(self, target: NodeId | None = None) -> NodeId:
+        """Hand leadership to ``target`` (default: the most caught-up voter); returns it."""
+        core = self._check_open()
+        if core.role is not Role.LEADER:
+            raise self._not_leader_error(core.leader)
+        if target is None:
+            candidates = [
+                (p.match, n) for n, p in core.progress.items() if core.membership.is_voter(n)
+            ]
+            if not candidates:
+                raise ValueError("no other voter to transfer to")
+            target = max(candidates)[1]
+        core.transfer_leadership(target)
+        self._kick()
+        limit = self.config.election_timeout_max * 2
+        with trio.move_on_after(limit):
+            while core.leader != target or core.role is Role.LEADER:
+                await self._changed.wait()
+            return target
+        raise TimeoutError(f"leadership did not move to {target} within {limit}s")
+
+    # ========================================================= snapshots
+
+    def _maybe_snapshot(self) -> None:
+        if (
+            not self._snapshot_running
+            and self._applied - self._last_snapshot_index >= self.config.snapshot_entries
+            and self._nursery is not None
+        ):
+            self._snapshot_running = True
+            self._nursery.start_soon(self._take_snapshot_task)
+
+    async def _take_snapshot_task(self) -> None:
+        try:
+            await self.snapshot()
+        finally:
+            self._snapshot_running = False
+
+    async def snapshot(self) -> SnapshotMeta:
+        """Snapshot the state machine now and compact the log behind it."""
+        core = self._check_open()
+        assert self._snaps is not None and self._logstore is not None
+        async with self._snapshot_lock:
+            path = self._snaps.new_path()
+            info = await self.state_machine.write_snapshot(path)
+            if info.index <= self._last_snapshot_index and self._current_snapshot is not None:
+                await trio.to_thread.run_sync(os.unlink, path)
+                return self._current_snapshot.meta
+            meta = SnapshotMeta(info.index, info.term, core.membership_at(info.index))
+            stored = await trio.to_thread.run_sync(
+                self._snaps.commit, path, meta, info.checksum, info.size
+            )
+            await self.state_machine.flush()  # its own state must not lag the log start
+            self._current_snapshot = stored
+            self._last_snapshot_index = info.index
+            core.compact(info.index, self.config.snapshot_keep_entries)
+            start, start_term = core.offset, core.offset_term
+            if start > 0:
+                async with self._storage_lock:
+                    await trio.to_thread.run_sync(self._logstore.compact, start, start_term)
+            self._stats["snapshots_taken"] += 1
+            self.log.info("node %d took snapshot %d, log starts at %d", self.id, info.index, start)
+            return meta
+
+    def _start_snapshot_send(self, msg: InstallSnapshot) -> None:
+        if msg.dst in self._snap_senders or self._nursery is None:
+            return
+        send, recv = trio.open_memory_channel[SnapshotChunkAck](64)
+        self._snap_senders[msg.dst] = send
+        self._nursery.start_soon(self._send_snapshot, msg, recv)
+
+    async def _send_snapshot(
+        self, msg: InstallSnapshot, acks: trio.MemoryReceiveChannel[SnapshotChunkAck]
+    ) -> None:
+        """Stream the snapshot file to one follower, resuming where its acks say."""
+        core = self.core
+        assert core is not None and self.transport is not None
+        peer, ok = msg.dst, False
+        stored = self._current_snapshot
+        try:
+            if stored is None or stored.meta.index != msg.meta.index:
+                return
+            digest = bytes.fromhex(stored.checksum)
+            size, chunk = stored.size, self.config.snapshot_chunk_bytes
+            acked, failures = 0, 0
+            with open(stored.path, "rb") as f:  # noqa: ASYNC230 - small reads in a thread below
+                while acked < size or size == 0:
+                    self.transport.send(peer, msg)
+                    offset = acked
+                    for _ in range(4):  # a small window of chunks in flight
+                        if offset >= size and size > 0:
+                            break
+                        data = await trio.to_thread.run_sync(_read_at, f, offset, chunk)
+                        done = offset + len(data) >= size
+                        self.transport.send(
+                            peer,
+                            SnapshotChunk(
+                                msg.term,
+                                self.id,
+                                peer,
+                                msg.meta.index,
+                                msg.meta.term,
+                                offset,
+                                data,
+                                size,
+                                digest,
+                                done,
+                            ),
+                        )
+                        offset += len(data)
+                        if done:
+                            break
+                    with trio.move_on_after(self.config.election_timeout_max) as cs:
+                        ack = await acks.receive()
+                        while ack.snapshot_index != msg.meta.index:
+                            ack = await acks.receive()
+                    if cs.cancelled_caught:
+                        failures += 1
+                        if failures >= 5 or core.role is not Role.LEADER:
+                            return
+                        continue
+                    failures = 0
+                    acked = ack.next_offset
+                    if acked >= size:
+                        ok = True
+                        self._stats["snapshots_sent"] += 1
+                        return
+        finally:
+            del self._snap_senders[peer]
+            if not self._closed:
+                core.report_snapshot(peer, ok)
+                self._kick()
+
+    async def _snapshot_receiver(self) -> None:
+        """Collect streamed snapshot chunks; hand the core a verified InstallSnapshot."""
+        assert self._snaps is not None and self.transport is not None
+        async for c in self._chunks_recv:
+            meta_msg = self._snap_rx_meta.get(c.src)
+            core = self.core
+            assert core is not None
+            if (
+                meta_msg is None
+                or meta_msg.meta.index != c.snapshot_index
+                or meta_msg.meta.term != c.snapshot_term
+                or c.term < core.term
+            ):
+                self._ack_chunk(c, 0)
+                continue
+            rx = self._snap_rx.get(c.src)
+            if rx is not None and (rx[0].meta.index, rx[0].meta.term) != (
+                c.snapshot_index,
+                c.snapshot_term,
+            ):
+                await trio.to_thread.run_sync(rx[0].abort)
+                rx = None
+            if rx is None:
+                if c.offset != 0:
+                    self._ack_chunk(c, 0)
+                    continue
+                receiver = await trio.to_thread.run_sync(
+                    self._snaps.receive, meta_msg.meta, c.sha256.hex(), c.total_size
+                )
+                rx = (receiver, 0)
+            receiver, expect = rx
+            if c.offset != expect:
+                self._snap_rx[c.src] = rx
+                self._ack_chunk(c, expect)
+                continue
+            try:
+                await trio.to_thread.run_sync(receiver.write, c.data)
+                expect += len(c.data)
+                if c.done:
+                    stored = await trio.to_thread.run_sync(receiver.commit)
+                    self._snap_rx.pop(c.src, None)
+                    self._current_snapshot = stored
+                    self._ack_chunk(c, expect)
+                    self.log.info("node %d received snapshot %d", self.id, c.snapshot_index)
+                    try:
+                        self._inbox_send.send_nowait(meta_msg)
+                    except trio.WouldBlock:
+                        await self._inbox_send.send(meta_msg)
+                    continue
+            except Exception as exc:  # a bad stream: start over
+                self.log.warning("node %d: snapshot stream from %d failed: %s", self.id, c.src, exc)
+                self._snap_rx.pop(c.src, None)
+                self._ack_chunk(c, 0)
+                continue
+            self._snap_rx[c.src] = (receiver, expect)
+            self._ack_chunk(c, expect)
+
+    def _ack_chunk(self, c: SnapshotChunk, next_offset: int) -> None:
+        assert self.transport is not None and self.core is not None
+        self.transport.send(
+            c.src,
+            SnapshotChunkAck(
+                self.core.term, self.id, c.src, c.snapshot_index, c.snapshot_term, next_offset
+            ),
+        )
+
+    # ======================================================== inspection
+
+    def _update_peers(self) -> None:
+        core, transport = self.core, self.transport
+        if core is None or transport is None:
+            return
+        addresses = {**self.config.peers, **core.membership.address_map}
+        members = core.membership.members | set(self.config.peers)
+        transport.set_peers({n: a for n, a in addresses.items() if n in members and n != self.id})
+
+    def status(self) -> NodeStatus:
+        core = self._check_open()
+        m = core.membership
+        return NodeStatus(
+            self.id,
+            core.role.value,
+            core.term,
+            core.leader,
+            self._address_of(core.leader),
+            core.commit,
+            self._applied,
+            core.last_index(),
+            core.offset,
+            tuple(sorted(m.all_voters)),
+            tuple(sorted(m.learners - m.all_voters)),
+            m.joint,
+        )
+
+    @property
+    def membership(self) -> Membership:
+        return self._check_open().membership
+
+    def statistics(self) -> NodeStatistics:
+        core = self._check_open()
+        last = core.last_index()
+        peers = {
+            n: PeerProgress(p.match, last - p.match, p.state.value)
+            for n, p in core.progress.items()
+        }
+        lat = sorted(self._latencies)
+
+        def pct(q: float) -> float:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else 0.0
+
+        return NodeStatistics(
+            self.id,
+            core.role.value,
+            core.term,
+            core.commit,
+            self._applied,
+            peers,
+            len(self._waiters),
+            self._stats["proposals_committed"],
+            {"p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999)},
+            self._stats["entries_applied"],
+            self._stats["persist_batches"],
+            self._stats["persist_entries"],
+            self._stats["snapshots_taken"],
+            self._stats["snapshots_installed"],
+            self._stats["snapshots_sent"],
+            self._stats["inbox_dropped"],
+            self.transport.statistics() if self.transport is not None else None,
+        )
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core is not None and self.core.role is Role.LEADER
+
+    async def wait_changed(self) -> None:
+        """Wait for the next change of role, leader, commit or applied index."""
+        self._check_open()
+        await self._changed.wait()
+
+    async def wait_for_leader(self) -> NodeId:
+        """Wait until this node knows a leader; returns its id (wrap in ``fail_after``)."""
+        core = self._check_open()
+        while core.leader is None:
+            await self._changed.wait()
+        return core.leader
+
+    async def wait_applied(self, index: int) -> None:
+        """Wait until this node has applied ``index`` (wrap in ``fail_after``)."""
+        self._check_open()
+        while self._applied < index:
+            await self._changed.wait()
+
+    def _fail_everything(self, error: BaseException) -> None:
+        for w in self._waiters.values():
+            w.fail(error)
+        self._waiters.clear()
+        for r in self._reads.values():
+            r.error = error
+            r.event.set()
+
+    async def aclose(self) -> None:
+        """Stop the node: cancel its tasks, fail pending calls, close storage."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        self._closed = True
+
+    # ===================================================== client service
+
+    async def handle_client(self, conn: ClientConnection) -> None:
+        """Serve one client connection: ``propose``, ``read`` and ``status`` requests.
+
+        Requests run concurrently (many in flight per connection); each
+        response goes back as soon as it is ready, coalesced into frames by
+        the connection's sender.
+        """
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    batch = await conn.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
+                    nursery.cancel_scope.cancel()
+                    return
+                for req in batch:
+                    nursery.start_soon(self._serve_request, conn, req)
+
+    async def _serve_request(self, conn: ClientConnection, req: ClientRequest) -> None:
+        try:
+            result = await self.call(req)
+            resp = ClientResponse(req.request_id, True, result)
+        except NotLeaderError as exc:
+            resp = ClientResponse(
+                req.request_id,
+                False,
+                None,
+                "not_leader",
+                str(exc),
+                exc.leader_id,
+                exc.leader_address,
+            )
+        except Exception as exc:  # every failure becomes an error response
+            resp = ClientResponse(
+                req.request_id, False, None, _error_code(exc), str(exc) or type(exc).__name__
+            )
+        conn.send([resp])
+
+    async def call(self, req: ClientRequest) -> object:
+        """Execute one client request (the generic service every node offers)."""
+        if req.kind == "propose":
+            if not isinstance(req.payload, bytes):
+                raise TypeError("propose needs a bytes payload")
+            return await self.propose(req.payload, client_id=req.client_id, sequence=req.sequence)
+        if req.kind == "read":
+            return await self.read(req.payload, consistency=req.consistency)
+        if req.kind == "status":
+            s = self.status()
+            return {
+                "node_id": s.node_id,
+                "role": s.role,
+                "term": s.term,
+                "leader_id": s.leader_id,
+                "leader_address": s.leader_address,
+                "commit_index": s.commit_index,
+                "applied_index": s.applied_index,
+                "last_index": s.last_index,
+                "snapshot_index": s.snapshot_index,
+                "voters": list(s.voters),
+                "learners": list(s.learners),
+            }
+        raise ValueError(f"unknown request kind {req.kind!r}")
+
+
+def _error_code(exc: BaseException) -> str:
+    codes: dict[type[BaseException], str] = {
+        OverloadedError: "overloaded",
+        ProposalDroppedError: "dropped",
+        ProposalRejectedError: "rejected",
+        ReadFailedError: "read_failed",
+        NodeClosedError: "closed",
+        TimeoutError: "timeout",
+        ValueError: "bad_request",
+        TypeError: "bad_request",
+        NotCaughtUpError: "not_caught_up",
+        InvariantViolated: "internal",
+    }
+    return codes.get(type(exc), "error")
+
+
+def _read_at(f: Any, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data: bytes = f.read(size)
+    return data
+
+
+# ===================================================================== API
+
+
+def websocket_transport(node: Node) -> AbstractAsyncContextManager[Transport]:
+    """The default transport: WebSockets on ``config.listen``."""
+    from trioraft.transport.websocket import open_websocket_transport
+
+    cfg = node.config
+    return open_websocket_transport(
+        node_id=cfg.node_id,
+        listen=cfg.listen,
+        peers=dict(cfg.peers),
+        cluster_id=cfg.cluster_id,
+        secret=cfg.cluster_secret,
+        on_messages=node._on_messages,
+        client_handler=node.handle_client,
+        client_tokens=dict(cfg.client_tokens),
+        ssl_context=cfg.ssl_context,
+    )
+
+
+async def serve_node(
+    config: NodeConfig,
+    state_machine: StateMachine,
+    *,
+    transport_factory: TransportFactory | None = None,
+    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node until cancelled; ``await nursery.start(serve_node, config, sm)`` returns it."""
+    node = Node(config, state_machine, transport_factory)
+    await node._run(task_status)
+
+
+@asynccontextmanager
+async def open_node(
+    config: NodeConfig,
+    state_machine: StateMachine,
+    *,
+    transport_factory: TransportFactory | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node for the duration of the block.
+
+    Example::
+
+        async with trioraft.open_node(config, MyStateMachine(path)) as node:
+            await node.wait_for_leader()
+            result = await node.propose(b"...")
+    """
+    async with trio.open_nursery() as nursery:
+        node: Node = await nursery.start(
+            functools.partial(serve_node, transport_factory=transport_factory),
+            config,
+            state_machine,
+        )
+        try:
+            yield node
+        finally:
+            await node.aclose()

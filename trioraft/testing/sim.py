@@ -314,7 +314,8 @@ class Simulation:
                 return
             n.durable_snap = (meta, h)
             n.durable_entries = []
-            n.incoming_snaps.clear()
+            for key in [k for k in n.incoming_snaps if k[0] <= meta.index]:
+                del n.incoming_snaps[key]
         if rd.entries:
             first = rd.entries[0].index
             base = n.durable_snap[0].index if n.durable_snap else 0

@@ -68,7 +68,10 @@ class NodeConfig:
     cluster_secret: bytes = b""
     #: client id -> token, for clients of the service (``docstore connect``).
     client_tokens: Mapping[str, bytes] = field(default_factory=dict)
+    #: TLS for the listening side (peers and clients connecting to us).
     ssl_context: ssl.SSLContext | None = None
+    #: TLS for dialling peers (a server-side context cannot dial).
+    client_ssl_context: ssl.SSLContext | None = None
     #: Peer messages queued for the Raft loop before new ones are dropped.
     inbox_size: int = 10_000
 

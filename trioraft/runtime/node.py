@@ -78,7 +78,12 @@ from trioraft.runtime.errors import (
 from trioraft.statemachine import SnapshotInfo, StateMachine
 from trioraft.storage.log import FileLogStore
 from trioraft.storage.snapshots import SnapshotReceiver, SnapshotStore, StoredSnapshot
-from trioraft.transport.base import ClientConnection, Transport, TransportStatistics
+from trioraft.transport.base import (
+    ClientConnection,
+    ClientHandler,
+    Transport,
+    TransportStatistics,
+)
 from trioraft.transport.messages import (
     AnyMessage,
     ClientRequest,
@@ -187,8 +192,13 @@ class Node:
         config: NodeConfig,
         state_machine: StateMachine,
         transport_factory: TransportFactory | None = None,
+        client_handler: ClientHandler | None = None,
     ) -> None:
         self.config = config
+        #: Serves client connections; the default offers propose/read/status.
+        self.client_handler: ClientHandler = client_handler or self.handle_client
+        if transport_factory is None and not config.cluster_secret:
+            raise ValueError("NodeConfig.cluster_secret is required: peers authenticate with it")
         self.state_machine = state_machine
         self.id = config.node_id
         self.log = logging.getLogger(f"trioraft.node.{config.node_id}")
@@ -1117,9 +1127,10 @@ def websocket_transport(node: Node) -> AbstractAsyncContextManager[Transport]:
         cluster_id=cfg.cluster_id,
         secret=cfg.cluster_secret,
         on_messages=node._on_messages,
-        client_handler=node.handle_client,
+        client_handler=node.client_handler,
         client_tokens=dict(cfg.client_tokens),
         ssl_context=cfg.ssl_context,
+        client_ssl_context=cfg.client_ssl_context,
     )
 
 
@@ -1128,10 +1139,11 @@ async def serve_node(
     state_machine: StateMachine,
     *,
     transport_factory: TransportFactory | None = None,
+    client_handler: ClientHandler | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a node until cancelled; ``await nursery.start(serve_node, config, sm)`` returns it."""
-    node = Node(config, state_machine, transport_factory)
+    node = Node(config, state_machine, transport_factory, client_handler)
     await node._run(task_status)
 
 
@@ -1141,6 +1153,7 @@ async def open_node(
     state_machine: StateMachine,
     *,
     transport_factory: TransportFactory | None = None,
+    client_handler: ClientHandler | None = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -1152,7 +1165,9 @@ async def open_node(
     """
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(
-            functools.partial(serve_node, transport_factory=transport_factory),
+            functools.partial(
+                serve_node, transport_factory=transport_factory, client_handler=client_handler
+            ),
             config,
             state_machine,
         )

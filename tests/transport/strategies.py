@@ -143,8 +143,11 @@ def heartbeat_responses(draw: st.DrawFn) -> HeartbeatResponse:
 def memberships(draw: st.DrawFn) -> Membership:
     voters = draw(st.sets(node_ids, min_size=1, max_size=5))
     outgoing = draw(st.sets(node_ids, max_size=5))
-    learners = draw(st.sets(node_ids, max_size=3)) - voters - outgoing
-    return Membership(frozenset(voters), frozenset(outgoing), frozenset(learners))
+    learners = draw(st.sets(node_ids, max_size=3)) - voters
+    members = sorted(voters | outgoing | learners)
+    with_addr = draw(st.sets(st.sampled_from(members), max_size=len(members)))
+    addresses = tuple(sorted((n, f"host{n}:{7000 + n % 1000}") for n in with_addr))
+    return Membership(frozenset(voters), frozenset(outgoing), frozenset(learners), addresses)
 
 
 @st.composite

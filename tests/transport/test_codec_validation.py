@@ -290,8 +290,8 @@ def test_too_many_messages(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- InstallSnapshot and chunks --------------------------------------------------
 
 
-def snap(voters: Any, outgoing: Any = (), learners: Any = ()) -> list[Any]:
-    return [7, 5, 1, 2, 100, 4, list(voters), list(outgoing), list(learners)]
+def snap(voters: Any, outgoing: Any = (), learners: Any = (), addrs: Any = ()) -> list[Any]:
+    return [7, 5, 1, 2, 100, 4, list(voters), list(outgoing), list(learners), list(addrs)]
 
 
 def test_install_snapshot_membership() -> None:
@@ -304,9 +304,23 @@ def test_install_snapshot_membership() -> None:
     rejects(frame(snap([1, 1])), "duplicate node ids")
     rejects(frame(snap([0])), "InstallSnapshot.voters")
     rejects(frame(snap([True])), "InstallSnapshot.voters")
-    rejects(frame([7, 5, 1, 2, 100, 4, "1,2", [], []]), "an array of node ids")
-    rejects(frame([7, 5, 1, 2, 0, 4, [1], [], []]), "InstallSnapshot.index")
-    rejects(frame([7, 5, 1, 2, 100, 6, [1], [], []]), "snapshot term 6 is newer than term 5")
+    rejects(frame([7, 5, 1, 2, 100, 4, "1,2", [], [], []]), "an array of node ids")
+    rejects(frame([7, 5, 1, 2, 0, 4, [1], [], [], []]), "InstallSnapshot.index")
+    rejects(frame([7, 5, 1, 2, 100, 6, [1], [], [], []]), "snapshot term 6 is newer than term 5")
+    rejects(frame([7, 5, 1, 2, 100, 4, [1], [], []]), "InstallSnapshot")  # old arity
+
+
+def test_install_snapshot_addresses() -> None:
+    (msg,) = decode_frame(frame(snap([1, 2], [], [3], [[1, "a:1"], [3, "c:3"]])))
+    assert isinstance(msg, InstallSnapshot)
+    assert msg.meta.membership.address_of(3) == "c:3"
+    assert decode_frame(encode_frame([msg])) == [msg]
+    rejects(frame(snap([1], [], [], [[2, "x:1"]])), "invalid membership")  # not a member
+    rejects(frame(snap([1], [], [], [[1, ""]])), r"addresses\[0\]\.address")
+    rejects(frame(snap([1], [], [], [[1, "a:1", 3]])), r"addresses\[0\]")
+    rejects(frame(snap([1], [], [], [[0, "a:1"]])), r"addresses\[0\]\.id")
+    rejects(frame(snap([1], [], [], [[1, "a:1"], [1, "b:1"]])), "invalid membership")
+    rejects(frame([7, 5, 1, 2, 100, 4, [1], [], [], "a"]), "addresses")
 
 
 def chunk(offset: int, data: bytes, total: int, done: bool, digest: bytes = b"h" * 32) -> list[Any]:

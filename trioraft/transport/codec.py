@@ -223,6 +223,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
         _e_ids(m.meta.membership.voters),
         _e_ids(m.meta.membership.voters_outgoing),
         _e_ids(m.meta.membership.learners),
+        [[n, a] for n, a in m.meta.membership.addresses],
     ],
     TimeoutNow: lambda m: [T_TIMEOUT_NOW, m.term, m.src, m.dst],
     SnapshotChunk: lambda m: [
@@ -593,19 +594,29 @@ def _d_ids(v: Any, where: str) -> frozenset[int]:
 
 
 def _d_install_snapshot(m: list[Any]) -> InstallSnapshot:
-    _arity(m, 9, "InstallSnapshot")
-    _, term, src, dst, index, sterm, voters, outgoing, learners = m
+    _arity(m, 10, "InstallSnapshot")
+    _, term, src, dst, index, sterm, voters, outgoing, learners, addrs = m
     _uint(term, "InstallSnapshot.term")
     _peers(src, dst, "InstallSnapshot")
     _pos(index, "InstallSnapshot.index")
     _pos(sterm, "InstallSnapshot.snapshot_term")
     if sterm > term:
         raise ProtocolError(f"InstallSnapshot: snapshot term {sterm} is newer than term {term}")
+    if type(addrs) is not list:
+        _fail("InstallSnapshot.addresses", "an array of [id, address]", addrs)
+    addresses = []
+    for i, pair in enumerate(addrs):
+        if type(pair) is not list or len(pair) != 2:
+            raise ProtocolError(f"InstallSnapshot.addresses[{i}]: expected [id, address]")
+        _pos(pair[0], f"InstallSnapshot.addresses[{i}].id")
+        _text(pair[1], f"InstallSnapshot.addresses[{i}].address", MAX_ID, 1)
+        addresses.append((pair[0], pair[1]))
     try:
         membership = Membership(
             _d_ids(voters, "InstallSnapshot.voters"),
             _d_ids(outgoing, "InstallSnapshot.voters_outgoing"),
             _d_ids(learners, "InstallSnapshot.learners"),
+            tuple(sorted(addresses)),
         )
     except ValueError as exc:
         if isinstance(exc, ProtocolError):

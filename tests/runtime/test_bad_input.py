@@ -1,0 +1,121 @@
+"""A running cluster shrugs off garbage, strangers and floods, and keeps committing."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import trio
+
+from trioraft.client import open_client_connection
+from trioraft.core.types import Heartbeat
+from trioraft.testing.kv import encode_command
+from trioraft.transport._ws import dial, dialer_handshake
+from trioraft.transport.codec import encode_frame
+from trioraft.transport.messages import ClientRequest, Hello
+
+from .realcluster import SECRET, TOKEN, RealCluster
+
+
+async def commits(c: RealCluster, key: str) -> None:
+    leader = await c.leader()
+    await leader.propose(encode_command("put", key, value=b"ok"))
+    assert await leader.read({"op": "get", "key": key}) == b"ok"
+
+
+async def attack(address: str, payload: bytes) -> None:
+    """Open a TCP connection, send raw bytes, let the node deal with it."""
+    host, port = address.rsplit(":", 1)
+    with trio.move_on_after(2):
+        stream = await trio.open_tcp_stream(host, int(port))
+        try:
+            await stream.send_all(payload)
+            with trio.move_on_after(0.5):
+                while await stream.receive_some(4096):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+
+async def hello_as(address: str, node_id: int, cluster: str, secret: bytes) -> bool:
+    """Try a peer handshake; True if the node accepted it."""
+    try:
+        async with dial(address, max_frame=1 << 20, connect_timeout=2) as sock:
+            with trio.fail_after(3):
+                await dialer_handshake(sock, Hello(node_id, cluster, os.urandom(32)), secret)
+            return True
+    except Exception:
+        return False
+
+
+async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
+    tmp_path: pathlib.Path,
+) -> None:
+    c = RealCluster(tmp_path)
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            for n in (1, 2, 3):
+                await c.start(nursery, n)
+            await commits(c, "before")
+            target = (await c.leader()).id
+            addr = c.addr[target]
+            await attack(addr, os.urandom(5000))  # not even HTTP
+            await attack(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(100))
+            # A real peer's handshake works (so the refusals below mean something).
+            assert await hello_as(addr, 1 if target != 1 else 2, "trioraft", SECRET)
+            assert not await hello_as(addr, 1 if target != 1 else 2, "other-cluster", SECRET)
+            assert not await hello_as(addr, 99, "trioraft", SECRET)  # unknown node id
+            assert not await hello_as(addr, 1 if target != 1 else 2, "trioraft", b"wrong")
+            # An authenticated peer (it knows the secret) sends an oversized
+            # frame and then garbage: only its connection is dropped.
+            peer = 1 if target != 1 else 2
+            try:
+                async with dial(addr, max_frame=64 << 20, connect_timeout=2) as sock:
+                    await dialer_handshake(sock, Hello(peer, "trioraft", os.urandom(32)), SECRET)
+                    await sock.send(b"\x00" * (20 << 20))
+                    await sock.send(b"\xff\xfe garbage")
+            except Exception:
+                pass
+            try:
+                async with dial(addr, max_frame=1 << 20, connect_timeout=2) as sock:
+                    await dialer_handshake(sock, Hello(peer, "trioraft", os.urandom(32)), SECRET)
+                    hb = Heartbeat(10**9, peer, target, 10**9, 0)
+                    await sock.send(encode_frame([hb])[:-3])  # truncated frame
+            except Exception:
+                pass
+            await commits(c, "after")
+            for node in c.nodes.values():
+                assert node.status().role in ("leader", "follower")
+            assert c.nodes[target].statistics().transport is not None
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_flooding_proposals_gets_overloaded_not_oom(tmp_path: pathlib.Path) -> None:
+    c = RealCluster(tmp_path, max_pending=20)
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            for n in (1, 2, 3):
+                await c.start(nursery, n)
+            leader = await c.leader()
+            codes: list[str] = []
+            async with open_client_connection(
+                c.addr[leader.id], cluster_id="trioraft", client_id="tester", token=TOKEN
+            ) as conn:
+
+                async def one(i: int) -> None:
+                    req = ClientRequest(
+                        0, "propose", encode_command("put", f"f{i}", value=b"x" * 100)
+                    )
+                    resp = await conn.call(req)
+                    codes.append("ok" if resp.ok else resp.error_code)
+
+                async with trio.open_nursery() as flood:
+                    for i in range(400):
+                        flood.start_soon(one, i)
+            assert codes.count("ok") >= 20
+            assert "overloaded" in codes
+            assert set(codes) <= {"ok", "overloaded"}
+            await commits(c, "still-alive")
+            nursery.cancel_scope.cancel()

@@ -6,11 +6,12 @@ import os
 import pathlib
 
 import trio
+import trio_websocket
 
 from trioraft.client import open_client_connection
 from trioraft.core.types import Heartbeat
 from trioraft.testing.kv import encode_command
-from trioraft.transport._ws import dial, dialer_handshake
+from trioraft.transport._ws import Closed, HandshakeFailed, dial, dialer_handshake
 from trioraft.transport.codec import encode_frame
 from trioraft.transport.messages import ClientRequest, Hello
 
@@ -44,9 +45,11 @@ async def hello_as(address: str, node_id: int, cluster: str, secret: bytes) -> b
     try:
         async with dial(address, max_frame=1 << 20, connect_timeout=2) as sock:
             with trio.fail_after(3):
-                await dialer_handshake(sock, Hello(node_id, cluster, os.urandom(32)), secret)
+                await dialer_handshake(
+                    sock, Hello(node_id, cluster, os.urandom(32)), secret, expect_node=None
+                )
             return True
-    except Exception:
+    except (HandshakeFailed, Closed, OSError, trio.TooSlowError, trio.BrokenResourceError):
         return False
 
 
@@ -73,18 +76,22 @@ async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
             peer = 1 if target != 1 else 2
             try:
                 async with dial(addr, max_frame=64 << 20, connect_timeout=2) as sock:
-                    await dialer_handshake(sock, Hello(peer, "trioraft", os.urandom(32)), SECRET)
+                    await dialer_handshake(
+                        sock, Hello(peer, "trioraft", os.urandom(32)), SECRET, expect_node=target
+                    )
                     await sock.send(b"\x00" * (20 << 20))
                     await sock.send(b"\xff\xfe garbage")
-            except Exception:
-                pass
+            except (Closed, trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                pass  # the node hung up on it: expected
             try:
                 async with dial(addr, max_frame=1 << 20, connect_timeout=2) as sock:
-                    await dialer_handshake(sock, Hello(peer, "trioraft", os.urandom(32)), SECRET)
+                    await dialer_handshake(
+                        sock, Hello(peer, "trioraft", os.urandom(32)), SECRET, expect_node=target
+                    )
                     hb = Heartbeat(10**9, peer, target, 10**9, 0)
                     await sock.send(encode_frame([hb])[:-3])  # truncated frame
-            except Exception:
-                pass
+            except (Closed, trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                pass  # the node hung up on it: expected
             await commits(c, "after")
             for node in c.nodes.values():
                 assert node.status().role in ("leader", "follower")

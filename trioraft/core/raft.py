@@ -34,7 +34,11 @@ contract, written once, here:
 Everything that makes a message safe to send is in the same Ready as the
 message: a vote is granted only in a Ready carrying the hard state that
 records it; an append acknowledgement only in a Ready carrying the entries it
-acknowledges.  A leader counts its own log towards commitment only up to the
+acknowledges.  One exception is allowed, and it is the only one: when the
+Ready carries no hard state, a leader's ``AppendEntries`` may be sent
+*before* the write (dissertation 10.2.1), because the leader counts its own
+log towards a quorum only after ``advance`` - so the leader's fsync and the
+followers' run in parallel.  A leader counts its own log towards commitment only up to the
 index storage reported durable (``advance``), so a single-voter cluster never
 reports a commit it could lose (etcd #14370).  ``advance`` checks that what
 was written is still what the log holds at those indexes before calling it

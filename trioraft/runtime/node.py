@@ -56,6 +56,7 @@ import trio.lowlevel
 from trioraft.core.errors import InvariantViolated, NotLeader, ProposalRejected
 from trioraft.core.raft import RaftCore
 from trioraft.core.types import (
+    AppendEntries,
     Entry,
     InstallSnapshot,
     Membership,
@@ -407,14 +408,21 @@ class Node:
     async def _drain_ready(self, core: RaftCore) -> None:
         while core.has_ready():
             rd = core.ready()
+            assert self.transport is not None
+            early = rd.hard_state is None and rd.snapshot is None
+            if early:
+                # The one exception of the core's contract: a leader's appends
+                # go out before its own write, so both fsyncs overlap.
+                for m in rd.messages:
+                    if isinstance(m, AppendEntries):
+                        self.transport.send(m.dst, m)
             if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
                 async with self._storage_lock:
                     await trio.to_thread.run_sync(self._persist, rd)
-            assert self.transport is not None
             for m in rd.messages:
                 if isinstance(m, InstallSnapshot):
                     self._start_snapshot_send(m)
-                else:
+                elif not (early and isinstance(m, AppendEntries)):
                     self.transport.send(m.dst, m)
             if rd.snapshot is not None:
                 self._apply_send.send_nowait(("snapshot", rd.snapshot))

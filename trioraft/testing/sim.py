@@ -51,6 +51,7 @@ from typing import Any
 from trioraft.core.errors import NotLeader, ProposalRejected
 from trioraft.core.raft import RaftConfig, RaftCore
 from trioraft.core.types import (
+    AppendEntries,
     Entry,
     HardState,
     InstallSnapshot,
@@ -228,7 +229,13 @@ class Simulation:
                 self.result.elections += 1
                 self._check_leader_complete(n)
         if n.pending is None and core.has_ready():
-            n.pending = core.ready()
+            rd = n.pending = core.ready()
+            if rd.hard_state is None and rd.snapshot is None:
+                # The contract's one exception: a leader's appends may leave
+                # before its own write (as the runtime does).
+                for m in rd.messages:
+                    if isinstance(m, AppendEntries):
+                        self._send(n, m)
             self._push(self.now + self.rng.uniform(0, 0.002), 1, n.id)  # fsync latency
         deadline = core.next_deadline()
         if deadline != n.timer_at:
@@ -327,9 +334,11 @@ class Simulation:
             self._check_persisted(n, rd.entries)
         if rd.hard_state is not None:
             n.durable_hs = rd.hard_state
-        # send
+        # send (a leader's appends may have left already, see _after)
+        early = rd.hard_state is None and rd.snapshot is None
         for m in rd.messages:
-            self._send(n, m)
+            if not (early and isinstance(m, AppendEntries)):
+                self._send(n, m)
         # apply
         if rd.snapshot is not None:
             n.sm_index, n.sm_hash = rd.snapshot.index, n.durable_snap[1] if n.durable_snap else 0

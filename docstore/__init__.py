@@ -7,11 +7,24 @@ Embedded::
         await users.put("ann", {"name": "Ann", "age": 31})
         adults = await users.find({"age": {"$gte": 18}}, sort="-age")
 
+A client of a cluster (``docstore cluster`` starts one), the same API::
+
+    async with docstore.connect(["127.0.0.1:7101"], token=TOKEN) as db:
+        await db.collection("users").put("ann", {"name": "Ann"})
+
 Replicated: :class:`docstore.state_machine.DocstoreStateMachine` is the
 trioraft state machine.  Commands are plain maps (:mod:`docstore.commands`).
 """
 
-from docstore.database import Collection, Database, Executor, LocalExecutor, open
+from docstore.client import ClusterError, RemoteDatabase, UnavailableError, connect
+from docstore.database import (
+    ChangeStream,
+    Collection,
+    Database,
+    Executor,
+    LocalExecutor,
+    open,
+)
 from docstore.engine import commands
 from docstore.engine.errors import (
     ConflictError,
@@ -33,6 +46,8 @@ from docstore.engine.values import Limits
 from docstore.watch import Watcher
 
 __all__ = [
+    "ChangeStream",
+    "ClusterError",
     "Collection",
     "CollectionType",
     "CommandContext",
@@ -50,11 +65,14 @@ __all__ = [
     "NotFoundError",
     "Registry",
     "RegistryError",
+    "RemoteDatabase",
     "ResyncRequired",
+    "UnavailableError",
     "UniqueViolation",
     "UnknownCommandError",
     "ValidationError",
     "Watcher",
     "commands",
+    "connect",
     "open",
 ]

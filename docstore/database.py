@@ -42,6 +42,21 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class ChangeStream(Protocol):
+    """What ``Collection.watch`` returns: :class:`Watcher` embedded, a resuming
+    remote watcher (``docstore.client.RemoteWatcher``) when connected."""
+
+    def __aiter__(self) -> ChangeStream: ...
+
+    async def __anext__(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> ChangeStream: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+
 class Executor(Protocol):
     """Runs command and query maps; what ``Database`` is built on."""
 
@@ -49,7 +64,9 @@ class Executor(Protocol):
 
     async def query(self, q: dict[str, Any]) -> Any: ...
 
-    def watch(self, coll: str, flt: object, since_rev: int | None, buffer: int) -> Watcher: ...
+    def watch(
+        self, coll: str, flt: object, since_rev: int | None, buffer: int
+    ) -> ChangeStream: ...
 
     async def aclose(self) -> None: ...
 
@@ -221,7 +238,8 @@ class Collection:
             if consistency is not None:
                 _check_consistency(consistency)
             return self.db._local.get(self.name, key)
-        return await self.db._query({"op": "get", "coll": self.name, "key": check_key(key)})  # type: ignore[no-any-return]
+        q = {"op": "get", "coll": self.name, "key": check_key(key)}
+        return await self.db._query(q, consistency)  # type: ignore[no-any-return]
 
     async def put(
         self,
@@ -322,7 +340,7 @@ class Collection:
 
     def watch(
         self, filter: object = None, since_rev: int | None = None, *, buffer: int = 1024
-    ) -> Watcher:
+    ) -> ChangeStream:
         """Async iterator of changes after ``since_rev`` (or from now).
 
         Example:

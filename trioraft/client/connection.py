@@ -129,6 +129,8 @@ class Connection:
         self._carry: list[bytes] = []
         self._pending: dict[int, _Waiter] = {}
         self._abandoned: set[int] = set()
+        self._streams: dict[int, trio.MemorySendChannel[ClientResponse]] = {}
+        self._ended_streams: set[int] = set()
         self._next_id = 0
         self._closed_reason: str | None = None
         self._sender_done = trio.Event()
@@ -227,6 +229,44 @@ class Connection:
             raise ConnectionClosedError(self._closed_reason or "closed")
         return waiter.response
 
+    @asynccontextmanager
+    async def stream(
+        self, request: ClientRequest, *, buffer: int = 1024
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[ClientResponse]]:
+        """Send ``request`` and receive every response carrying its id, in order.
+
+        For kinds that answer more than once (a watch).  The channel ends when
+        the connection closes, or when the consumer falls ``buffer`` responses
+        behind (it cannot tell which: both mean "resume elsewhere").  Leaving
+        the block stops routing; tell the node to stop sending with a request
+        of your own (docstore sends ``cancel``).
+
+        Example::
+
+            async with conn.stream(ClientRequest(0, "watch", {...})) as responses:
+                async for response in responses:
+                    ...
+        """
+        self._check_open()
+        rid = self.next_request_id()
+        data = self._encode(dataclasses.replace(request, request_id=rid))
+        send, receive = trio.open_memory_channel[ClientResponse](buffer)
+        self._streams[rid] = send
+        try:
+            try:
+                await self._out_send.send(data)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ConnectionClosedError(self._closed_reason or "closed") from None
+            async with receive:
+                yield receive
+        finally:
+            if self._streams.pop(rid, None) is not None and not self.closed:
+                # Responses may keep coming until the node hears we stopped.
+                if len(self._ended_streams) >= _MAX_ABANDONED:
+                    self._ended_streams.pop()
+                self._ended_streams.add(rid)
+            send.close()
+
     def _abandon(self, rid: int) -> None:
         # Its answer may still come: recognise it and throw it away.
         if len(self._abandoned) >= _MAX_ABANDONED:
@@ -240,6 +280,8 @@ class Connection:
         log.debug("%r closed: %s", self, reason)
         for waiter in self._pending.values():
             waiter.event.set()
+        for stream in self._streams.values():
+            stream.close()
         self._out_send.close()
         self._in_send.close()
 
@@ -274,9 +316,19 @@ class Connection:
                 if not isinstance(m, ClientResponse):
                     return f"protocol error: {type(m).__name__} on a client connection"
                 waiter = self._pending.get(m.request_id)
-                if waiter is not None and waiter.response is None:
+                stream = self._streams.get(m.request_id)
+                if stream is not None:
+                    try:
+                        stream.send_nowait(m)
+                    except trio.WouldBlock:
+                        stream.close()  # the consumer fell behind: it resumes
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        pass
+                elif waiter is not None and waiter.response is None:
                     waiter.response = m
                     waiter.event.set()
+                elif m.request_id in self._ended_streams:
+                    pass
                 elif m.request_id in self._abandoned:
                     self._abandoned.discard(m.request_id)
                 else:

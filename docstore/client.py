@@ -1,0 +1,593 @@
+"""The remote client: ``docstore.connect(addresses, token=...)``.
+
+Theory of operation
+-------------------
+:class:`RemoteExecutor` is the executor behind a connected
+:class:`~docstore.Database`, so the API is the embedded one.  It keeps one
+multiplexed connection, to the leader once it knows which node that is; any
+number of requests share it.  Every request is retried until
+``timeout`` runs out: on a lost connection, a ``not_leader`` answer (the
+client switches to the leader it names, or tries the next address while an
+election is under way) and on transient errors (``dropped``, ``rejected``,
+``read_failed``, ``overloaded``, ``timeout``, ``closed``), with exponential
+backoff from 20 ms to 1 s.
+
+Exactly once.  A write carries a session, ``(client_id, sequence)``.  Each
+``connect()`` picks a random id; because the state machine remembers one
+sequence per session, concurrent writes use *lanes*: session
+``"<id>.<lane>"``, at most one write in flight per lane, sequences
+increasing per lane.  A retry reuses its lane and sequence, so if the first
+attempt was applied the node answers with the recorded result instead of
+applying it again.
+
+Watches resume.  A watch remembers the last revision it yielded; when its
+stream breaks (node lost, leader change, the stream fell behind) it watches
+again on the leader ``since_rev`` that revision, and drops anything at or
+below it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from typing import Any
+
+import trio
+
+from docstore.database import Database
+from docstore.engine.errors import (
+    DatabaseClosedError,
+    DocstoreError,
+    ResyncRequired,
+    error_from_result,
+    raise_for_result,
+)
+from docstore.server import DEFAULT_CLIENT
+from trioraft.client.connection import (
+    ClientConnectionError,
+    Connection,
+    HandshakeError,
+    open_client_connection,
+)
+from trioraft.transport.messages import ClientRequest, ClientResponse
+
+__all__ = [
+    "ClusterError",
+    "RemoteExecutor",
+    "RemoteWatcher",
+    "UnavailableError",
+    "connect",
+]
+
+#: Error codes worth retrying (the request had no effect, or a retry dedupes).
+RETRY_CODES = frozenset(
+    {"not_leader", "dropped", "rejected", "read_failed", "overloaded", "timeout", "closed"}
+)
+
+
+class ClusterError(DocstoreError):
+    """The cluster refused a request (``code`` is the protocol's error code)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+
+
+class UnavailableError(ClusterError):
+    """No node could answer within the timeout (all down, no leader, wrong address)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)
+
+
+def _response_error(resp: ClientResponse) -> DocstoreError:
+    if resp.error_code in ("conflict", "not_found", "invalid", "resync_required", "closed"):
+        return error_from_result(
+            {"ok": False, "error": resp.error_code, "message": resp.error_message}
+        )
+    return ClusterError(resp.error_code, resp.error_message)
+
+
+class _Link:
+    """A connection and the task that holds it open."""
+
+    def __init__(self, conn: Connection, done: trio.Event) -> None:
+        self.conn = conn
+        self.done = done
+
+
+class RemoteExecutor:
+    """Runs command and query maps on a cluster (see the module docstring)."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        token: str | bytes,
+        client: str = DEFAULT_CLIENT,
+        cluster_id: str = "docstore",
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        if isinstance(addresses, str):
+            addresses = [a for a in addresses.split(",") if a]
+        if not addresses:
+            raise ValueError("connect needs at least one address")
+        self.addresses = list(addresses)
+        self.token = token
+        self.client = client
+        self.cluster_id = cluster_id
+        self.ssl_context = ssl_context
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        #: This client's session id; writes use ``f"{session}.{lane}"``.
+        self.session = secrets.token_hex(8)
+        self._lanes_free: list[tuple[int, int]] = []  # (lane, last sequence)
+        self._lanes = 0
+        self._nursery: trio.Nursery | None = None
+        self._link: _Link | None = None
+        self._link_lock = trio.Lock()
+        self._preferred: str | None = None
+        self._next_addr = 0
+        self._closed = False
+        self.last_error = ""
+
+    # ----------------------------------------------------------- connection
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _hold(
+        self, address: str, task_status: trio.TaskStatus[_Link] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with open_client_connection(
+            address,
+            cluster_id=self.cluster_id,
+            client_id=self.client,
+            token=self.token,
+            ssl_context=self.ssl_context,
+            connect_timeout=self.connect_timeout,
+        ) as conn:
+            link = _Link(conn, trio.Event())
+            task_status.started(link)
+            await link.done.wait()
+
+    async def _connect(self, address: str) -> _Link:
+        assert self._nursery is not None
+        link: _Link = await self._nursery.start(self._hold, address)
+        return link
+
+    def _drop(self, link: _Link | None) -> None:
+        if link is not None:
+            link.done.set()
+            if self._link is link:
+                self._link = None
+
+    async def _get_link(self) -> _Link:
+        """The current connection, or a new one (preferred leader first)."""
+        async with self._link_lock:
+            link = self._link
+            if link is not None and not link.conn.closed:
+                return link
+            self._drop(link)
+            if self._preferred is not None:
+                address, self._preferred = self._preferred, None
+            else:
+                address = self.addresses[self._next_addr % len(self.addresses)]
+                self._next_addr += 1
+            try:
+                self._link = await self._connect(address)
+            except HandshakeError:
+                raise
+            except (ClientConnectionError, OSError) as exc:
+                self.last_error = str(exc)
+                raise
+            return self._link
+
+    def _redirect(self, link: _Link, leader_addr: str | None) -> None:
+        if leader_addr and leader_addr != link.conn.remote:
+            self._preferred = leader_addr
+            if leader_addr not in self.addresses:
+                self.addresses.append(leader_addr)
+        self._drop(link)
+
+    async def request(
+        self,
+        kind: str,
+        payload: object = None,
+        *,
+        client_id: str = "",
+        sequence: int = 0,
+        consistency: str = "linearizable",
+        limit: float | None = None,
+    ) -> object:
+        """Send one request to the leader, retrying as the module docstring says."""
+        if self._closed:
+            raise DatabaseClosedError("the client is closed")
+        limit = self.timeout if limit is None else limit
+        delay = 0.02
+        last = "no answer"
+        req = ClientRequest(0, kind, payload, client_id, sequence, consistency)
+        with trio.move_on_after(limit):
+            while True:
+                try:
+                    link = await self._get_link()
+                except HandshakeError as exc:
+                    raise ClusterError("unauthorized", str(exc)) from None
+                except (ClientConnectionError, OSError) as exc:
+                    last = str(exc)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                try:
+                    resp = await link.conn.call(req)
+                except ClientConnectionError as exc:
+                    last = str(exc)
+                    self._drop(link)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if resp.ok:
+                    return resp.result
+                last = f"{resp.error_code}: {resp.error_message}"
+                if resp.error_code == "not_leader":
+                    self._redirect(link, resp.leader_addr)
+                    if resp.leader_addr:
+                        continue  # go there at once
+                elif resp.error_code not in RETRY_CODES:
+                    raise _response_error(resp)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise UnavailableError(f"no answer from the cluster within {limit}s ({last})")
+
+    async def request_node(self, address: str, kind: str, payload: object = None) -> object:
+        """One request to the node at ``address`` itself (no redirects, no retries)."""
+        assert self._nursery is not None
+        with trio.fail_after(self.connect_timeout + 2):
+            async with open_client_connection(
+                address,
+                cluster_id=self.cluster_id,
+                client_id=self.client,
+                token=self.token,
+                ssl_context=self.ssl_context,
+                connect_timeout=self.connect_timeout,
+            ) as conn:
+                resp = await conn.call(ClientRequest(0, kind, payload, consistency="local"))
+        if not resp.ok:
+            raise _response_error(resp)
+        return resp.result
+
+    # ------------------------------------------------------------- executor
+
+    async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if self._lanes_free:
+            lane, seq = self._lanes_free.pop()
+        else:
+            self._lanes += 1
+            lane, seq = self._lanes, 0
+        seq += 1
+        try:
+            result = await self.request(
+                "command", cmd, client_id=f"{self.session}.{lane}", sequence=seq
+            )
+        finally:
+            # Even after a failure the sequence is spent: the next write on this
+            # lane uses a higher one, so a late apply of this one cannot alias it.
+            self._lanes_free.append((lane, seq))
+        if not isinstance(result, dict):
+            raise DocstoreError(f"malformed result {result!r}")
+        return result
+
+    async def query(self, q: dict[str, Any]) -> Any:
+        consistency = str(q.pop("consistency", "linearizable"))
+        result = await self.request("query", q, consistency=consistency)
+        return raise_for_result(result)["value"]
+
+    def watch(self, coll: str, flt: object, since_rev: int | None, buffer: int) -> RemoteWatcher:
+        return RemoteWatcher(self, coll, flt, since_rev, buffer)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._drop(self._link)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # ---------------------------------------------------------- cluster ops
+
+    async def members(self) -> dict[str, Any]:
+        result = await self.request("members")
+        assert isinstance(result, dict)
+        return result
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Every member's status (``role: "unreachable"`` for a node that does not answer)."""
+        try:
+            members = await self.members()
+            addresses = {int(n): a for n, a in members["addresses"].items() if a}
+        except UnavailableError:
+            addresses = dict(enumerate(self.addresses, 1))
+            members = None
+        out: list[dict[str, Any]] = []
+
+        async def one(n: int, address: str) -> None:
+            try:
+                st = await self.request_node(address, "status")
+                assert isinstance(st, dict)
+                out.append(st)
+            except (Exception, trio.TooSlowError) as exc:
+                out.append(
+                    {
+                        "node_id": n if members else None,
+                        "address": address,
+                        "role": "unreachable",
+                        "error": str(exc) or type(exc).__name__,
+                    }
+                )
+
+        async with trio.open_nursery() as nursery:
+            for n, a in addresses.items():
+                nursery.start_soon(one, n, a)
+        out.sort(key=lambda s: (s.get("node_id") or 0, s.get("address", "")))
+        return out
+
+
+class RemoteWatcher:
+    """``async for change in watcher``: changes from the cluster, resumed across failures.
+
+    The same interface as :class:`docstore.Watcher`.  Without ``since_rev``
+    it starts at the revision current when the stream opens: on entering
+    ``async with``, else at the first ``__anext__``.  Raises
+    :class:`~docstore.ResyncRequired` if the cluster no longer holds the
+    history needed to resume.
+    """
+
+    def __init__(
+        self, ex: RemoteExecutor, coll: str, flt: object, since_rev: int | None, buffer: int
+    ) -> None:
+        self._ex = ex
+        self.coll = coll
+        self._flt = flt
+        self.last_rev = since_rev
+        self._buffer = buffer
+        self._stack: AsyncExitStack | None = None
+        self._responses: trio.MemoryReceiveChannel[ClientResponse] | None = None
+        self._stream_link: _Link | None = None
+        self._stream_id = 0
+        self._closed = False
+
+    def __aiter__(self) -> RemoteWatcher:
+        return self
+
+    async def _open(self) -> None:
+        """(Re)start the stream on the leader from ``last_rev``."""
+        ex = self._ex
+        delay = 0.02
+        last = "no answer"
+        with trio.move_on_after(ex.timeout):
+            while True:
+                await self._close_stream()
+                try:
+                    link = await ex._get_link()
+                    payload = {
+                        "coll": self.coll,
+                        "filter": self._flt,
+                        "since_rev": self.last_rev,
+                        "buffer": self._buffer,
+                    }
+                    stack = AsyncExitStack()
+                    responses = await stack.enter_async_context(
+                        link.conn.stream(ClientRequest(0, "watch", payload), buffer=self._buffer)
+                    )
+                    self._stack, self._responses, self._stream_link = stack, responses, link
+                    self._stream_id = link.conn._next_id
+                    first = await responses.receive()
+                except HandshakeError as exc:
+                    raise ClusterError("unauthorized", str(exc)) from None
+                except (ClientConnectionError, OSError, trio.EndOfChannel) as exc:
+                    last = str(exc) or "stream ended"
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                if first.ok:
+                    if self.last_rev is None and isinstance(first.result, dict):
+                        self.last_rev = int(first.result.get("rev", 0))
+                    return
+                last = f"{first.error_code}: {first.error_message}"
+                if first.error_code == "not_leader":
+                    ex._redirect(link, first.leader_addr)
+                elif first.error_code == "resync_required":
+                    raise ResyncRequired(first.error_message)
+                elif first.error_code not in RETRY_CODES:
+                    raise _response_error(first)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise UnavailableError(f"cannot watch: no answer within {ex.timeout}s ({last})")
+
+    async def __anext__(self) -> dict[str, Any]:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._responses is None:
+                await self._open()
+                # Watch on the leader: it is the most current replica.
+            assert self._responses is not None
+            try:
+                resp = await self._responses.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                self._responses = None
+                continue  # the connection broke or we fell behind: resume
+            if not resp.ok:
+                if resp.error_code == "resync_required":
+                    raise ResyncRequired(resp.error_message)
+                self._responses = None  # the node is stopping, or similar: resume
+                continue
+            change = resp.result.get("change") if isinstance(resp.result, dict) else None
+            if not isinstance(change, dict):
+                continue
+            rev = int(change.get("rev", 0))
+            if self.last_rev is not None and rev <= self.last_rev:
+                continue  # already seen (a replica catching up, or a resumed stream)
+            self.last_rev = rev
+            return change
+
+    async def _close_stream(self) -> None:
+        stack, link, rid = self._stack, self._stream_link, self._stream_id
+        self._stack = self._responses = self._stream_link = None
+        if stack is not None:
+            await stack.aclose()
+        if link is not None and not link.conn.closed:
+            # Best effort: tell the node to stop streaming to us.
+            with suppress(trio.WouldBlock, ClientConnectionError):
+                cancel = ClientRequest(link.conn.next_request_id(), "cancel", {"request_id": rid})
+                link.conn.send([cancel])
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            await self._close_stream()
+
+    async def __aenter__(self) -> RemoteWatcher:
+        # Start watching now, so "from now" means when the block was entered.
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class RemoteDatabase(Database):
+    """A :class:`~docstore.Database` connected to a cluster, plus cluster operations."""
+
+    _executor: RemoteExecutor
+
+    def __init__(self, executor: RemoteExecutor) -> None:
+        super().__init__(executor)
+        self._executor = executor
+
+    @property
+    def client(self) -> RemoteExecutor:
+        return self._executor
+
+    async def status(self) -> list[dict[str, Any]]:
+        """Each member's ``node_id, address, role, term, commit_index, applied_index, ...``."""
+        return await self._executor.status()
+
+    async def members(self) -> dict[str, Any]:
+        """``voters``, ``learners``, ``addresses`` and ``leader_id``, from the leader."""
+        return await self._executor.members()
+
+    async def add_node(self, node_id: int, address: str, *, promote: bool = True) -> None:
+        """Add a node (started with ``docstore serve --join``) as a learner, then promote it
+        once it has caught up."""
+        ex = self._executor
+        await ex.request("add_learner", {"id": node_id, "address": address})
+        if not promote:
+            return
+        with trio.fail_after(ex.timeout):
+            while True:
+                try:
+                    await ex.request("promote", {"id": node_id})
+                    return
+                except ClusterError as exc:
+                    if exc.code != "not_caught_up":
+                        raise
+                await trio.sleep(0.2)
+
+    async def remove_node(self, node_id: int) -> None:
+        await self._executor.request("remove_node", {"id": node_id})
+
+    async def transfer_leader(self, target: int | None = None) -> int:
+        result = await self._executor.request("transfer_leader", {"target": target})
+        assert isinstance(result, int)
+        return result
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Have the leader snapshot now (and compact its log)."""
+        result = await self._executor.request("snapshot")
+        assert isinstance(result, dict)
+        return result
+
+    async def backup(self) -> bytes:
+        """The leader's state as a snapshot file (current as of a linearizable read)."""
+        ex = self._executor
+        with trio.fail_after(ex.timeout):
+            while True:
+                link = await ex._get_link()
+                parts: list[bytes] = []
+                try:
+                    async with link.conn.stream(ClientRequest(0, "backup")) as responses:
+                        async for resp in responses:
+                            if not resp.ok:
+                                if resp.error_code == "not_leader":
+                                    ex._redirect(link, resp.leader_addr)
+                                    break
+                                if resp.error_code in RETRY_CODES:
+                                    break
+                                raise _response_error(resp)
+                            assert isinstance(resp.result, dict)
+                            parts.append(bytes(resp.result["data"]))
+                            if resp.result["done"]:
+                                return b"".join(parts)
+                except ClientConnectionError:
+                    ex._drop(link)
+                await trio.sleep(0.1)
+
+    async def node_digests(self) -> dict[int, dict[str, Any]]:
+        """Each reachable member's state digest and applied index (for checks)."""
+        members = await self.members()
+        out: dict[int, dict[str, Any]] = {}
+        for n, a in members["addresses"].items():
+            try:
+                d = await self._executor.request_node(a, "digest")
+            except (Exception, trio.TooSlowError):
+                continue
+            assert isinstance(d, dict)
+            out[int(n)] = d
+        return out
+
+
+@asynccontextmanager
+async def connect(
+    addresses: Sequence[str] | str,
+    *,
+    token: str | bytes,
+    client: str = DEFAULT_CLIENT,
+    cluster_id: str = "docstore",
+    ssl_context: ssl.SSLContext | None = None,
+    call_timeout: float = 30.0,
+    connect_timeout: float = 2.0,
+) -> AsyncIterator[RemoteDatabase]:
+    """Connect to a docstore cluster; the database has the embedded API.
+
+    ``addresses`` are some of the nodes (``"host:port"``, a list or a
+    comma-separated string); the client finds the leader.  ``call_timeout`` bounds
+    each call, retries included; it then raises :class:`UnavailableError`.
+
+    Example:
+        async with docstore.connect(["127.0.0.1:7101"], token=TOKEN) as db:
+            users = db.collection("users")
+            rev = await users.put("ann", {"age": 31})
+            ann = await users.get("ann", consistency="lease")
+    """
+    ex = RemoteExecutor(
+        addresses,
+        token=token,
+        client=client,
+        cluster_id=cluster_id,
+        ssl_context=ssl_context,
+        timeout=call_timeout,
+        connect_timeout=connect_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ex._run)
+        db = RemoteDatabase(ex)
+        try:
+            yield db
+        finally:
+            await ex.aclose()

@@ -939,7 +939,9 @@ class Node:
         core, transport = self.core, self.transport
         if core is None or transport is None:
             return
-        addresses = {**self.config.peers, **core.membership.address_map}
+        # Locally configured routes win over the addresses in the membership
+        # (an operator may reach a peer through a proxy or another interface).
+        addresses = {**core.membership.address_map, **self.config.peers}
         members = core.membership.members | set(self.config.peers)
         transport.set_peers({n: a for n, a in addresses.items() if n in members and n != self.id})
 

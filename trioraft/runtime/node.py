@@ -133,6 +133,23 @@ class NodeStatus:
     learners: tuple[NodeId, ...]
     joint: bool
 
+    def to_dict(self) -> dict[str, object]:
+        """Plain values (lists, not tuples) for a CBOR or JSON answer."""
+        return {
+            "node_id": self.node_id,
+            "role": self.role,
+            "term": self.term,
+            "leader_id": self.leader_id,
+            "leader_address": self.leader_address,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "last_index": self.last_index,
+            "snapshot_index": self.snapshot_index,
+            "voters": list(self.voters),
+            "learners": list(self.learners),
+            "joint": self.joint,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
@@ -1083,20 +1100,7 @@ class Node:
         if req.kind == "read":
             return await self.read(req.payload, consistency=req.consistency)
         if req.kind == "status":
-            s = self.status()
-            return {
-                "node_id": s.node_id,
-                "role": s.role,
-                "term": s.term,
-                "leader_id": s.leader_id,
-                "leader_address": s.leader_address,
-                "commit_index": s.commit_index,
-                "applied_index": s.applied_index,
-                "last_index": s.last_index,
-                "snapshot_index": s.snapshot_index,
-                "voters": list(s.voters),
-                "learners": list(s.learners),
-            }
+            return self.status().to_dict()
         raise ValueError(f"unknown request kind {req.kind!r}")
 
 

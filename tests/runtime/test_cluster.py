@@ -231,3 +231,17 @@ async def test_proposals_overload_instead_of_growing(
 
 def test_kv_commands_are_cbor() -> None:
     assert cbor2.loads(put("a", b"1")) == {"op": "put", "key": "a", "value": b"1"}
+
+
+@bounded(120)
+async def test_snapshot_policy_by_bytes(
+    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+) -> None:
+    async with MemoryCluster(tmp_path, 3, snapshot_entries=10**6, snapshot_bytes=4000) as c:
+        leader = await c.wait_for_leader()
+        for i in range(30):
+            await leader.propose(put(f"b{i}", b"v" * 100))
+        assert leader.statistics().snapshots_taken == 0
+        for i in range(30, 60):
+            await leader.propose(put(f"b{i}", b"v" * 100))
+        assert leader.statistics().snapshots_taken >= 1

@@ -47,8 +47,10 @@ class NodeConfig:
     election_timeout_min: float = 1.0
     election_timeout_max: float = 2.0
     heartbeat_interval: float = 0.1
-    #: Take a snapshot after this many applied entries since the last one.
+    #: Take a snapshot after this many applied entries since the last one ...
     snapshot_entries: int = 20_000
+    #: ... or after this many bytes of applied commands, whichever comes first.
+    snapshot_bytes: int = 64 << 20
     #: Entries kept in the log behind a snapshot for slightly lagging followers.
     snapshot_keep_entries: int = 2_000
     snapshot_chunk_bytes: int = 256 * 1024
@@ -89,7 +91,7 @@ class NodeConfig:
             parse_address(addr)
         if self.join and not self.peers:
             raise ValueError("a joining node needs the addresses of existing members")
-        for name in ("snapshot_entries", "apply_chunk", "max_pending_proposals"):
+        for name in ("snapshot_entries", "snapshot_bytes", "apply_chunk", "max_pending_proposals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.snapshot_chunk_bytes < 1024:

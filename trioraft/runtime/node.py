@@ -240,6 +240,7 @@ class Node:
         self._snapshot_lock = trio.Lock()
         self._snapshot_running = False
         self._last_snapshot_index = 0
+        self._bytes_since_snapshot = 0
         self._current_snapshot: StoredSnapshot | None = None
         self._snap_senders: dict[NodeId, trio.MemorySendChannel[SnapshotChunkAck]] = {}
         self._snap_rx_meta: dict[NodeId, InstallSnapshot] = {}
@@ -553,6 +554,7 @@ class Node:
                             w.fail(ProposalDroppedError(f"entry {e.index} was replaced"))
                     self._applied = chunk[-1].index
                     self._stats["entries_applied"] += len(chunk)
+                    self._bytes_since_snapshot += sum(len(e.data) for e in chunk)
                 elif kind == "snapshot":
                     meta: SnapshotMeta = item
                     stored = self._current_snapshot
@@ -775,11 +777,11 @@ class Node:
     # ========================================================= snapshots
 
     def _maybe_snapshot(self) -> None:
-        if (
-            not self._snapshot_running
-            and self._applied - self._last_snapshot_index >= self.config.snapshot_entries
-            and self._nursery is not None
-        ):
+        due = (
+            self._applied - self._last_snapshot_index >= self.config.snapshot_entries
+            or self._bytes_since_snapshot >= self.config.snapshot_bytes
+        )
+        if due and not self._snapshot_running and self._nursery is not None:
             self._snapshot_running = True
             self._nursery.start_soon(self._take_snapshot_task)
 
@@ -806,6 +808,7 @@ class Node:
             await self.state_machine.flush()  # its own state must not lag the log start
             self._current_snapshot = stored
             self._last_snapshot_index = info.index
+            self._bytes_since_snapshot = 0
             core.compact(info.index, self.config.snapshot_keep_entries)
             start, start_term = core.offset, core.offset_term
             if start > 0:

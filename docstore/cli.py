@@ -1,19 +1,878 @@
-"""The ``docstore`` command."""
+"""The ``docstore`` command: run a cluster or a node, and talk to one.
+
+Exit codes (docs/operations.md): 0 success; 1 the operation failed (not
+found, a failed condition, refused by the cluster); 2 bad usage or input
+(bad JSON, unknown option); 3 the cluster is unreachable (no node answered,
+wrong token).  Errors are one line on stderr, never a traceback.  Data goes
+to stdout as JSON; ``status`` and ``members`` print tables (``--json`` for
+JSON).
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import trio
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+DEFAULT_DIR = "docstore-data"
+DEFAULT_BASE_PORT = 7101
+CLUSTER_FILE = "cluster.toml"
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        msg = f"{what} is not valid JSON: {exc.msg} (at char {exc.pos})"
+        raise CliError(msg, EXIT_USAGE) from None
+
+
+def _out(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(v: object) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    raise TypeError(f"{type(v).__name__} is not JSON")
+
+
+def _read_cluster_file(directory: str) -> dict[str, Any] | None:
+    import tomllib
+
+    path = os.path.join(directory, CLUSTER_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def _write_cluster_file(directory: str, data: dict[str, Any]) -> None:
+    lines = [
+        "# Written by `docstore cluster`: shared settings of this local cluster.",
+        "# Each node runs `docstore serve --config THIS_FILE --id N`; clients read",
+        "# the addresses and token from here with `docstore ... --dir DIR`.",
+    ]
+    for k, v in data.items():
+        if k != "nodes":
+            lines.append(f"{k} = {_toml_value(v)}")
+    lines.append("")
+    lines.append("[nodes]")
+    for n, a in sorted(data["nodes"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"{n} = {_toml_value(a)}")
+    path = os.path.join(directory, CLUSTER_FILE)
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _target(args: argparse.Namespace) -> tuple[list[str], str, str]:
+    """(addresses, token, cluster_id) from --cluster/--token, the environment or --dir."""
+    addresses = args.cluster or os.environ.get("DOCSTORE_CLUSTER")
+    token = args.token or os.environ.get("DOCSTORE_TOKEN")
+    cluster_id = "docstore"
+    info = _read_cluster_file(args.dir)
+    if info is not None:
+        cluster_id = str(info.get("cluster_id", cluster_id))
+        if not addresses:
+            addresses = ",".join(str(a) for _, a in sorted(info.get("nodes", {}).items()))
+        token = token or info.get("token")
+    if not addresses:
+        raise CliError(
+            f"no cluster given: use --cluster HOST:PORT[,...] (or DOCSTORE_CLUSTER), "
+            f"or --dir DIR of a `docstore cluster` (no {os.path.join(args.dir, CLUSTER_FILE)})",
+            EXIT_USAGE,
+        )
+    if not token:
+        raise CliError("no client token: use --token (or DOCSTORE_TOKEN)", EXIT_USAGE)
+    return [a for a in str(addresses).split(",") if a], str(token), cluster_id
+
+
+def _run_client(args: argparse.Namespace, body: Callable[[Any], Awaitable[int | None]]) -> int:
+    import docstore
+    from docstore.client import ClusterError, UnavailableError
+
+    addresses, token, cluster_id = _target(args)
+
+    async def main() -> int | None:
+        async with docstore.connect(
+            addresses, token=token, cluster_id=cluster_id, call_timeout=args.timeout
+        ) as db:
+            return await body(db)
+
+    try:
+        return trio.run(main) or 0
+    except UnavailableError as exc:
+        raise CliError(
+            f"cluster unreachable at {','.join(addresses)}: {exc.message}", EXIT_UNAVAILABLE
+        ) from None
+    except ClusterError as exc:
+        code = EXIT_UNAVAILABLE if exc.code == "unauthorized" else EXIT_FAILED
+        raise CliError(str(exc), code) from None
+    except docstore.NotFoundError as exc:
+        raise CliError(f"not found: {exc.message}") from None
+    except docstore.ConflictError as exc:
+        raise CliError(f"conflict: {exc.message} (current rev {exc.rev})") from None
+    except docstore.InvalidCommandError as exc:
+        raise CliError(f"invalid: {exc.message}", EXIT_USAGE) from None
+    except docstore.DocstoreError as exc:
+        raise CliError(f"{exc.code}: {exc.message}") from None
+
+
+async def _require_collection(db: Any, name: str) -> None:
+    names = await db.collections()
+    if name not in names:
+        have = ", ".join(names) or "none"
+        raise CliError(f"no collection {name!r} (collections: {have})")
+
+
+# ---------------------------------------------------------------- data commands
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    doc = _json_arg(args.doc, "the document")
+
+    async def body(db: Any) -> None:
+        rev = await db.collection(args.coll).put(args.key, doc, if_rev=args.if_rev)
+        _out({"key": args.key, "rev": rev})
+
+    return _run_client(args, body)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> int:
+        doc = await db.collection(args.coll).get(args.key, consistency=args.consistency)
+        if doc is None:
+            print(f"docstore: not found: {args.coll}/{args.key}", file=sys.stderr)
+            return EXIT_FAILED
+        _out(doc)
+        return 0
+
+    return _run_client(args, body)
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    ops = _json_arg(args.ops, "the patch")
+
+    async def body(db: Any) -> None:
+        coll = db.collection(args.coll)
+        rev = await coll.patch(args.key, ops, upsert=args.upsert, if_rev=args.if_rev)
+        _out({"key": args.key, "rev": rev})
+
+    return _run_client(args, body)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> None:
+        _out({"deleted": await db.collection(args.coll).delete(args.key, if_rev=args.if_rev)})
+
+    return _run_client(args, body)
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    flt = _json_arg(args.filter, "the filter") if args.filter else None
+    sort = _json_arg(args.sort, "--sort") if args.sort and args.sort[0] == "[" else args.sort
+
+    async def body(db: Any) -> None:
+        await _require_collection(db, args.coll)
+        docs = await db.collection(args.coll).find(
+            flt, sort=sort, limit=args.limit, consistency=args.consistency
+        )
+        _out(docs)
+
+    return _run_client(args, body)
+
+
+def cmd_count(args: argparse.Namespace) -> int:
+    flt = _json_arg(args.filter, "the filter") if args.filter else None
+
+    async def body(db: Any) -> None:
+        await _require_collection(db, args.coll)
+        _out(await db.collection(args.coll).count(flt, consistency=args.consistency))
+
+    return _run_client(args, body)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    flt = _json_arg(args.filter, "the filter") if args.filter else None
+
+    async def body(db: Any) -> None:
+        seen = 0
+        async with db.collection(args.coll).watch(flt, since_rev=args.since_rev) as changes:
+            async for ch in changes:
+                print(json.dumps(ch, ensure_ascii=False), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    return
+
+    try:
+        return _run_client(args, body)
+    except KeyboardInterrupt:
+        return 0
+
+
+# ---------------------------------------------------------------- cluster commands
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> int:
+        status = await db.status()
+        if all(s["role"] == "unreachable" for s in status):
+            first = status[0].get("error", "") if status else ""
+            raise CliError(f"cluster unreachable: no node answered ({first})", EXIT_UNAVAILABLE)
+        if args.json:
+            _out(status)
+        else:
+            top = max((s.get("commit_index", 0) for s in status), default=0)
+            rows = [["NODE", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG"]]
+            for s in status:
+                if s["role"] == "unreachable":
+                    rows.append(
+                        [str(s.get("node_id") or "?"), s["address"], "unreachable"] + ["-"] * 4
+                    )
+                    continue
+                rows.append(
+                    [
+                        str(s["node_id"]),
+                        str(s.get("address", "")),
+                        s["role"],
+                        str(s["term"]),
+                        str(s["commit_index"]),
+                        str(s["applied_index"]),
+                        str(max(0, top - s["applied_index"])),
+                    ]
+                )
+            print(_table(rows))
+        return 0 if any(s["role"] == "leader" for s in status) else EXIT_FAILED
+
+    return _run_client(args, body)
+
+
+def cmd_members(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> None:
+        m = await db.members()
+        if args.json:
+            _out(m)
+            return
+        rows = [["NODE", "ADDRESS", "MEMBERSHIP"]]
+        for n, a in m["addresses"].items():
+            kind = "voter" if int(n) in m["voters"] else "learner"
+            if int(n) == m.get("leader_id"):
+                kind += " (leader)"
+            rows.append([n, str(a), kind])
+        print(_table(rows))
+
+    return _run_client(args, body)
+
+
+def cmd_add_node(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> None:
+        await db.add_node(args.id, args.address, promote=not args.learner)
+        _out({"added": args.id, "address": args.address, "voter": not args.learner})
+
+    return _run_client(args, body)
+
+
+def cmd_remove_node(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> None:
+        await db.remove_node(args.id)
+        _out({"removed": args.id})
+
+    return _run_client(args, body)
+
+
+def cmd_transfer_leader(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> None:
+        _out({"leader": await db.transfer_leader(args.id)})
+
+    return _run_client(args, body)
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> None:
+        _out(await db.snapshot())
+
+    return _run_client(args, body)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    async def body(db: Any) -> None:
+        data = await db.backup()
+        await trio.to_thread.run_sync(_write_file, args.file, data)
+        info = _snapshot_info(data, args.file)
+        _out({"file": args.file, "bytes": len(data), "index": info[0], "term": info[1]})
+
+    return _run_client(args, body)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _last_line(path: str) -> str:
+    with open(path, "rb") as f:
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no output"
+
+
+def _snapshot_info(data: bytes, name: str) -> tuple[int, int]:
+    from docstore.engine.values import DEFAULT_LIMITS
+    from docstore.storage import snapshot as snap
+    from trioraft.statemachine import SnapshotError
+
+    try:
+        s = snap.decode(data, name, None, DEFAULT_LIMITS)
+    except (SnapshotError, Exception) as exc:
+        raise CliError(f"{name} is not a docstore backup: {exc}") from None
+    return s.index, s.term
+
+
+def seed_node(data_dir: str, backup: bytes, voters: dict[int, str]) -> None:
+    """Make ``data_dir`` a node whose Raft state starts at the backup's snapshot.
+
+    The snapshot is committed to the node's snapshot store with the new
+    cluster's membership, and the log's boundary is moved to it: on start
+    the node restores its state machine from it, like a follower that was
+    sent this snapshot.
+    """
+    import hashlib
+
+    from trioraft.core.types import HardState, Membership, SnapshotMeta
+    from trioraft.storage.log import FileLogStore
+    from trioraft.storage.snapshots import SnapshotStore
+
+    index, term = _snapshot_info(backup, "the backup")
+    if os.path.exists(os.path.join(data_dir, "log")):
+        raise CliError(f"{data_dir} already holds a node: restore into a fresh directory")
+    os.makedirs(data_dir, exist_ok=True)
+    store = SnapshotStore(os.path.join(data_dir, "snapshots"))
+    path = store.new_path()
+    with open(path, "wb") as f:
+        f.write(backup)
+    meta = SnapshotMeta(index, term, Membership.of(voters, addresses=voters))
+    store.commit(path, meta, hashlib.sha256(backup).hexdigest(), len(backup))
+    log = FileLogStore.open(os.path.join(data_dir, "log"))
+    try:
+        log.compact(index, term)
+        log.save_hard_state(HardState(term=term, vote=None, commit=index))
+    finally:
+        log.close()
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    try:
+        with open(args.file, "rb") as f:
+            backup = f.read()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    index, term = _snapshot_info(backup, args.file)
+    if args.data:
+        if not args.nodes_map:
+            raise CliError("restore --data needs --node ID=HOST:PORT for every member", EXIT_USAGE)
+        voters = _id_pairs(args.nodes_map)
+        seed_node(args.data, backup, voters)
+        _out({"restored": args.data, "index": index, "term": term})
+        return 0
+    info = _read_cluster_file(args.dir)
+    if info is None:
+        info = _new_cluster_info(args.nodes, args.base_port)
+        os.makedirs(args.dir, exist_ok=True)
+        _write_cluster_file(args.dir, info)
+    voters = {int(n): str(a) for n, a in info["nodes"].items()}
+    for n in voters:
+        seed_node(os.path.join(args.dir, f"node{n}"), backup, voters)
+    _out({"restored": args.dir, "nodes": sorted(voters), "index": index, "term": term})
+    print(f"start it with: docstore cluster --dir {args.dir}", file=sys.stderr)
+    return 0
+
+
+def _id_pairs(pairs: list[str]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for p in pairs:
+        n, sep, a = p.partition("=")
+        if not sep or not n.isdigit():
+            raise CliError(f"{p!r} is not ID=HOST:PORT", EXIT_USAGE)
+        out[int(n)] = a
+    return out
+
+
+# ---------------------------------------------------------------- serve and cluster
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from docstore.server import load_config, serve
+
+    peers = _id_pairs(args.peer) if args.peer else None
+    try:
+        cfg = load_config(
+            args.config,
+            id=args.id,
+            listen=args.listen,
+            advertise=args.advertise,
+            peers=peers,
+            join=True if args.join else None,
+            data=args.data,
+            cluster_id=args.cluster_id,
+            secret=args.secret or os.environ.get("DOCSTORE_SECRET"),
+            token=args.token or os.environ.get("DOCSTORE_TOKEN"),
+            election_timeout_min=args.election_timeout_min,
+            election_timeout_max=args.election_timeout_max,
+            heartbeat_interval=args.heartbeat_interval,
+            snapshot_entries=args.snapshot_entries,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            log_level=args.log_level,
+        )
+        cfg.node_config()
+    except ValueError as exc:
+        raise CliError(f"bad configuration: {exc}", EXIT_USAGE) from None
+    _setup_logging(cfg.log_level)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(
+                lambda task_status: serve(cfg, handle_signals=True, task_status=task_status)
+            )
+            print(
+                f"docstore node {node.id} serving on {node.config.address} (data {cfg.data})",
+                flush=True,
+            )
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        raise CliError(f"node {cfg.id} cannot start: {exc}") from None
+    print(f"docstore node {cfg.id} stopped", flush=True)
+    return 0
+
+
+def _port_free(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the node's listener does
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            return False
+    return True
+
+
+def _new_cluster_info(nodes: int, base_port: int) -> dict[str, Any]:
+    return {
+        "cluster_id": "docstore",
+        "secret": secrets.token_urlsafe(24),
+        "token": secrets.token_urlsafe(24),
+        "nodes": {str(i): f"127.0.0.1:{base_port + i - 1}" for i in range(1, nodes + 1)},
+    }
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    directory = args.dir
+    os.makedirs(directory, exist_ok=True)
+    info = _read_cluster_file(directory)
+    if (
+        info is None
+        or (args.base_port is not None)
+        or (args.nodes and args.nodes != len(info["nodes"]))
+    ):
+        fresh = _new_cluster_info(args.nodes or 3, args.base_port or DEFAULT_BASE_PORT)
+        if info is not None:
+            if (
+                args.nodes
+                and args.nodes != len(info["nodes"])
+                and any(os.path.exists(os.path.join(directory, f"node{n}")) for n in info["nodes"])
+            ):
+                raise CliError(
+                    f"{directory} holds a {len(info['nodes'])}-node cluster; use "
+                    "add-node/remove-node to change it, or a new --dir",
+                    EXIT_USAGE,
+                )
+            fresh["secret"], fresh["token"] = info["secret"], info["token"]
+        info = fresh
+        _write_cluster_file(directory, info)
+    nodes = {int(n): str(a) for n, a in info["nodes"].items()}
+    busy = [f"{a} (node {n})" for n, a in sorted(nodes.items()) if not _port_free(a)]
+    if busy:
+        raise CliError(
+            f"port in use: {', '.join(busy)}; is a cluster already running on {directory}? "
+            "Stop it, or pick other ports with --base-port"
+        )
+    config = os.path.join(directory, CLUSTER_FILE)
+    extra: list[str] = []
+    for flag in (
+        "election_timeout_min",
+        "election_timeout_max",
+        "heartbeat_interval",
+        "snapshot_entries",
+        "log_level",
+    ):
+        v = getattr(args, flag)
+        if v is not None:
+            extra += [f"--{flag.replace('_', '-')}", str(v)]
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    logs = []
+    stopping = False
+
+    def on_term(signum: int, frame: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for n in sorted(nodes):
+            log = open(os.path.join(directory, f"node{n}.log"), "ab")  # noqa: SIM115
+            logs.append(log)
+            procs[n] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "docstore",
+                    "serve",
+                    "--config",
+                    config,
+                    "--id",
+                    str(n),
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
+            )
+            with open(os.path.join(directory, f"node{n}.pid"), "w") as f:
+                f.write(f"{procs[n].pid}\n")
+        leader = _wait_for_leader(nodes, info, procs, directory, args.ready_timeout)
+        _print_banner(directory, nodes, info, leader)
+        reported: set[int] = set()
+        while True:
+            time.sleep(0.2)
+            for n, p in procs.items():
+                if n not in reported and p.poll() is not None:
+                    reported.add(n)
+                    print(
+                        f"docstore cluster: node {n} exited with code {p.returncode} "
+                        f"(see {os.path.join(directory, f'node{n}.log')})",
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        stopping = True
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        with contextlib.suppress(KeyboardInterrupt):
+            _stop_all(procs, directory)
+        for log in logs:
+            log.close()
+        if stopping:
+            print(
+                "docstore cluster: every node stopped; data kept in "
+                f"{directory} (run `docstore cluster --dir {directory}` again to resume)",
+                flush=True,
+            )
+
+
+def _stop_all(procs: dict[int, subprocess.Popen[bytes]], directory: str) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for n, p in procs.items():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, f"node{n}.pid"))
+
+
+def _wait_for_leader(
+    nodes: dict[int, str],
+    info: dict[str, Any],
+    procs: dict[int, subprocess.Popen[bytes]],
+    directory: str,
+    limit: float,
+) -> int | None:
+    import docstore
+    from docstore.client import UnavailableError
+
+    async def ask() -> int | None:
+        async with docstore.connect(
+            list(nodes.values()),
+            token=info["token"],
+            cluster_id=info["cluster_id"],
+            call_timeout=limit,
+            connect_timeout=1.0,
+        ) as db:
+            m = await db.members()
+            return int(m["leader_id"]) if m.get("leader_id") else None
+
+    async def main() -> int | None:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_children() -> None:
+                while True:
+                    for n, p in procs.items():
+                        if p.poll() is not None:
+                            tail = _last_line(os.path.join(directory, f"node{n}.log"))
+                            raise CliError(
+                                f"node {n} exited with code {p.returncode} at start: {tail}"
+                            )
+                    await trio.sleep(0.1)
+
+            nursery.start_soon(watch_children)
+            leader = await ask()
+            nursery.cancel_scope.cancel()
+            return leader
+
+    try:
+        return trio.run(main)
+    except UnavailableError:
+        raise CliError(
+            f"the cluster elected no leader within {limit}s; see the node logs in {directory}",
+            EXIT_UNAVAILABLE,
+        ) from None
+    except BaseExceptionGroup as eg:
+        cli = eg.subgroup(CliError)
+        if cli is not None:
+            raise cli.exceptions[0] from None
+        raise
+
+
+def _print_banner(
+    directory: str, nodes: dict[int, str], info: dict[str, Any], leader: int | None
+) -> None:
+    d = directory
+    addrs = ",".join(nodes[n] for n in sorted(nodes))
+    lines = [f"docstore cluster: {len(nodes)} nodes, data in {d}/"]
+    for n in sorted(nodes):
+        mark = "  (leader)" if n == leader else ""
+        lines.append(f"  node {n}  {nodes[n]}  log {os.path.join(d, f'node{n}.log')}{mark}")
+    dir_flag = "" if os.path.normpath(d) == DEFAULT_DIR else f" --dir {d}"
+    lines += [
+        "",
+        "Try, from another terminal in this directory:",
+        f'  docstore put{dir_flag} users ann \'{{"name": "Ann", "age": 31}}\'',
+        f"  docstore get{dir_flag} users ann",
+        f'  docstore find{dir_flag} users \'{{"age": {{"$gte": 18}}}}\'',
+        f"  docstore status{dir_flag}",
+        "From elsewhere:",
+        f"  docstore status --cluster {addrs} --token {info['token']}",
+        "From Python:",
+        f"  async with docstore.connect({addrs.split(',')!r}, token={info['token']!r}) as db:",
+        "",
+        "Ctrl-C stops every node; run the same command again to resume with the data.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="docstore",
+        description="docstore: a replicated JSON document database (run a cluster, talk to it).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    client = argparse.ArgumentParser(add_help=False)
+    g = client.add_argument_group("connection")
+    g.add_argument("--cluster", help="node addresses, HOST:PORT[,HOST:PORT...] (DOCSTORE_CLUSTER)")
+    g.add_argument("--token", help="client token (DOCSTORE_TOKEN)")
+    g.add_argument(
+        "--dir",
+        default=DEFAULT_DIR,
+        help=f"a `docstore cluster` directory to read both from (default {DEFAULT_DIR})",
+    )
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to keep retrying a request (default 10)",
+    )
+
+    reads = argparse.ArgumentParser(add_help=False)
+    reads.add_argument(
+        "--consistency", choices=["linearizable", "lease", "local"], default="linearizable"
+    )
+
+    def add(
+        name: str,
+        fn: Callable[[argparse.Namespace], int],
+        help: str,
+        *parents: argparse.ArgumentParser,
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help, parents=list(parents))
+        sp.set_defaults(fn=fn)
+        return sp
+
+    tuning = argparse.ArgumentParser(add_help=False)
+    t = tuning.add_argument_group("tuning (defaults: docstore.server.ServerConfig)")
+    t.add_argument("--election-timeout-min", type=float)
+    t.add_argument("--election-timeout-max", type=float)
+    t.add_argument("--heartbeat-interval", type=float)
+    t.add_argument("--snapshot-entries", type=int)
+    t.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    sp = add("cluster", cmd_cluster, "run a local N-node cluster (one process per node)", tuning)
+    sp.add_argument("--nodes", type=int, help="number of nodes for a new cluster (default 3)")
+    sp.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory (default {DEFAULT_DIR})")
+    sp.add_argument(
+        "--base-port",
+        type=int,
+        help=f"node N listens on 127.0.0.1:BASE+N-1 (default {DEFAULT_BASE_PORT})",
+    )
+    sp.add_argument("--ready-timeout", type=float, default=30.0)
+
+    sp = add("serve", cmd_serve, "run one node (peers and clients on one port)", tuning)
+    sp.add_argument("--config", help="TOML file (same keys as the flags, with _)")
+    sp.add_argument("--id", type=int)
+    sp.add_argument("--listen", help="HOST:PORT")
+    sp.add_argument("--advertise", help="HOST:PORT others reach this node at")
+    sp.add_argument("--peer", action="append", metavar="ID=HOST:PORT")
+    sp.add_argument("--join", action="store_true", help="join a running cluster (add-node)")
+    sp.add_argument("--data", help="data directory")
+    sp.add_argument("--cluster-id")
+    sp.add_argument("--secret", help="cluster secret (DOCSTORE_SECRET)")
+    sp.add_argument("--token", help="client token (DOCSTORE_TOKEN)")
+    sp.add_argument("--tls-cert")
+    sp.add_argument("--tls-key")
+    sp.add_argument("--tls-ca")
+
+    sp = add("put", cmd_put, "create or replace a document", client)
+    sp.add_argument("coll")
+    sp.add_argument("key")
+    sp.add_argument("doc", help="JSON object")
+    sp.add_argument("--if-rev", type=int)
+    sp = add("get", cmd_get, "print a document (exit 1 if absent)", client, reads)
+    sp.add_argument("coll")
+    sp.add_argument("key")
+    sp = add("patch", cmd_patch, "apply update operators ($set, $inc, ...)", client)
+    sp.add_argument("coll")
+    sp.add_argument("key")
+    sp.add_argument("ops", help='JSON, e.g. {"$inc": {"n": 1}}')
+    sp.add_argument("--upsert", action="store_true")
+    sp.add_argument("--if-rev", type=int)
+    sp = add("delete", cmd_delete, "delete a document", client)
+    sp.add_argument("coll")
+    sp.add_argument("key")
+    sp.add_argument("--if-rev", type=int)
+    sp = add("find", cmd_find, "print matching documents as a JSON array", client, reads)
+    sp.add_argument("coll")
+    sp.add_argument("filter", nargs="?")
+    sp.add_argument("--sort", help='"field", "-field" or JSON [["f", -1], ...]')
+    sp.add_argument("--limit", type=int)
+    sp = add("count", cmd_count, "count matching documents", client, reads)
+    sp.add_argument("coll")
+    sp.add_argument("filter", nargs="?")
+    sp = add("watch", cmd_watch, "print changes as JSON lines until Ctrl-C", client)
+    sp.add_argument("coll")
+    sp.add_argument("filter", nargs="?")
+    sp.add_argument("--since-rev", type=int)
+    sp.add_argument("--count", type=int, help="stop after this many changes")
+    sp = add("status", cmd_status, "each node's role, term, commit, applied, lag", client)
+    sp.add_argument("--json", action="store_true")
+    sp = add("members", cmd_members, "the cluster's members", client)
+    sp.add_argument("--json", action="store_true")
+    sp = add(
+        "add-node",
+        cmd_add_node,
+        "add a node started with `docstore serve --join` (learner, then voter)",
+        client,
+    )
+    sp.add_argument("id", type=int)
+    sp.add_argument("address")
+    sp.add_argument("--learner", action="store_true", help="do not promote to voter")
+    sp = add("remove-node", cmd_remove_node, "remove a node from the cluster", client)
+    sp.add_argument("id", type=int)
+    sp = add("transfer-leader", cmd_transfer_leader, "hand leadership to a node", client)
+    sp.add_argument("id", type=int, nargs="?")
+    add("snapshot", cmd_snapshot, "snapshot the leader's state now, compact its log", client)
+    sp = add("backup", cmd_backup, "write the cluster's state to FILE", client)
+    sp.add_argument("file")
+    sp = add(
+        "restore",
+        cmd_restore,
+        "prepare a fresh cluster directory from a backup (offline), then `docstore cluster`",
+    )
+    sp.add_argument("file")
+    sp.add_argument("--dir", default=DEFAULT_DIR)
+    sp.add_argument("--nodes", type=int, default=3)
+    sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    sp.add_argument("--data", help="restore one node's data directory instead (with --node)")
+    sp.add_argument("--node", dest="nodes_map", action="append", metavar="ID=HOST:PORT")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``docstore`` command."""
-    args = sys.argv[1:] if argv is None else argv
-    print(
-        "docstore: the cluster command is not built yet "
-        f"(asked for: {' '.join(args) or 'nothing'}); see README.md for what works today.",
-        file=sys.stderr,
-    )
-    return 2
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        code: int = args.fn(args)
+        return code
+    except CliError as exc:
+        print(f"docstore: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
 
 
 if __name__ == "__main__":

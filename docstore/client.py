@@ -584,10 +584,17 @@ async def connect(
         timeout=call_timeout,
         connect_timeout=connect_timeout,
     )
+    body_exc: BaseException | None = None
     async with trio.open_nursery() as nursery:
         await nursery.start(ex._run)
         db = RemoteDatabase(ex)
         try:
             yield db
+        except BaseException as exc:
+            # Re-raised outside the nursery: the caller sees its own exception,
+            # not a group wrapping it.
+            body_exc = exc
         finally:
             await ex.aclose()
+    if body_exc is not None:
+        raise body_exc

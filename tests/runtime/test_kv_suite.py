@@ -161,3 +161,20 @@ async def test_stale_log_after_interrupted_restore_is_ignored(tmp_path: pathlib.
     assert kv.last_applied() == LogId(1, 1)
     assert await kv.query({"op": "get_multi", "keys": ["a", "b", "c"]}) == [b"1", None, None]
     await kv.close()
+
+
+async def test_digest_covers_state_and_applied_index(tmp_path: pathlib.Path) -> None:
+    a, b = KVStateMachine(str(tmp_path / "a")), KVStateMachine(str(tmp_path / "b"))
+    await a.start()
+    await b.start()
+    # The same writes in a different key order, at the same index: same digest.
+    await a.apply([Entry(1, 1, data=encode_command("put", "x", value=b"1"))])
+    await a.apply([Entry(2, 1, data=encode_command("put", "y", value=b"2"))])
+    await b.apply([Entry(1, 1, data=encode_command("put", "y", value=b"2"))])
+    await b.apply([Entry(2, 1, data=encode_command("put", "x", value=b"1"))])
+    da, db = await a.query({"op": "digest"}), await b.query({"op": "digest"})
+    assert da == db and isinstance(da, dict) and da["index"] == 2
+    await b.apply([Entry(3, 1, data=encode_command("put", "x", value=b"3"))])
+    assert await b.query({"op": "digest"}) != da
+    await a.close()
+    await b.close()

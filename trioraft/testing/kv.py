@@ -44,7 +44,10 @@ the same on every replica, and the entry still counts as applied.
 
 Queries (:meth:`KVStateMachine.query`, plain dicts or their CBOR bytes):
 ``{"op": "get", "key": k}`` -> value or None; ``{"op": "get_multi", "keys": [...]}``
--> list of values/None in the order asked; ``{"op": "len"}`` -> int.
+-> list of values/None in the order asked; ``{"op": "len"}`` -> int;
+``{"op": "digest"}`` -> ``{"index": last applied, "sha256": hex}`` over the
+canonical sorted state and the last applied index (equal on replicas that
+applied the same log prefix).
 Keys are strings; values any CBOR value (bytes in the tests).
 
 Example::
@@ -400,6 +403,10 @@ class KVStateMachine:
             return [self._data.get(k) for k in keys]
         if op == "len":
             return len(self._data)
+        if op == "digest":
+            # Replicas that applied the same prefix of the log agree on this.
+            state = cbor2.dumps([self._applied.index, sorted(self._data.items())], canonical=True)
+            return {"index": self._applied.index, "sha256": hashlib.sha256(state).hexdigest()}
         raise KVQueryError(f"unknown query op {op!r}")
 
     # -- snapshots ---------------------------------------------------------

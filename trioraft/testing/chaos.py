@@ -635,16 +635,13 @@ class Router:
                     if self.leader is None:
                         await trio.sleep(0.05)
                     continue
-                if code in ("overloaded", "rejected", "read_failed", "not_caught_up", "closed"):
-                    if code != "closed":  # closed: the node stopped mid-call, unknown
-                        sent = False
-                    else:
-                        return "info", code
+                if code in ("overloaded", "rejected", "read_failed", "not_caught_up"):
+                    sent = False  # refused before it was accepted: safe to retry
                     await trio.sleep(0.05)
                     continue
                 if code == "bad_request":
                     return "fail", f"{code}: {resp.error_message}"
-                return "info", code  # dropped, timeout, error: it may still apply
+                return "info", code  # dropped, timeout, closed, error: it may still apply
         self.leader = None  # a paused or partitioned leader: look again
         return ("info", "timeout") if sent else ("fail", code)
 
@@ -703,9 +700,9 @@ class ChaosReport:
         lines = [f"chaos seed {self.seed}, {self.duration:g}s of faults, {self.elapsed:.1f}s total"]
         ops = ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items()))
         lines.append(f"  ops: {ops}")
-        kinds = Counter(f.split(" ", 1)[0] for f in self.faults)
+        kinds = Counter(f.split(" ", 1)[0] for f in self.faults if f != "heal all")
         lines.append(
-            f"  faults ({len(self.faults)}): "
+            f"  faults ({kinds.total()}): "
             + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
         )
         for name, res in (("history", self.linearizable), ("with final reads", self.final)):
@@ -1096,6 +1093,9 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
                     await run.finish(router)
                 except trio.TooSlowError:
                     run.report.problems.append("the cluster did not converge within 90s after heal")
+            except Exception as exc:  # reported with the seed and the logs, not lost
+                log.exception("chaos run aborted")
+                run.report.problems.append(f"run aborted: {exc!r}")
             finally:
                 for p in run.procs.values():
                     run.report.logs[p.id] = p.log_tail()

@@ -272,21 +272,10 @@ class DocstoreService:
         if req.kind == "query":
             return await node.read(req.payload, consistency=req.consistency)
         if req.kind == "status":
-            s = node.status()
             st = node.statistics()
             return {
-                "node_id": s.node_id,
+                **node.status().to_dict(),
                 "address": node.config.address,
-                "role": s.role,
-                "term": s.term,
-                "leader_id": s.leader_id,
-                "leader_address": s.leader_address,
-                "commit_index": s.commit_index,
-                "applied_index": s.applied_index,
-                "last_index": s.last_index,
-                "snapshot_index": s.snapshot_index,
-                "voters": list(s.voters),
-                "learners": list(s.learners),
                 "lag": {str(n): pr.lag for n, pr in st.peers.items()},
             }
         if req.kind == "members":

@@ -1,0 +1,180 @@
+"""One trioraft node for bench/cluster_bench.py (run by it; not meant to be run by hand).
+
+Usage: ``python bench/_node.py --id N --listen HOST:PORT --peer ID=HOST:PORT ... --data DIR``
+
+It serves the generic client service (``propose`` / ``read`` / ``status``,
+``Node.call``) plus two kinds only the benchmark uses:
+
+* ``bench``: run a workload *inside* this process (the "embedded" numbers):
+  payload ``{"op": "put" | "linearizable" | "lease" | "local", "clients": C,
+  "seconds": S, "size": B}``; answers ``{"count", "elapsed", "lat_ms"}`` with
+  the sorted per-operation latencies (milliseconds, rounded to microseconds);
+* ``profile``: ``{"action": "start"}`` turns cProfile on in this process,
+  ``{"action": "stop", "path": P}`` turns it off and dumps the stats to P.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import sys
+import time
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import contextlib
+
+from trioraft.runtime import Node, NodeConfig, NotLeaderError, serve_node
+from trioraft.testing.kv import KVStateMachine, encode_command
+from trioraft.transport.base import ClientConnection
+from trioraft.transport.messages import ClientRequest, ClientResponse
+
+_profiler: cProfile.Profile | None = None
+
+
+async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
+    """C concurrent tasks doing one operation each in a loop for S seconds."""
+    op = spec["op"]
+    clients = int(spec["clients"])
+    seconds = float(spec["seconds"])
+    value = b"x" * int(spec.get("size", 100))
+    lat: list[float] = []
+    errors = [0]
+    deadline = trio.current_time() + seconds
+    start = time.perf_counter()
+
+    async def worker(w: int) -> None:
+        i = 0
+        while trio.current_time() < deadline:
+            t = time.perf_counter()
+            try:
+                if op == "put":
+                    await node.propose(
+                        encode_command("put", f"k{(w + i * clients) % 1000}", value=value)
+                    )
+                else:
+                    await node.read({"op": "get", "key": f"k{i % 1000}"}, consistency=op)
+            except NotLeaderError:
+                errors[0] += 1
+                return
+            except Exception:
+                errors[0] += 1
+                continue
+            lat.append(time.perf_counter() - t)
+            i += 1
+            # A "local" read never yields; without this the loop would starve
+            # the node's own heartbeats (and lose the leadership).
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for w in range(clients):
+            nursery.start_soon(worker, w)
+    elapsed = time.perf_counter() - start
+    lat.sort()
+    return {
+        "count": len(lat),
+        "elapsed": elapsed,
+        "errors": errors[0],
+        "lat_ms": [round(x * 1000, 3) for x in lat],
+    }
+
+
+def profile_control(spec: dict[str, Any]) -> str:
+    global _profiler
+    if spec.get("action") == "pid":
+        return str(os.getpid())
+    if spec.get("action") == "start":
+        _profiler = cProfile.Profile()
+        _profiler.enable()
+        return "started"
+    if _profiler is None:
+        return "not running"
+    _profiler.disable()
+    _profiler.dump_stats(spec["path"])
+    _profiler = None
+    return "dumped"
+
+
+def make_handler(holder: list[Node]) -> Any:
+    async def serve(conn: ClientConnection, req: ClientRequest) -> None:
+        node = holder[0]
+        try:
+            if req.kind == "bench":
+                assert isinstance(req.payload, dict)
+                result: object = await run_workload(node, req.payload)
+            elif req.kind == "profile":
+                assert isinstance(req.payload, dict)
+                result = profile_control(req.payload)
+            else:
+                result = await node.call(req)
+            resp = ClientResponse(req.request_id, True, result)
+        except NotLeaderError as exc:
+            resp = ClientResponse(
+                req.request_id,
+                False,
+                None,
+                "not_leader",
+                str(exc),
+                exc.leader_id,
+                exc.leader_address,
+            )
+        except Exception as exc:
+            resp = ClientResponse(req.request_id, False, None, "error", repr(exc))
+        conn.send([resp])
+
+    async def handler(conn: ClientConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    batch = await conn.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
+                    nursery.cancel_scope.cancel()
+                    return
+                for req in batch:
+                    nursery.start_soon(serve, conn, req)
+
+    return handler
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--id", type=int, required=True)
+    p.add_argument("--listen", required=True)
+    p.add_argument("--peer", action="append", default=[])
+    p.add_argument("--data", required=True)
+    p.add_argument("--secret", default="bench-secret")
+    p.add_argument("--token", default="bench-token")
+    a = p.parse_args()
+    peers = {int(k): v for k, v in (s.split("=", 1) for s in a.peer)}
+    config = NodeConfig(
+        node_id=a.id,
+        data_dir=os.path.join(a.data, "raft"),
+        listen=a.listen,
+        peers=peers,
+        cluster_id="bench",
+        cluster_secret=a.secret.encode(),
+        client_tokens={"bench": a.token.encode()},
+        election_timeout_min=1.0,
+        election_timeout_max=2.0,
+        snapshot_entries=200_000,
+    )
+    holder: list[Node] = []
+    sm = KVStateMachine(os.path.join(a.data, "kv"))
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(
+            lambda task_status: serve_node(
+                config, sm, client_handler=make_handler(holder), task_status=task_status
+            )
+        )
+        holder.append(node)
+        print("ready", flush=True)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main)

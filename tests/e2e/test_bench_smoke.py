@@ -1,0 +1,34 @@
+"""bench/cluster_bench.py still runs end to end (a smoke test: nothing about speed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_cluster_bench_quick_run_prints_tables(tmp_path: object) -> None:
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "bench", "cluster_bench.py"),
+        "--quick",
+        "--systems",
+        "trioraft",
+        "--requests",
+        "50",
+        "--clients",
+        "1,4",
+        "--read-clients",
+        "4",
+        "--dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "### Writes" in out
+    assert "### Reads" in out
+    assert "| trioraft" in out
+    assert "linearizable" in out

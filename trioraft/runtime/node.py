@@ -434,9 +434,15 @@ class Node:
             if early:
                 # The one exception of the core's contract: a leader's appends
                 # go out before its own write, so both fsyncs overlap.
+                sent = False
                 for m in rd.messages:
                     if isinstance(m, AppendEntries):
                         self.transport.send(m.dst, m)
+                        sent = True
+                if sent:
+                    # Let the senders put the appends on the wire before an
+                    # inline fsync blocks this thread.
+                    await trio.lowlevel.checkpoint()
             if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
                 async with self._storage_lock:
                     if rd.snapshot is None and _ready_bytes(rd) <= self.config.inline_write_bytes:

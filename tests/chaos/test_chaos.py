@@ -30,7 +30,7 @@ async def test_chaos_history_is_linearizable_and_replicas_agree(tmp_path: pathli
     assert report.final is not None and report.final.ok is True, report.summary()
     assert report.digests_equal, report.summary()
     assert not report.problems, report.summary()
-    assert len(report.faults) >= DURATION / 10, report.summary()  # the nemesis did its job
+    assert len(report.faults) >= DURATION / 15, report.summary()  # the nemesis did its job
     assert report.ops["write ok"] > 0 and report.ops["cas ok"] > 0, report.summary()
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib
 
-from trioraft.runtime import Node, NodeConfig, NotLeaderError, serve_node
+from trioraft.runtime import Node, NodeConfig, NotLeaderError, error_response, serve_node
 from trioraft.testing.kv import KVStateMachine, encode_command
 from trioraft.transport.base import ClientConnection
 from trioraft.transport.messages import ClientRequest, ClientResponse
@@ -113,18 +113,8 @@ def make_handler(holder: list[Node]) -> Any:
             else:
                 result = await node.call(req)
             resp = ClientResponse(req.request_id, True, result)
-        except NotLeaderError as exc:
-            resp = ClientResponse(
-                req.request_id,
-                False,
-                None,
-                "not_leader",
-                str(exc),
-                exc.leader_id,
-                exc.leader_address,
-            )
         except Exception as exc:
-            resp = ClientResponse(req.request_id, False, None, "error", repr(exc))
+            resp = error_response(req.request_id, exc)
         conn.send([resp])
 
     async def handler(conn: ClientConnection) -> None:

@@ -42,6 +42,7 @@ from docstore.engine.errors import DocstoreError, ResyncRequired
 from docstore.state_machine import DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
 from trioraft.runtime import Node, NodeConfig, NotLeaderError, serve_node
+from trioraft.runtime import error_response as runtime_error_response
 from trioraft.runtime.config import parse_address
 from trioraft.transport.base import ClientConnection
 from trioraft.transport.messages import ClientRequest, ClientResponse
@@ -388,17 +389,11 @@ def _not_leader(node: Node) -> NotLeaderError:
 
 def error_response(rid: int, exc: BaseException) -> ClientResponse:
     """The ClientResponse for a failure (``not_leader`` carries where to go)."""
-    if isinstance(exc, NotLeaderError):
-        return ClientResponse(
-            rid, False, None, "not_leader", str(exc), exc.leader_id, exc.leader_address
-        )
     if isinstance(exc, ResyncRequired):
         return ClientResponse(rid, False, None, "resync_required", exc.message)
     if isinstance(exc, DocstoreError):
         return ClientResponse(rid, False, None, exc.code, exc.message)
-    from trioraft.runtime.node import _error_code
-
-    return ClientResponse(rid, False, None, _error_code(exc), str(exc) or type(exc).__name__)
+    return runtime_error_response(rid, exc)
 
 
 async def serve(

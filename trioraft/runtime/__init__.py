@@ -17,6 +17,8 @@ from trioraft.runtime.node import (
     NodeStatus,
     PeerProgress,
     TransportFactory,
+    error_code,
+    error_response,
     open_node,
     serve_node,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "ProposalRejectedError",
     "ReadFailedError",
     "TransportFactory",
+    "error_code",
+    "error_response",
     "open_node",
     "serve_node",
 ]

@@ -99,6 +99,8 @@ __all__ = [
     "NodeStatus",
     "PeerProgress",
     "TransportFactory",
+    "error_code",
+    "error_response",
     "open_node",
     "serve_node",
 ]
@@ -1109,22 +1111,9 @@ class Node:
 
     async def _serve_request(self, conn: ClientConnection, req: ClientRequest) -> None:
         try:
-            result = await self.call(req)
-            resp = ClientResponse(req.request_id, True, result)
-        except NotLeaderError as exc:
-            resp = ClientResponse(
-                req.request_id,
-                False,
-                None,
-                "not_leader",
-                str(exc),
-                exc.leader_id,
-                exc.leader_address,
-            )
+            resp = ClientResponse(req.request_id, True, await self.call(req))
         except Exception as exc:  # every failure becomes an error response
-            resp = ClientResponse(
-                req.request_id, False, None, _error_code(exc), str(exc) or type(exc).__name__
-            )
+            resp = error_response(req.request_id, exc)
         conn.send([resp])
 
     async def call(self, req: ClientRequest) -> object:
@@ -1144,7 +1133,22 @@ def _ready_bytes(rd: Ready) -> int:
     return sum(len(e.data) for e in rd.entries) + 64 * len(rd.entries)
 
 
-def _error_code(exc: BaseException) -> str:
+def error_response(request_id: int, exc: BaseException) -> ClientResponse:
+    """The ClientResponse for a failed call; ``not_leader`` carries where to retry.
+
+    Codes (stable, documented in docs/protocol.md): ``not_leader``,
+    ``overloaded``, ``dropped``, ``rejected``, ``read_failed``, ``closed``,
+    ``timeout``, ``bad_request``, ``not_caught_up``, ``internal``, ``error``.
+    """
+    if isinstance(exc, NotLeaderError):
+        return ClientResponse(
+            request_id, False, None, "not_leader", str(exc), exc.leader_id, exc.leader_address
+        )
+    return ClientResponse(request_id, False, None, error_code(exc), str(exc) or type(exc).__name__)
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable error code of a runtime exception (``"error"`` if unknown)."""
     codes: dict[type[BaseException], str] = {
         OverloadedError: "overloaded",
         ProposalDroppedError: "dropped",

@@ -84,14 +84,8 @@ from trioraft.client.connection import (
 from trioraft.core.types import Entry, NodeId
 from trioraft.runtime import (
     Node,
-    NodeClosedError,
     NodeConfig,
-    NotCaughtUpError,
-    NotLeaderError,
-    OverloadedError,
-    ProposalDroppedError,
-    ProposalRejectedError,
-    ReadFailedError,
+    error_response,
     serve_node,
 )
 from trioraft.runtime.node import websocket_transport
@@ -216,19 +210,6 @@ class _StaleKV(KVStateMachine):
         return await super().query(query)
 
 
-_ERROR_CODES: Final[dict[type[BaseException], str]] = {
-    OverloadedError: "overloaded",
-    ProposalDroppedError: "dropped",
-    ProposalRejectedError: "rejected",
-    ReadFailedError: "read_failed",
-    NodeClosedError: "closed",
-    TimeoutError: "timeout",
-    ValueError: "bad_request",
-    TypeError: "bad_request",
-    NotCaughtUpError: "not_caught_up",
-}
-
-
 async def _admin_call(node: Node, req: ClientRequest) -> object:
     """The generic service plus the nemesis' kinds: transfer and membership changes."""
     p = req.payload if isinstance(req.payload, dict) else {}
@@ -250,13 +231,8 @@ async def _admin_call(node: Node, req: ClientRequest) -> object:
 async def _serve_request(node: Node, conn: ClientConnection, req: ClientRequest) -> None:
     try:
         resp = ClientResponse(req.request_id, True, await _admin_call(node, req))
-    except NotLeaderError as exc:
-        resp = ClientResponse(
-            req.request_id, False, None, "not_leader", str(exc), exc.leader_id, exc.leader_address
-        )
     except Exception as exc:  # every failure becomes an error response
-        code = _ERROR_CODES.get(type(exc), "error")
-        resp = ClientResponse(req.request_id, False, None, code, str(exc) or type(exc).__name__)
+        resp = error_response(req.request_id, exc)
     conn.send([resp])
 
 

@@ -30,8 +30,8 @@ transfer, membership change (add learner, promote, demote, never below three
 voters) - holds it, heals everything, and rests before the next.
 
 *Clients* (``workers`` trio tasks sharing one connection per node, always to
-the nodes' real ports) loop over put / linearizable get / cas on ``keys``
-keys with unique values and record each call in a
+the nodes' real ports) loop over put / get (linearizable or lease) / cas on
+``keys`` keys with unique values and record each call in a
 :class:`~trioraft.testing.linearizability.History`.  An error that proves
 the command was not accepted (``not_leader``, ``overloaded``, ``rejected``)
 is retried within the call's deadline; if nothing could have been applied
@@ -799,9 +799,13 @@ class ChaosRun:
             key = rng.choice(self.keys)
             r = rng.random()
             if r < 0.4:
+                # Half the reads use the leader lease (pitfall 12: a paused or
+                # deposed leader must not answer from a stale lease).
+                consistency = "lease" if rng.random() < 0.5 else "linearizable"
                 handle = h.invoke(proc, key, "read")
                 outcome, res = await router.execute(
-                    ClientRequest(0, "read", {"op": "get", "key": key}), self.o.op_timeout
+                    ClientRequest(0, "read", {"op": "get", "key": key}, consistency=consistency),
+                    self.o.op_timeout,
                 )
                 if outcome == "ok":
                     h.ok(handle, res)

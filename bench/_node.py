@@ -29,10 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib
 
-from trioraft.runtime import Node, NodeConfig, NotLeaderError, error_response, serve_node
+from trioraft.runtime import Node, NodeConfig, NotLeaderError, serve_node
 from trioraft.testing.kv import KVStateMachine, encode_command
 from trioraft.transport.base import ClientConnection
-from trioraft.transport.messages import ClientRequest, ClientResponse
+from trioraft.transport.messages import ClientRequest
 
 _profiler: cProfile.Profile | None = None
 
@@ -101,32 +101,18 @@ def profile_control(spec: dict[str, Any]) -> str:
 
 
 def make_handler(holder: list[Node]) -> Any:
-    async def serve(conn: ClientConnection, req: ClientRequest) -> None:
-        node = holder[0]
-        try:
-            if req.kind == "bench":
-                assert isinstance(req.payload, dict)
-                result: object = await run_workload(node, req.payload)
-            elif req.kind == "profile":
-                assert isinstance(req.payload, dict)
-                result = profile_control(req.payload)
-            else:
-                result = await node.call(req)
-            resp = ClientResponse(req.request_id, True, result)
-        except Exception as exc:
-            resp = error_response(req.request_id, exc)
-        conn.send([resp])
+    """The node's own client service plus the bench's ``bench`` and ``profile`` kinds."""
+
+    async def bench(req: ClientRequest) -> object:
+        assert isinstance(req.payload, dict)
+        return await run_workload(holder[0], req.payload)
+
+    async def profile(req: ClientRequest) -> object:
+        assert isinstance(req.payload, dict)
+        return profile_control(req.payload)
 
     async def handler(conn: ClientConnection) -> None:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    batch = await conn.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
-                    nursery.cancel_scope.cancel()
-                    return
-                for req in batch:
-                    nursery.start_soon(serve, conn, req)
+        await holder[0].handle_client(conn, extra_kinds={"bench": bench, "profile": profile})
 
     return handler
 

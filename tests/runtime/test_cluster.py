@@ -261,3 +261,30 @@ async def test_proposal_and_read_time_out_when_no_quorum_answers(
         with pytest.raises(TimeoutError, match="read not confirmed"):
             await get(leader, "lost")
         assert leader.statistics().proposals_pending == 0
+
+
+@bounded(60)
+async def test_propose_nowait_answers_through_its_callback(
+    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+) -> None:
+    async with MemoryCluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as c:
+        leader = await c.wait_for_leader()
+        answers: list[tuple[object, BaseException | None]] = []
+        got = trio.Event()
+
+        def done(result: object, error: BaseException | None) -> None:
+            answers.append((result, error))
+            got.set()
+
+        leader.propose_nowait(put("cb", b"1"), done)
+        await got.wait()
+        (result, error) = answers.pop()
+        assert error is None and isinstance(result, dict) and result["ok"]
+        follower = next(n for n in c.nodes.values() if n is not leader)
+        with pytest.raises(NotLeaderError):
+            follower.propose_nowait(put("cb", b"2"), done)
+        c.network.isolate(leader.id)
+        got = trio.Event()
+        leader.propose_nowait(put("cb", b"3"), done)
+        await got.wait()
+        assert isinstance(answers[-1][1], TimeoutError)

@@ -45,7 +45,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,12 +176,16 @@ class NodeStatistics:
     transport: TransportStatistics | None = None
 
 
-class _Waiter:
-    __slots__ = ("deadline", "error", "event", "result", "started", "term")
+Done = Callable[[object, BaseException | None], None]
 
-    def __init__(self, term: int, deadline: float) -> None:
+
+class _Waiter:
+    __slots__ = ("deadline", "done", "error", "event", "result", "started", "term")
+
+    def __init__(self, term: int, deadline: float, done: Done | None = None) -> None:
         self.term = term
         self.deadline = deadline
+        self.done = done
         self.event = trio.Event()
         self.result: object = None
         self.error: BaseException | None = None
@@ -190,10 +194,14 @@ class _Waiter:
     def resolve(self, result: object) -> None:
         self.result = result
         self.event.set()
+        if self.done is not None:
+            self.done(result, None)
 
     def fail(self, error: BaseException) -> None:
         self.error = error
         self.event.set()
+        if self.done is not None:
+            self.done(None, error)
 
 
 class _Read:
@@ -642,12 +650,35 @@ class Node:
             NodeClosedError: the node stopped.
         """
         core = self._check_open()
+        index = self._append_proposal(core, command, client_id, sequence)
+        return await self._wait_index(index, core.term)
+
+    def propose_nowait(
+        self, command: bytes, done: Done, *, client_id: str = "", sequence: int = 0
+    ) -> None:
+        """Like :meth:`propose`, but calls ``done(result, error)`` instead of waiting.
+
+        For services that answer many requests: no task per proposal.  The
+        errors :meth:`propose` raises before appending are raised here;
+        later ones (dropped, timeout, closed) reach ``done`` as ``error``.
+        ``done`` runs in the node's apply task and must not block.
+        """
+        core = self._check_open()
+        index = self._append_proposal(core, command, client_id, sequence)
+        self._waiters[index] = _Waiter(
+            core.term, trio.current_time() + self.config.proposal_timeout, done
+        )
+        self._kick()
+
+    def _append_proposal(
+        self, core: RaftCore, command: bytes, client_id: str, sequence: int
+    ) -> int:
         if not isinstance(command, bytes | bytearray | memoryview):
             raise TypeError("a command is bytes")
         if len(self._waiters) >= self.config.max_pending_proposals:
             raise OverloadedError(f"{len(self._waiters)} proposals pending")
         try:
-            index = core.propose(
+            return core.propose(
                 bytes(command),
                 client_id=client_id,
                 sequence=sequence,
@@ -657,7 +688,6 @@ class Node:
             raise self._not_leader_error(exc.leader) from None
         except ProposalRejected as exc:
             raise ProposalRejectedError(str(exc)) from None
-        return await self._wait_index(index, core.term)
 
     async def _wait_index(self, index: int, term: int) -> object:
         # No cancel scope per call (it showed up as a fifth of the leader's
@@ -1092,13 +1122,20 @@ class Node:
 
     # ===================================================== client service
 
-    async def handle_client(self, conn: ClientConnection) -> None:
+    async def handle_client(
+        self,
+        conn: ClientConnection,
+        *,
+        extra_kinds: Mapping[str, Callable[[ClientRequest], Awaitable[object]]] | None = None,
+    ) -> None:
         """Serve one client connection: ``propose``, ``read`` and ``status`` requests.
 
         Requests run concurrently (many in flight per connection); each
         response goes back as soon as it is ready, coalesced into frames by
-        the connection's sender.
+        the connection's sender.  ``extra_kinds`` adds request kinds of an
+        application (``kind -> async handler(request) -> result``).
         """
+        extra = extra_kinds or {}
         async with trio.open_nursery() as nursery:
             while True:
                 try:
@@ -1107,11 +1144,36 @@ class Node:
                     nursery.cancel_scope.cancel()
                     return
                 for req in batch:
-                    nursery.start_soon(self._serve_request, conn, req)
+                    if req.kind == "propose":
+                        self._serve_propose(conn, req)  # no task per write
+                    else:
+                        nursery.start_soon(self._serve_request, conn, req, extra.get(req.kind))
 
-    async def _serve_request(self, conn: ClientConnection, req: ClientRequest) -> None:
+    def _serve_propose(self, conn: ClientConnection, req: ClientRequest) -> None:
+        rid = req.request_id
+
+        def done(result: object, error: BaseException | None) -> None:
+            if error is None:
+                conn.send([ClientResponse(rid, True, result)])
+            else:
+                conn.send([error_response(rid, error)])
+
         try:
-            resp = ClientResponse(req.request_id, True, await self.call(req))
+            if not isinstance(req.payload, bytes):
+                raise TypeError("propose needs a bytes payload")
+            self.propose_nowait(req.payload, done, client_id=req.client_id, sequence=req.sequence)
+        except Exception as exc:  # refused before appending: answer now
+            conn.send([error_response(rid, exc)])
+
+    async def _serve_request(
+        self,
+        conn: ClientConnection,
+        req: ClientRequest,
+        handler: Callable[[ClientRequest], Awaitable[object]] | None = None,
+    ) -> None:
+        try:
+            result = await (handler or self.call)(req)
+            resp = ClientResponse(req.request_id, True, result)
         except Exception as exc:  # every failure becomes an error response
             resp = error_response(req.request_id, exc)
         conn.send([resp])

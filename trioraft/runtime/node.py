@@ -440,6 +440,14 @@ class Node:
         while core.has_ready():
             rd = core.ready()
             assert self.transport is not None
+            persist = rd.snapshot is not None or bool(rd.entries) or rd.hard_state is not None
+            # A small write costs less than the hop to a worker thread
+            # (measured: 170 us inline vs 385 us threaded).
+            inline = (
+                persist
+                and rd.snapshot is None
+                and _ready_bytes(rd) <= self.config.inline_write_bytes
+            )
             early = rd.hard_state is None and rd.snapshot is None
             if early:
                 # The one exception of the core's contract: a leader's appends
@@ -449,15 +457,13 @@ class Node:
                     if isinstance(m, AppendEntries):
                         self.transport.send(m.dst, m)
                         sent = True
-                if sent:
-                    # Let the senders put the appends on the wire before an
+                if sent and inline:
+                    # Let the senders put the appends on the wire before the
                     # inline fsync blocks this thread.
                     await trio.lowlevel.checkpoint()
-            if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            if persist:
                 async with self._storage_lock:
-                    if rd.snapshot is None and _ready_bytes(rd) <= self.config.inline_write_bytes:
-                        # A small write costs less than the hop to a worker
-                        # thread (measured: 170 us inline vs 385 us threaded).
+                    if inline:
                         self._persist(rd)
                     else:
                         await trio.to_thread.run_sync(self._persist, rd)

@@ -248,8 +248,36 @@ class DocstoreService:
                         if found is not None:
                             found.cancel()
                         conn.send([ClientResponse(req.request_id, True, found is not None)])
+                    elif req.kind == "command":
+                        self._command(conn, req)  # answered by callback: no task per write
                     else:
                         nursery.start_soon(self._serve, conn, req)
+
+    def _command(self, conn: ClientConnection, req: ClientRequest) -> None:
+        node = self._node
+        assert node is not None
+        rid = req.request_id
+
+        def done(result: object, error: BaseException | None) -> None:
+            conn.send(
+                [ClientResponse(rid, True, result) if error is None else error_response(rid, error)]
+            )
+
+        try:
+            if not isinstance(req.payload, dict):
+                raise ValueError("command payload is a command map")
+            node.propose_nowait(
+                encode_command(req.payload),
+                done,
+                client_id=self._session(conn.client_id, req),
+                sequence=req.sequence,
+            )
+        except Exception as exc:  # refused before it was appended: answer now
+            conn.send([error_response(rid, exc)])
+
+    @staticmethod
+    def _session(principal: str, req: ClientRequest) -> str:
+        return f"{principal}/{req.client_id}" if req.client_id else ""
 
     async def _serve(self, conn: ClientConnection, req: ClientRequest) -> None:
         try:
@@ -266,9 +294,10 @@ class DocstoreService:
         if req.kind == "command":
             if not isinstance(req.payload, dict):
                 raise ValueError("command payload is a command map")
-            session = f"{principal}/{req.client_id}" if req.client_id else ""
             return await node.propose(
-                encode_command(req.payload), client_id=session, sequence=req.sequence
+                encode_command(req.payload),
+                client_id=self._session(principal, req),
+                sequence=req.sequence,
             )
         if req.kind == "query":
             return await node.read(req.payload, consistency=req.consistency)

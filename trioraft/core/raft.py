@@ -380,6 +380,11 @@ class RaftCore:
     def _current_membership(self) -> Membership:
         return self._configs[-1][1] if self._configs else self._base_membership
 
+    @property
+    def config_index(self) -> int:
+        """Index of the latest configuration entry still in the log (0: none)."""
+        return self._configs[-1][0] if self._configs else 0
+
     def membership_at(self, index: int) -> Membership:
         m = self._base_membership
         for i, c in self._configs:
@@ -892,8 +897,7 @@ class RaftCore:
             waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
             for rid in waiting:
                 self._register_read(rid)
-        last_conf = self._configs[-1][0] if self._configs else 0
-        if last_conf <= self.commit:
+        if self.config_index <= self.commit:
             m = self.membership
             if m.joint:
                 # C(old,new) is committed: move on to C(new) on our own.
@@ -1032,20 +1036,6 @@ class RaftCore:
         self._broadcast_wanted = True
         return index
 
-    def propose_batch(self, items: Sequence[tuple[bytes, str, int, int]]) -> int:
-        """Append several (data, client_id, sequence, timestamp_ms) commands; first index."""
-        if self.role is not Role.LEADER:
-            raise NotLeader(self.leader)
-        if self._transfer_to is not None:
-            raise ProposalRejected(f"leadership transfer to {self._transfer_to} in progress")
-        first = self.last_index() + 1
-        self._append(
-            Entry(first + i, self.term, EntryKind.NORMAL, d, c, s, t)
-            for i, (d, c, s, t) in enumerate(items)
-        )
-        self._broadcast_wanted = True
-        return first
-
     def read(self, request_id: int, now: float, *, lease: bool = False) -> None:
         """Ask for a linearizable read point.
 
@@ -1139,7 +1129,7 @@ class RaftCore:
         target = Membership.of(new_voters, new_learners, addresses=addr)  # validates
         if self.commit < self._term_start:
             raise ProposalRejected("leader has not committed an entry of its term yet")
-        if (self._configs and self._configs[-1][0] > self.commit) or self.membership.joint:
+        if self.config_index > self.commit or self.membership.joint:
             raise ProposalRejected("another membership change is in progress")
         if self._transfer_to is not None:
             raise ProposalRejected("leadership transfer in progress")

@@ -783,15 +783,11 @@ class Node:
         await self._wait_index(index, core.term)
         # A voter change goes through a joint configuration: wait until it is left.
         with trio.fail_after(self.config.proposal_timeout):
-            while core.membership.joint or core.commit < self._last_config_index(core):
+            while core.membership.joint or core.commit < core.config_index:
                 if core.role is not Role.LEADER:
                     raise self._not_leader_error(core.leader)
                 await self._changed.wait()
         self._update_peers()
-
-    @staticmethod
-    def _last_config_index(core: RaftCore) -> int:
-        return core._configs[-1][0] if core._configs else 0
 
     async def add_learner(self, node_id: NodeId, address: str) -> None:
         """Add ``node_id`` (listening at ``address``) as a learner: it gets the log, never votes."""

@@ -700,7 +700,9 @@ class RaftCore:
         new = m.entries
         if "stale_append_truncates" in self._faults:
             if m.prev_index < self.last_index():
-                self._truncate_from_unchecked(m.prev_index + 1)
+                # The bug: drop everything after prev_index, matching or not
+                # (prev_index >= commit here, so nothing committed goes).
+                self._truncate_from(m.prev_index + 1)
         else:
             # Skip the prefix we already hold; truncate only at a real conflict.
             for i, e in enumerate(new):
@@ -720,16 +722,6 @@ class RaftCore:
         if m.commit > self.commit:
             self.commit = max(self.commit, min(m.commit, last_new))
         self._msgs.append(AppendEntriesResponse(self.term, self.id, m.src, True, last_new))
-
-    def _truncate_from_unchecked(self, index: int) -> None:
-        # Only for the "stale_append_truncates" fault: the buggy behaviour.
-        del self.log[index - self.offset - 1 :]
-        self._unstable_from = min(self._unstable_from, index)
-        self.stable = min(self.stable, index - 1)
-        while self._configs and self._configs[-1][0] >= index:
-            self._configs.pop()
-        self.membership = self._current_membership()
-        self.commit = min(self.commit, self.last_index())
 
     def _handle_heartbeat(self, m: Heartbeat) -> None:
         if self.role is Role.LEADER:

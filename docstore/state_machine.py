@@ -47,6 +47,7 @@ from docstore.engine.errors import (
 from docstore.engine.queries import run_query
 from docstore.engine.registry import Registry
 from docstore.engine.state import Engine
+from docstore.engine.validate import validate_query
 from docstore.engine.values import DEFAULT_LIMITS, Limits, clone
 from docstore.storage import snapshot as snap
 from docstore.storage.datafile import DataFile, encode_record
@@ -225,9 +226,7 @@ class DocstoreStateMachine:
                 ).to_result()
         try:
             cmd = decode_command(e.data)
-            if isinstance(cmd, dict) and cmd.get("op") == "expire" and "now_ms" not in cmd:
-                cmd = {**cmd, "now_ms": e.timestamp_ms}
-            applied = self.engine.apply(cmd, e.index, e.timestamp_ms)
+            applied = self.engine.apply(cmd, e.index, e.timestamp_ms)  # total: never raises
             result = applied.result
             fx.extend(applied.effects)
             changes.extend(applied.changes)
@@ -257,21 +256,19 @@ class DocstoreStateMachine:
         ``{"op": "get_multi", "coll": c, "keys": [...]}`` reads several keys at once."""
         try:
             q = decode_command(bytes(query)) if isinstance(query, (bytes, bytearray)) else query
-            if isinstance(q, dict) and q.get("op") == "get_multi":
-                coll, keys = q.get("coll"), q.get("keys")
-                if not isinstance(coll, str) or not isinstance(keys, list):
-                    raise InvalidCommandError("get_multi takes coll and a list of keys")
+            validate_query(q, self.limits)
+            assert isinstance(q, dict)
+            if q["op"] == "get_multi":
                 now = _now_ms()
-                value: Any = [
-                    clone(self.engine.get(coll, k, now_ms=now)) if isinstance(k, str) else None
-                    for k in keys
-                ]
-            elif isinstance(q, dict) and q.get("op") == "sessions":
+                value: Any = [clone(self.engine.get(q["coll"], k, now_ms=now)) for k in q["keys"]]
+            elif q["op"] == "sessions":
                 value = len(self._sessions)
             else:
                 value = clone(run_query(self.engine, q, _now_ms()))
         except DocstoreError as exc:
             return exc.to_result()
+        except RecursionError:
+            return InvalidCommandError("query nested too deeply").to_result()
         return {"ok": True, "value": value}
 
     def watch(

@@ -9,6 +9,7 @@ than the history raises ``ResyncRequired`` at once.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections import deque
 from collections.abc import Iterable
@@ -19,7 +20,11 @@ import trio  # type: ignore[import-untyped, unused-ignore]
 from docstore.engine.errors import DatabaseClosedError, InvalidCommandError, ResyncRequired
 from docstore.engine.filters import Predicate, compile_filter
 from docstore.engine.state import Change
-from docstore.engine.values import clone
+from docstore.engine.values import check_name, clone
+
+log = logging.getLogger("docstore.watch")
+
+MAX_WATCH_BUFFER = 65_536
 
 
 class Watcher:
@@ -43,7 +48,14 @@ class Watcher:
     def _push(self, ch: Change) -> None:
         if ch.coll != self.coll or self._overflow or self._closed:
             return
-        if ch.op != "drop" and (ch.doc is None or not self._pred(ch.doc)):
+        try:
+            match = ch.op == "drop" or (ch.doc is not None and self._pred(ch.doc))
+        except Exception:  # the filter was validated: a bug, not the writer's fault
+            log.exception("watch filter on %r failed; the watcher must resync", self.coll)
+            match, self._overflow = False, True
+            self._queue.clear()
+            self._wakeup.set()
+        if not match:
             return
         if len(self._queue) >= self._buffer:
             self._overflow = True
@@ -117,10 +129,11 @@ class Hub:
     def watch(
         self, coll: str, flt: object, since_rev: int | None, current_rev: int, buffer: int
     ) -> Watcher:
-        if buffer < 1:
-            raise InvalidCommandError("watch buffer must be at least 1")
-        if since_rev is not None and (not isinstance(since_rev, int) or since_rev < 0):
-            raise InvalidCommandError("since_rev is a revision number")
+        check_name(coll, "collection")
+        if type(buffer) is not int or not 1 <= buffer <= MAX_WATCH_BUFFER:
+            raise InvalidCommandError(f"buffer: an integer in 1 .. {MAX_WATCH_BUFFER}")
+        if since_rev is not None and (type(since_rev) is not int or since_rev < 0):
+            raise InvalidCommandError("since_rev: a revision number")
         w = Watcher(self, coll, compile_filter(flt), buffer)
         if since_rev is not None and since_rev < current_rev:
             if since_rev < self._floor:

@@ -8,20 +8,34 @@ reference.  The builders exist so that ``db.batch([...])`` reads well::
         commands.patch("counters", "users", {"$inc": {"n": 1}}, upsert=True),
     ])
 
-:func:`validate_command` runs the checks that need no state (shape, limits,
-filters, patches) so that a bad command fails before it is sent or logged;
-apply runs them again, because a replica cannot trust its input.
+:func:`validate_command` (from :mod:`docstore.engine.validate`) runs the checks
+that need no state, so that a bad command fails before it is sent or logged;
+apply runs it again, because a replica cannot trust its input.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from docstore.engine.errors import InvalidCommandError, LimitError, UnknownCommandError
-from docstore.engine.filters import compile_filter
-from docstore.engine.patch import check_patch
-from docstore.engine.state import WRITE_OPS
-from docstore.engine.values import DEFAULT_LIMITS, Limits, check_document, check_key, check_name
+from docstore.engine.validate import validate_command
+
+__all__ = [
+    "batch",
+    "call",
+    "create_collection",
+    "create_index",
+    "delete",
+    "delete_many",
+    "drop_collection",
+    "drop_index",
+    "expire",
+    "insert",
+    "patch",
+    "put",
+    "register",
+    "update_many",
+    "validate_command",
+]
 
 
 def _conds(
@@ -124,8 +138,11 @@ def drop_index(coll: str, name: str) -> dict[str, Any]:
     return {"op": "drop_index", "coll": coll, "name": name}
 
 
-def expire(now_ms: int, coll: str | None = None) -> dict[str, Any]:
-    cmd: dict[str, Any] = {"op": "expire", "now_ms": now_ms}
+def expire(now_ms: int | None = None, coll: str | None = None) -> dict[str, Any]:
+    """Delete documents expired by ``now_ms`` (default: the time the command is applied)."""
+    cmd: dict[str, Any] = {"op": "expire"}
+    if now_ms is not None:
+        cmd["now_ms"] = now_ms
     if coll is not None:
         cmd["coll"] = coll
     return cmd
@@ -137,37 +154,3 @@ def register(kind: str, name: str, version: int) -> dict[str, Any]:
 
 def call(name: str, version: int, args: object = None) -> dict[str, Any]:
     return {"op": "call", "name": name, "version": version, "args": args}
-
-
-def validate_command(
-    cmd: object, limits: Limits = DEFAULT_LIMITS, *, _nested: bool = False
-) -> None:
-    """Raise the error apply would give for a malformed command (state-free checks)."""
-    if not isinstance(cmd, dict):
-        raise InvalidCommandError(f"a command is an object, got {type(cmd).__name__}")
-    op = cmd.get("op")
-    if op not in WRITE_OPS:
-        raise UnknownCommandError(f"unknown command op {op!r}")
-    if op == "batch":
-        if _nested:
-            raise InvalidCommandError("a batch cannot contain a batch")
-        subs = cmd.get("commands")
-        if not isinstance(subs, list):
-            raise InvalidCommandError("batch commands is a list")
-        if len(subs) > limits.max_batch:
-            raise LimitError(f"batch of {len(subs)} commands, the limit is {limits.max_batch}")
-        for sub in subs:
-            validate_command(sub, limits, _nested=True)
-        return
-    if "coll" in cmd or op not in ("expire", "register", "call"):
-        check_name(cmd.get("coll"), "collection", limits)
-    if "key" in cmd or op in ("put", "patch", "delete"):
-        check_key(cmd.get("key"), limits)
-    if op in ("put", "insert"):
-        check_document(cmd.get("doc"), limits)
-    if op in ("patch", "update_many"):
-        check_patch(cmd.get("ops"))
-    if "filter" in cmd:
-        compile_filter(cmd["filter"])
-    if "if_match" in cmd:
-        compile_filter(cmd["if_match"])

@@ -95,11 +95,23 @@ class CorruptionError(DocstoreError):
 class RegistryError(DocstoreError):
     """The replicated state needs an extension this process did not register.
 
-    Not a command error: applying would diverge from the other replicas, so
-    it stops the apply loop (deploy the extension, then restart).
+    Opening or restoring a state that names such an extension raises it
+    (deploy the code, then restart).  A command that would need it (``register``
+    or ``call`` of code this node lacks, or a ``create_collection`` of a type in
+    force whose code is gone) is answered with it as an error result instead.
     """
 
     code = "registry"
+
+
+class InternalError(DocstoreError):
+    """A bug: applying the command failed unexpectedly; nothing was changed.
+
+    Reported as an error result (the same on every replica running the same
+    code) rather than stopping the node; the node logs the traceback.
+    """
+
+    code = "internal"
 
 
 class DatabaseClosedError(DocstoreError):
@@ -123,6 +135,7 @@ _BY_CODE: dict[str, type[DocstoreError]] = {
         ResyncRequired,
         CorruptionError,
         RegistryError,
+        InternalError,
         DatabaseClosedError,
     )
 }

@@ -24,6 +24,7 @@ from docstore.engine.values import (
     index_key,
     json_equal,
     rank,
+    show,
     split_path,
 )
 
@@ -65,7 +66,7 @@ def _range(op: str, target: Any) -> ValuePred:
     cmp = _RANGE[op]
     r = rank(target)
     if r not in (1, 2):
-        raise InvalidCommandError(f"{op} compares numbers or strings, got {target!r}")
+        raise InvalidCommandError(f"{op} compares numbers or strings, got {show(target)}")
 
     def one(x: Any) -> bool:
         return rank(x) == r and bool(cmp(x, target))
@@ -73,26 +74,34 @@ def _range(op: str, target: Any) -> ValuePred:
     return lambda v: v is not MISSING and _any(v, one)
 
 
+def _text_keys(m: dict[Any, Any], what: str) -> None:
+    for k in m:
+        if type(k) is not str:
+            raise InvalidCommandError(f"{what} keys are strings, got {show(k)}")
+
+
 def _field_pred(spec: Any) -> ValuePred:
     """Predicate on a field's value (MISSING when absent)."""
+    if isinstance(spec, dict):
+        _text_keys(spec, "filter")
     if not (isinstance(spec, dict) and spec and any(k.startswith("$") for k in spec)):
         check_value(spec)
         if spec is None:  # {"f": null} matches null or missing, as in MongoDB
             return lambda v: v is MISSING or v is None or (isinstance(v, list) and None in v)
         return _eq(spec)
     if not all(k.startswith("$") for k in spec):
-        raise InvalidCommandError(f"cannot mix operators and fields in {spec!r}")
+        raise InvalidCommandError(f"cannot mix operators and fields in {show(spec)}")
     preds: list[ValuePred] = []
     for op, arg in spec.items():
         if op not in FIELD_OPS:
-            raise InvalidCommandError(f"unknown operator {op}")
+            raise InvalidCommandError(f"unknown operator {show(op)}")
         if op == "$eq":
             preds.append(_field_pred({"$in": [arg]}) if arg is None else _eq(_checked(arg)))
         elif op == "$ne":
             preds.append(_negate(_field_pred({"$eq": arg})))
         elif op in ("$in", "$nin"):
             if not isinstance(arg, list):
-                raise InvalidCommandError(f"{op} takes a list, got {arg!r}")
+                raise InvalidCommandError(f"{op} takes a list, got {show(arg)}")
             check_value(arg)
             preds.append(_in(arg) if op == "$in" else _negate(_in(arg)))
         elif op == "$exists":
@@ -146,6 +155,7 @@ def compile_filter(flt: object) -> Predicate:
         return lambda d: True
     if not isinstance(flt, dict):
         raise InvalidCommandError(f"a filter is an object, got {type(flt).__name__}")
+    _text_keys(flt, "filter")
     preds: list[Predicate] = []
     for key, spec in flt.items():
         if key in ("$and", "$or"):
@@ -156,7 +166,7 @@ def compile_filter(flt: object) -> Predicate:
         elif key == "$not":
             preds.append(_negate(compile_filter(spec)))
         elif key.startswith("$"):
-            raise InvalidCommandError(f"unknown top-level operator {key}")
+            raise InvalidCommandError(f"unknown top-level operator {show(key)}")
         else:
             preds.append(_at(split_path(key), _field_pred(spec)))
     if not preds:
@@ -176,13 +186,15 @@ def equality_constraints(flt: object) -> dict[str, list[Any]]:
     if not isinstance(flt, dict):
         return out
     for key, spec in flt.items():
+        if not isinstance(key, str):
+            continue
         if key == "$and" and isinstance(spec, list):
             for sub in spec:
                 for k, v in equality_constraints(sub).items():
                     out.setdefault(k, v)
         elif key.startswith("$"):
             continue
-        elif isinstance(spec, dict) and spec and all(k.startswith("$") for k in spec):
+        elif isinstance(spec, dict) and spec and all(str(k).startswith("$") for k in spec):
             if "$eq" in spec and spec["$eq"] is not None:
                 out[key] = [spec["$eq"]]
             elif (

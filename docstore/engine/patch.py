@@ -10,11 +10,14 @@ applied to a copy, so a failing patch leaves the document unchanged.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from docstore.engine.errors import InvalidCommandError
+from docstore.engine.errors import InvalidCommandError, LimitError
 from docstore.engine.filters import compile_filter
 from docstore.engine.values import (
+    INT_MAX,
+    INT_MIN,
     MISSING,
     RESERVED,
     check_value,
@@ -22,6 +25,7 @@ from docstore.engine.values import (
     get_path,
     json_equal,
     set_path,
+    show,
     sort_key,
     split_path,
     unset_path,
@@ -38,18 +42,18 @@ def check_patch(ops: object) -> dict[str, dict[str, Any]]:
         raise InvalidCommandError("a patch is a non-empty object of operators")
     for op, fields in ops.items():
         if op not in PATCH_OPS:
-            raise InvalidCommandError(f"unknown patch operator {op!r}")
+            raise InvalidCommandError(f"unknown patch operator {show(op)}")
         if not isinstance(fields, dict) or not fields:
             raise InvalidCommandError(f"{op} takes a non-empty object of paths")
         for path, arg in fields.items():
             parts = split_path(path)
             if parts[0] in ("_key", "_rev"):
-                raise InvalidCommandError(f"{path!r} is set by the database")
+                raise InvalidCommandError(f"{show(path)} is set by the database")
             check_value(arg)
             if op in ("$inc", "$mul") and (
                 isinstance(arg, bool) or not isinstance(arg, (int, float))
             ):
-                raise InvalidCommandError(f"{op} takes a number for {path!r}")
+                raise InvalidCommandError(f"{op} takes a number for {show(path)}")
             if op == "$pull" and _is_expr(arg):
                 compile_filter({"x": arg})
             if (
@@ -72,6 +76,23 @@ def _each(arg: Any) -> list[Any]:
     return [arg]
 
 
+def _arith(op: str, path: str, cur: int | float, arg: int | float) -> int | float:
+    """``cur + arg`` or ``cur * arg``, refused when it leaves the value range."""
+    if type(cur) is int and type(arg) is int:
+        # Both in range, so the result has at most 129 bits: cheap to compute and check.
+        r: int | float = cur + arg if op == "$inc" else cur * arg
+        if not INT_MIN <= r <= INT_MAX:
+            raise LimitError(f"{op} on {show(path)} leaves the integer range -2**64 .. 2**64-1")
+        return r
+    try:
+        r = float(cur) + float(arg) if op == "$inc" else float(cur) * float(arg)
+    except OverflowError:
+        r = math.inf
+    if not math.isfinite(r):
+        raise LimitError(f"{op} on {show(path)} gives a number that is not finite")
+    return r
+
+
 def apply_patch(doc: dict[str, Any], ops: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Return a patched copy of ``doc`` (which is not modified)."""
     out: dict[str, Any] = clone(doc)
@@ -87,9 +108,9 @@ def apply_patch(doc: dict[str, Any], ops: dict[str, dict[str, Any]]) -> dict[str
                 if cur is MISSING:
                     set_path(out, parts, arg if op == "$inc" else 0)
                 elif isinstance(cur, bool) or not isinstance(cur, (int, float)):
-                    raise InvalidCommandError(f"{op} on {path!r}, which is not a number")
+                    raise InvalidCommandError(f"{op} on {show(path)}, which is not a number")
                 else:
-                    set_path(out, parts, cur + arg if op == "$inc" else cur * arg)
+                    set_path(out, parts, _arith(op, path, cur, arg))
             elif op in ("$min", "$max"):
                 if cur is MISSING:
                     set_path(out, parts, clone(arg))
@@ -102,7 +123,7 @@ def apply_patch(doc: dict[str, Any], ops: dict[str, dict[str, Any]]) -> dict[str
                     cur = []
                     set_path(out, parts, cur)
                 elif not isinstance(cur, list):
-                    raise InvalidCommandError(f"{op} on {path!r}, which is not an array")
+                    raise InvalidCommandError(f"{op} on {show(path)}, which is not an array")
                 for item in _each(arg):
                     if op == "$push" or not any(json_equal(item, x) for x in cur):
                         cur.append(clone(item))
@@ -110,7 +131,7 @@ def apply_patch(doc: dict[str, Any], ops: dict[str, dict[str, Any]]) -> dict[str
                 if cur is MISSING:
                     continue
                 if not isinstance(cur, list):
-                    raise InvalidCommandError(f"$pull on {path!r}, which is not an array")
+                    raise InvalidCommandError(f"$pull on {show(path)}, which is not an array")
                 if _is_expr(arg):
                     pred = compile_filter({"x": arg})
                     cur[:] = [x for x in cur if not pred({"x": x})]

@@ -98,6 +98,16 @@ class Registry:
                 out[kind][name] = version
         return out
 
+    def has(self, kind: str, name: str, version: int) -> bool:
+        """Whether this process holds the code of ``kind`` (``"type"``/``"command"``)
+        ``name`` at ``version``."""
+        table: dict[tuple[str, int], Any] = self._types if kind == "type" else self._commands
+        return (name, version) in table
+
+    def has_type(self, name: str) -> bool:
+        """Whether this process holds any version of collection type ``name``."""
+        return any(n == name for n, _ in self._types)
+
     def type(self, name: str, version: int) -> CollectionType:
         t = self._types.get((name, version))
         if t is None:

@@ -18,6 +18,7 @@ Effects are what the embedded data file stores and what watchers see;
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import product
@@ -26,10 +27,10 @@ from typing import Any
 from docstore.engine.errors import (
     ConflictError,
     DocstoreError,
+    InternalError,
     InvalidCommandError,
     LimitError,
     NotFoundError,
-    RegistryError,
     UniqueViolation,
     UnknownCommandError,
     ValidationError,
@@ -37,6 +38,7 @@ from docstore.engine.errors import (
 from docstore.engine.filters import compile_filter, equality_constraints
 from docstore.engine.patch import apply_patch, check_patch
 from docstore.engine.registry import CollectionType, Registry
+from docstore.engine.validate import validate_command
 from docstore.engine.values import (
     DEFAULT_LIMITS,
     MISSING,
@@ -46,11 +48,16 @@ from docstore.engine.values import (
     check_key,
     check_name,
     check_size,
+    check_value,
     get_path,
     index_key,
+    normalize_sort,
+    show,
     sort_key,
     split_path,
 )
+
+log = logging.getLogger("docstore.engine")
 
 WRITE_OPS = frozenset(
     {
@@ -349,26 +356,35 @@ class Engine:
     # ------------------------------------------------------------------
 
     def apply(self, cmd: object, rev: int, now_ms: int = 0) -> Applied:
-        """Apply one command at revision ``rev``; never raises for a bad command.
+        """Apply one command at revision ``rev``; total: never raises for any ``cmd``.
 
-        :class:`RegistryError` (this process lacks an extension in force) is
-        the one exception: it propagates, with nothing changed.
+        The command is validated first (:func:`validate_command`, the same
+        function the server runs before proposing); a bad command, a failed
+        condition, or extension code this process lacks is an error result
+        with nothing changed.  Only the environment (``MemoryError``) escapes.
+        Anything else that goes wrong is a bug: logged, rolled back and
+        answered ``internal``, the same on every replica running this code.
         """
         self._journal = []
         self._rev = rev
         self._now = now_ms
         self._inserted = 0
         try:
+            validate_command(cmd, self.limits, self.registry, sizes=False)
             result = self._exec(cmd, top=True)
-        except RegistryError:
-            self._rollback()
-            raise
         except DocstoreError as exc:
             self._rollback()
             return Applied(exc.to_result(), [], [])
         except RecursionError:
             self._rollback()
             return Applied(LimitError("command nested too deeply").to_result(), [], [])
+        except MemoryError:
+            raise
+        except Exception as exc:
+            log.exception("apply at revision %d failed; answered as an internal error", rev)
+            self._rollback()
+            err = InternalError(f"the command could not be applied: {show(exc, 200)}")
+            return Applied(err.to_result(), [], [])
         journal, self._journal = self._journal, []
         result["ok"] = True
         result["rev"] = rev
@@ -436,10 +452,22 @@ class Engine:
     def _write(self, c: Collection, key: str, new: dict[str, Any] | None) -> None:
         if new is not None:
             check_size(new, self.limits)
+            view = new
             if c.ctype is not None:
-                c.ctype.validate(new)
+                # User code, run before anything changes: what it raises is this
+                # command's error result, and the rollback never has to call it.
+                try:
+                    c.ctype.validate(new)
+                    if c.ctype.has_computed:
+                        view = c.view(new)
+                        check_value(view, self.limits)
+                except DocstoreError:
+                    raise
+                except Exception as exc:
+                    raise ValidationError(
+                        f"collection type {c.type_name!r} failed on {show(key)}: {show(exc)}"
+                    ) from None
             if c.indexes:
-                view = c.view(new)
                 for idx in c.indexes.values():
                     if not idx.unique:
                         continue
@@ -513,7 +541,6 @@ class Engine:
     # -- commands -------------------------------------------------------
 
     def _put(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "key", "doc", *CONDITIONS)
         c = self._coll(cmd.get("coll"))
         key = check_key(cmd.get("key"), self.limits)
         doc = check_document(cmd.get("doc"), self.limits, size=False)  # _write checks size
@@ -522,7 +549,6 @@ class Engine:
         return {"key": key}
 
     def _insert(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "doc")
         c = self._coll(cmd.get("coll"))
         doc = check_document(cmd.get("doc"), self.limits, size=False)
         key = f"{self._rev:016x}-{self._inserted:04x}"
@@ -531,7 +557,6 @@ class Engine:
         return {"key": key}
 
     def _patch(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "key", "ops", "upsert", *CONDITIONS)
         upsert = cmd.get("upsert", False)
         if not isinstance(upsert, bool):
             raise InvalidCommandError("upsert is true or false")
@@ -548,7 +573,6 @@ class Engine:
         return {"key": key, "created": cur is None}
 
     def _delete(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "key", *CONDITIONS)
         c = self._coll(cmd.get("coll"), create=False)
         key = check_key(cmd.get("key"), self.limits)
         self._check_conditions(c, key, cmd)
@@ -557,7 +581,6 @@ class Engine:
         return {"deleted": existed}
 
     def _update_many(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "filter", "ops")
         c = self._coll(cmd.get("coll"), create=False)
         ops = check_patch(cmd.get("ops"))
         docs = self.find(c.name, cmd.get("filter"), now_ms=self._now)
@@ -568,7 +591,6 @@ class Engine:
         return {"matched": len(docs)}
 
     def _delete_many(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "filter")
         c = self._coll(cmd.get("coll"), create=False)
         docs = self.find(c.name, cmd.get("filter"), now_ms=self._now)
         for d in docs:
@@ -576,7 +598,6 @@ class Engine:
         return {"deleted": len(docs)}
 
     def _batch(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "commands")
         cmds = cmd.get("commands")
         if not isinstance(cmds, list):
             raise InvalidCommandError("batch commands is a list")
@@ -594,7 +615,6 @@ class Engine:
         return {"results": results}
 
     def _create_collection(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "type", "if_not_exists")
         name = check_name(cmd.get("coll"), "collection", self.limits)
         tname = cmd.get("type")
         version = 0
@@ -616,7 +636,6 @@ class Engine:
         return {"created": True}
 
     def _drop_collection(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll")
         name = check_name(cmd.get("coll"), "collection", self.limits)
         c = self.colls.pop(name, None)
         if c is None:
@@ -625,7 +644,6 @@ class Engine:
         return {"dropped": True}
 
     def _create_index(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "fields", "unique", "name")
         c = self._coll(cmd.get("coll"))
         fields = cmd.get("fields")
         if isinstance(fields, str):
@@ -667,7 +685,6 @@ class Engine:
         return {"name": name, "created": True}
 
     def _drop_index(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "coll", "name")
         c = self._coll(cmd.get("coll"), create=False)
         name = check_name(cmd.get("name"), "index", self.limits)
         idx = c.indexes.pop(name, None)
@@ -677,10 +694,7 @@ class Engine:
         return {"dropped": True}
 
     def _expire(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "now_ms", "coll")
-        now = cmd.get("now_ms")
-        if not isinstance(now, int) or isinstance(now, bool) or now < 0:
-            raise InvalidCommandError("expire now_ms is a non-negative integer")
+        now = cmd.get("now_ms", self._now)  # by default, as of the entry's (leader's) time
         names = [cmd["coll"]] if cmd.get("coll") is not None else sorted(self.colls)
         n = 0
         for name in names:
@@ -694,7 +708,6 @@ class Engine:
         return {"expired": n}
 
     def _register(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "kind", "name", "version")
         kind = cmd.get("kind")
         if kind not in ("type", "command"):
             raise InvalidCommandError("register kind is 'type' or 'command'")
@@ -725,7 +738,6 @@ class Engine:
                 idx.add(k, c.view(c.docs[k]))
 
     def _call(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        _only(cmd, "name", "version", "args")
         name = cmd.get("name")
         version = cmd.get("version")
         if not isinstance(name, str) or name not in self.extensions["commands"]:
@@ -743,9 +755,10 @@ class Engine:
         if not isinstance(cmds, list):
             raise InvalidCommandError(f"command {name!r} must return a list of commands")
         results = []
-        for sub in cmds:
+        for i, sub in enumerate(cmds):
             if isinstance(sub, dict) and sub.get("op") in ("batch", "call"):
                 raise InvalidCommandError("a command handler returns plain commands")
+            validate_command(sub, self.limits, self.registry, sizes=False, where=f"{name}[{i}].")
             res = self._exec(sub)
             res["ok"] = True
             results.append(res)
@@ -860,12 +873,6 @@ def _changes(journal: list[tuple[Any, ...]], rev: int) -> list[Change]:
     return out
 
 
-def _only(cmd: dict[str, Any], *allowed: str) -> None:
-    extra = set(cmd) - set(allowed) - {"op"}
-    if extra:
-        raise InvalidCommandError(f"{cmd.get('op')}: unknown fields {sorted(extra)}")
-
-
 def _or_none(v: Any) -> Any:
     return None if v is MISSING else v
 
@@ -876,31 +883,6 @@ def _check_limit(limit: object) -> int | None:
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
         raise InvalidCommandError("limit is a non-negative integer")
     return limit
-
-
-def normalize_sort(sort: object) -> list[tuple[str, int]]:
-    """``"age"``, ``"-age"``, ``[["age", -1], ["name", 1]]`` -> ``[("age", -1), ...]``."""
-    if sort is None:
-        return []
-    if isinstance(sort, str):
-        return [(sort[1:], -1)] if sort.startswith("-") else [(sort, 1)]
-    if not isinstance(sort, (list, tuple)):
-        raise InvalidCommandError("sort is a field, or a list of [field, 1 | -1]")
-    out: list[tuple[str, int]] = []
-    for item in sort:
-        if isinstance(item, str):
-            out.extend(normalize_sort(item))
-            continue
-        if (
-            not isinstance(item, (list, tuple))
-            or len(item) != 2
-            or item[1] not in (1, -1)
-            or isinstance(item[1], bool)
-        ):
-            raise InvalidCommandError(f"bad sort item {item!r}")
-        split_path(item[0])
-        out.append((item[0], item[1]))
-    return out
 
 
 _OPS: dict[str, Any] = {

@@ -18,6 +18,19 @@ from docstore.engine.errors import InvalidCommandError, LimitError
 RESERVED = ("_key", "_rev", "_expires")
 """Fields the engine owns: the key, the revision, the expiry (ms since epoch)."""
 
+INT_MIN = -(2**64)
+INT_MAX = 2**64 - 1
+"""Integers in documents, filters and patches: CBOR's range, what every replica can
+encode.  Arithmetic that would leave it (``$inc``, ``$mul``) is an error."""
+
+MAX_PATH_BYTES = 1024
+MAX_PATH_SEGMENTS = 64
+MAX_INDEX_DIGITS = 9
+"""Field paths: at most this many UTF-8 bytes and dot-separated segments.  A segment
+indexes an array only when it is 1 to ``MAX_INDEX_DIGITS`` ASCII digits (no
+document can hold a longer array); any other segment is an object key.  These are
+constants, not :class:`Limits`, so that no replica's setting can change a result."""
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -60,11 +73,11 @@ def check_key(key: object, limits: Limits = DEFAULT_LIMITS) -> str:
 
 def check_name(name: object, what: str, limits: Limits = DEFAULT_LIMITS) -> str:
     if not isinstance(name, str) or not name:
-        raise InvalidCommandError(f"{what} name must be a non-empty string, got {name!r}")
+        raise InvalidCommandError(f"{what} name must be a non-empty string, got {show(name)}")
     if len(name.encode()) > limits.max_name_bytes:
         raise LimitError(f"{what} name longer than {limits.max_name_bytes} bytes")
     if name.startswith("$") or "\x00" in name:
-        raise InvalidCommandError(f"{what} name {name!r} must not start with '$' or hold NUL")
+        raise InvalidCommandError(f"{what} name {show(name)} must not start with '$' or hold NUL")
     return name
 
 
@@ -78,26 +91,47 @@ def check_value(value: object, limits: Limits = DEFAULT_LIMITS, depth: int = 0) 
     if t is dict:
         for k, v in value.items():  # type: ignore[attr-defined]
             if type(k) is not str:
-                raise InvalidCommandError(f"object keys are strings, got {k!r}")
+                raise InvalidCommandError(f"object keys are strings, got {show(k)}")
             tv = type(v)
-            if tv is str or tv is int or tv is bool or v is None:
+            if tv is str or tv is bool or v is None or (tv is int and INT_MIN <= v <= INT_MAX):
                 continue
             check_value(v, limits, depth + 1)
         return
     if t is list:
         for v in value:  # type: ignore[attr-defined]
             tv = type(v)
-            if tv is str or tv is int or tv is bool or v is None:
+            if tv is str or tv is bool or v is None or (tv is int and INT_MIN <= v <= INT_MAX):
                 continue
             check_value(v, limits, depth + 1)
         return
-    if value is None or t is str or t is int or t is bool:
+    if t is int:
+        check_int(value)  # type: ignore[arg-type]
+        return
+    if value is None or t is str or t is bool:
         return
     if t is float:
         if not math.isfinite(value):  # type: ignore[arg-type]
             raise InvalidCommandError("numbers must be finite (no NaN or Infinity)")
         return
     raise InvalidCommandError(f"{t.__name__} is not a JSON value")
+
+
+def check_int(v: int) -> int:
+    """``v`` if it lies in CBOR's integer range, else :class:`LimitError`."""
+    if not INT_MIN <= v <= INT_MAX:
+        raise LimitError("integer outside -2**64 .. 2**64-1")
+    return v
+
+
+def show(v: object, width: int = 60) -> str:
+    """``repr(v)`` cut to ``width`` characters: error messages never echo a huge input."""
+    if isinstance(v, int) and not -(10**width) < v < 10**width:
+        return f"<integer of about {v.bit_length() * 3 // 10} digits>"
+    try:
+        r = repr(v)
+    except Exception:  # a pathological value; say what it is, not what it holds
+        return f"<{type(v).__name__}>"
+    return r if len(r) <= width else r[: width - 3] + "..."
 
 
 def check_document(
@@ -181,6 +215,33 @@ def json_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def normalize_sort(sort: object) -> list[tuple[str, int]]:
+    """``"age"``, ``"-age"``, ``[["age", -1], ["name", 1]]`` -> ``[("age", -1), ...]``."""
+    if sort is None:
+        return []
+    if isinstance(sort, str):
+        path, direction = (sort[1:], -1) if sort.startswith("-") else (sort, 1)
+        split_path(path)
+        return [(path, direction)]
+    if not isinstance(sort, (list, tuple)):
+        raise InvalidCommandError("sort is a field, or a list of [field, 1 | -1]")
+    out: list[tuple[str, int]] = []
+    for item in sort:
+        if isinstance(item, str):
+            out.extend(normalize_sort(item))
+            continue
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 2
+            or item[1] not in (1, -1)
+            or isinstance(item[1], bool)
+        ):
+            raise InvalidCommandError(f"bad sort item {show(item)}")
+        split_path(item[0])
+        out.append((item[0], item[1]))
+    return out
+
+
 def index_key(v: Any) -> str:
     """The hashable form of a value in an index.
 
@@ -219,14 +280,30 @@ MISSING: Any = object()
 
 
 def split_path(path: object) -> list[str]:
+    """The segments of a dotted field path; :class:`InvalidCommandError` if malformed."""
     if not isinstance(path, str) or not path:
-        raise InvalidCommandError(f"a field path is a non-empty string, got {path!r}")
+        raise InvalidCommandError(f"a field path is a non-empty string, got {show(path)}")
+    if len(path) > MAX_PATH_BYTES // 4 and len(path.encode()) > MAX_PATH_BYTES:
+        raise LimitError(f"field path longer than {MAX_PATH_BYTES} bytes")
     parts = path.split(".")
+    if len(parts) > MAX_PATH_SEGMENTS:
+        raise LimitError(f"field path of more than {MAX_PATH_SEGMENTS} segments")
     if any(not p for p in parts):
-        raise InvalidCommandError(f"field path {path!r} has an empty segment")
+        raise InvalidCommandError(f"field path {show(path)} has an empty segment")
     if any(p.startswith("$") for p in parts):
-        raise InvalidCommandError(f"field path {path!r} has a segment starting with '$'")
+        raise InvalidCommandError(f"field path {show(path)} has a segment starting with '$'")
     return parts
+
+
+def array_index(segment: str) -> int:
+    """The array index a path segment names, or -1 if it names none.
+
+    Only ASCII digits count (``"²"`` and ``"٣"`` are object keys, never indexes),
+    and at most :data:`MAX_INDEX_DIGITS` of them.
+    """
+    if segment.isdigit() and segment.isascii() and len(segment) <= MAX_INDEX_DIGITS:
+        return int(segment)
+    return -1
 
 
 def get_path(doc: Any, parts: list[str]) -> Any:
@@ -237,9 +314,9 @@ def get_path(doc: Any, parts: list[str]) -> Any:
             if p not in cur:
                 return MISSING
             cur = cur[p]
-        elif isinstance(cur, list) and p.isdigit():
-            i = int(p)
-            if i >= len(cur):
+        elif isinstance(cur, list):
+            i = array_index(p)
+            if not 0 <= i < len(cur):
                 return MISSING
             cur = cur[i]
         else:
@@ -257,12 +334,12 @@ def _parent(doc: dict[str, Any], parts: list[str], create: bool) -> Any:
                     return MISSING
                 nxt = cur[p] = {}
             cur = nxt
-        elif isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
-            cur = cur[int(p)]
+        elif isinstance(cur, list) and 0 <= array_index(p) < len(cur):
+            cur = cur[array_index(p)]
         else:
             if not create:
                 return MISSING
-            raise InvalidCommandError(f"cannot descend into a {type(cur).__name__} at {p!r}")
+            raise InvalidCommandError(f"cannot descend into a {type(cur).__name__} at {show(p)}")
     return cur
 
 
@@ -271,15 +348,18 @@ def set_path(doc: dict[str, Any], parts: list[str], value: Any) -> None:
     last = parts[-1]
     if isinstance(parent, dict):
         parent[last] = value
-    elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
-        parent[int(last)] = value
+    elif isinstance(parent, list) and 0 <= array_index(last) < len(parent):
+        parent[array_index(last)] = value
     else:
-        raise InvalidCommandError(f"cannot set {'.'.join(parts)!r}: parent is not an object")
+        raise InvalidCommandError(
+            f"cannot set {show('.'.join(parts))}: parent is not an object "
+            "(or the index is past the array's end)"
+        )
 
 
 def unset_path(doc: dict[str, Any], parts: list[str]) -> None:
     parent = _parent(doc, parts, create=False)
     if isinstance(parent, dict):
         parent.pop(parts[-1], None)
-    elif isinstance(parent, list) and parts[-1].isdigit() and int(parts[-1]) < len(parent):
-        parent[int(parts[-1])] = None  # arrays keep their length, as in MongoDB
+    elif isinstance(parent, list) and 0 <= array_index(parts[-1]) < len(parent):
+        parent[array_index(parts[-1])] = None  # arrays keep their length, as in MongoDB

@@ -69,13 +69,33 @@ def test_version_upgrade_is_a_replicated_command() -> None:
     reg.register_command("noop", 2, lambda ctx, args: [])
     e = Engine(reg)
     assert e.apply(C.call("noop", 1), 1).result["error"] == "unknown_command"
-    e.apply(C.register("command", "noop", 1), 2)
-    assert e.apply(C.call("noop", 2), 3).result["error"] == "unknown_command"
-    # v1 is in force but this process has only v2: applying would diverge.
-    with pytest.raises(docstore.RegistryError):
-        e.apply(C.call("noop", 1), 4)
-    e.apply(C.register("command", "noop", 2), 5)
-    assert e.apply(C.call("noop", 2), 6).result["ok"]
+    # This process holds no code for v1: registering it is refused, nothing changes.
+    before = e.digest()
+    assert e.apply(C.register("command", "noop", 1), 2).result["error"] == "unknown_command"
+    assert e.digest() == before
+    assert e.apply(C.call("noop", 2), 3).result["error"] == "unknown_command"  # not in force
+    assert e.apply(C.register("command", "noop", 2), 4).result["ok"]
+    assert e.apply(C.call("noop", 2), 5).result["ok"]
+
+
+def test_extension_in_force_without_its_code_is_an_error_result() -> None:
+    # A state recorded by a process that had the code (or by an older version
+    # that let any client register anything), applied where the code is gone:
+    # the command is answered, the node keeps running.
+    reg = docstore.Registry()
+    reg.register_command("noop", 1, lambda ctx, args: [])
+    reg.register_type(ex.Accounts())
+    e = Engine(reg)
+    assert e.apply(C.register("command", "noop", 1), 1).result["ok"]
+    assert e.apply(C.register("type", "accounts", 1), 2).result["ok"]
+    e.registry = docstore.Registry()
+    before = e.digest()
+    for rev, cmd in enumerate(
+        [C.call("noop", 1), C.create_collection("acc", type="accounts")], start=3
+    ):
+        r = e.apply(cmd, rev).result
+        assert r["ok"] is False and r["error"] in ("registry", "unknown_command"), r
+    assert e.digest() == before
 
 
 async def test_registry_is_recorded_in_snapshots(tmp_path: Path) -> None:

@@ -1,0 +1,281 @@
+"""The one validator of commands and queries, run before proposing and again at apply.
+
+Theory of operation.  A command from outside is untrusted data: a map of any
+CBOR values.  :func:`validate_command` checks everything that does not depend
+on the state — every field's presence and type, key types (text only, also
+inside filters, patches and documents), the path grammar, integer ranges,
+sizes, nesting, the extension code this node holds — and raises the
+:class:`~docstore.engine.errors.DocstoreError` that apply would return,
+its message starting with the field it is about (``commands[2].filter: ...``).
+
+Two callers, one function:
+
+* the cluster server, before it proposes, so that a bad command never
+  reaches the log (answered ``bad_request``);
+* :meth:`Engine.apply`, before it executes, because a replica cannot trust
+  its log (an entry written by an older version, or proposed by another
+  program): there the error becomes an error result, identical on every
+  replica, and the state is unchanged.
+
+What needs the state (a document's revision, the extension version in force,
+a unique index) is checked by the engine while it executes; those checks are
+answers (``conflict``, ``unique_violation``, ...), not validation.
+
+:data:`COMMAND_FIELDS` and :data:`QUERY_FIELDS` are the grammar, one line an
+op; docs/docstore.md ("Command reference") and docs/protocol.md ("Validation")
+describe the same rules in prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from docstore.engine.errors import (
+    DocstoreError,
+    InvalidCommandError,
+    LimitError,
+    UnknownCommandError,
+)
+from docstore.engine.filters import compile_filter
+from docstore.engine.patch import check_patch
+from docstore.engine.registry import Registry
+from docstore.engine.values import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_document,
+    check_key,
+    check_name,
+    check_value,
+    normalize_sort,
+    show,
+    split_path,
+)
+
+__all__ = [
+    "COMMAND_FIELDS",
+    "CONSISTENCY",
+    "MAX_REVISION",
+    "QUERY_FIELDS",
+    "check_revision",
+    "validate_command",
+    "validate_query",
+]
+
+MAX_REVISION = 2**63 - 1
+"""Revisions, timestamps and versions: what a log index or term can be."""
+
+CONSISTENCY = ("linearizable", "lease", "local")
+
+_CONDITIONS = ("if_rev", "if_exists", "if_match")
+
+#: op -> (required fields, optional fields).  Unknown fields are refused.
+COMMAND_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "put": (("coll", "key", "doc"), _CONDITIONS),
+    "insert": (("coll", "doc"), ()),
+    "patch": (("coll", "key", "ops"), ("upsert", *_CONDITIONS)),
+    "delete": (("coll", "key"), _CONDITIONS),
+    "update_many": (("coll", "ops"), ("filter",)),
+    "delete_many": (("coll",), ("filter",)),
+    "batch": (("commands",), ()),
+    "create_collection": (("coll",), ("type", "if_not_exists")),
+    "drop_collection": (("coll",), ()),
+    "create_index": (("coll", "fields"), ("unique", "name")),
+    "drop_index": (("coll", "name"), ()),
+    "expire": ((), ("now_ms", "coll")),
+    "register": (("kind", "name", "version"), ()),
+    "call": (("name", "version"), ("args",)),
+}
+
+_QUERY_COMMON = ("now_ms", "consistency")
+QUERY_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "get": (("coll", "key"), _QUERY_COMMON),
+    "get_multi": (("coll", "keys"), _QUERY_COMMON),
+    "find": (("coll",), ("filter", "sort", "limit", *_QUERY_COMMON)),
+    "count": (("coll",), ("filter", *_QUERY_COMMON)),
+    "scan": (("coll",), ("prefix", "start", "end", "limit", *_QUERY_COMMON)),
+    "collections": ((), _QUERY_COMMON),
+    "digest": ((), _QUERY_COMMON),
+    "sessions": ((), _QUERY_COMMON),
+}
+
+MAX_INDEX_FIELDS = 8
+MAX_GET_MULTI = 10_000
+
+
+def _field(where: str, check: Callable[[], object]) -> None:
+    """Run ``check``; prefix the message of the error it raises with ``where``."""
+    try:
+        check()
+    except DocstoreError as exc:
+        raise type(exc)(f"{where}: {exc.message}", rev=exc.rev) from None
+    except RecursionError:
+        raise LimitError(f"{where}: nested too deeply") from None
+
+
+def _shape(
+    m: object, what: str, grammar: dict[str, tuple[tuple[str, ...], tuple[str, ...]]], where: str
+) -> tuple[str, dict[str, Any]]:
+    if not isinstance(m, dict):
+        raise InvalidCommandError(f"{where or what}: a {what} is an object, got {type(m).__name__}")
+    op = m.get("op")
+    if type(op) is not str or op not in grammar:
+        kind = UnknownCommandError if what == "command" else InvalidCommandError
+        raise kind(f"{where}op: unknown {what} op {show(op)}")
+    required, optional = grammar[op]
+    for name in m:
+        if type(name) is not str:
+            raise InvalidCommandError(f"{where}{op}: field names are strings, got {show(name)}")
+    extra = set(m) - {"op", *required, *optional}
+    if extra:
+        raise InvalidCommandError(f"{where}{op}: unknown fields {sorted(extra)}")
+    for name in required:
+        if name not in m:
+            raise InvalidCommandError(f"{where}{op}: {name} is required")
+    return op, m
+
+
+def check_revision(v: object, what: str, *, low: int = 0) -> int:
+    """An integer in ``low .. 2**63-1`` (never a bool)."""
+    if type(v) is not int or not low <= v <= MAX_REVISION:
+        raise InvalidCommandError(f"{what} is an integer in {low} .. 2**63-1, got {show(v)}")
+    return v
+
+
+def _bool(v: object, what: str) -> None:
+    if type(v) is not bool:
+        raise InvalidCommandError(f"{what} is true or false, got {show(v)}")
+
+
+def validate_command(
+    cmd: object,
+    limits: Limits = DEFAULT_LIMITS,
+    registry: Registry | None = None,
+    *,
+    sizes: bool = True,
+    where: str = "",
+) -> None:
+    """Raise the error apply would give ``cmd`` for what needs no state.
+
+    ``registry``: the extension code this node holds; ``register`` and ``call``
+    of code it lacks are refused (None skips that check, as a remote client
+    must).  ``sizes=False`` leaves the document size to the write path, which
+    measures the stored form.  ``where`` prefixes messages (batch items).
+
+    Example:
+        >>> validate_command({"op": "delete", "coll": "c", "key": 1})
+        Traceback (most recent call last):
+        ...
+        docstore.engine.errors.InvalidCommandError: key: document keys are strings, got int
+    """
+    op, c = _shape(cmd, "command", COMMAND_FIELDS, where)
+    w = where
+
+    if "coll" in c:
+        _field(f"{w}coll", lambda: check_name(c["coll"], "collection", limits))
+    if "key" in c:
+        _field(f"{w}key", lambda: check_key(c["key"], limits))
+    if "doc" in c:
+        _field(f"{w}doc", lambda: check_document(c["doc"], limits, size=sizes))
+    if "ops" in c:
+        _field(f"{w}ops", lambda: check_patch(c["ops"]))
+    if "filter" in c:
+        _field(f"{w}filter", lambda: compile_filter(c["filter"]))
+    if "if_rev" in c and c["if_rev"] is not None:
+        _field(f"{w}if_rev", lambda: check_revision(c["if_rev"], "if_rev"))
+    if "if_exists" in c and c["if_exists"] is not None:
+        _field(f"{w}if_exists", lambda: _bool(c["if_exists"], "if_exists"))
+    if "if_match" in c:
+        _field(f"{w}if_match", lambda: compile_filter(c["if_match"]))
+    for flag in ("upsert", "if_not_exists", "unique"):
+        if flag in c:
+            _field(f"{w}{flag}", lambda flag=flag: _bool(c[flag], flag))  # type: ignore[misc]
+
+    if op == "batch":
+        subs = c["commands"]
+        if where:
+            raise InvalidCommandError(f"{w}batch: a batch cannot contain a batch")
+        if not isinstance(subs, list):
+            raise InvalidCommandError("commands: a batch's commands are a list")
+        if len(subs) > limits.max_batch:
+            raise LimitError(f"commands: {len(subs)} commands, the limit is {limits.max_batch}")
+        for i, sub in enumerate(subs):
+            validate_command(sub, limits, registry, sizes=sizes, where=f"commands[{i}].")
+    elif op == "create_collection":
+        tname = c.get("type")
+        if tname is not None:
+            _field(f"{w}type", lambda: check_name(tname, "collection type", limits))
+            if registry is not None and not registry.has_type(tname):
+                raise UnknownCommandError(f"{w}type: this node has no code for type {show(tname)}")
+    elif op == "create_index":
+        _field(f"{w}fields", lambda: _index_fields(c["fields"]))
+        if c.get("name") is not None:
+            _field(f"{w}name", lambda: check_name(c["name"], "index", limits))
+        else:
+            fields = c["fields"]
+            default = fields if isinstance(fields, str) else "+".join(fields)
+            _field(f"{w}fields", lambda: check_name(default, "index", limits))
+    elif op == "drop_index":
+        _field(f"{w}name", lambda: check_name(c["name"], "index", limits))
+    elif op == "expire" and "now_ms" in c:
+        _field(f"{w}now_ms", lambda: check_revision(c["now_ms"], "now_ms"))
+    elif op == "register":
+        kind = c["kind"]
+        if kind not in ("type", "command"):
+            raise InvalidCommandError(f"{w}kind: 'type' or 'command', got {show(kind)}")
+        _field(f"{w}name", lambda: check_name(c["name"], str(kind), limits))
+        _field(f"{w}version", lambda: check_revision(c["version"], "version", low=1))
+        if registry is not None and not registry.has(str(kind), c["name"], c["version"]):
+            raise UnknownCommandError(
+                f"{w}name: this node has no code for {kind} {show(c['name'])} "
+                f"version {c['version']}"
+            )
+    elif op == "call":
+        _field(f"{w}name", lambda: check_name(c["name"], "command", limits))
+        _field(f"{w}version", lambda: check_revision(c["version"], "version", low=1))
+        _field(f"{w}args", lambda: check_value(c.get("args"), limits))
+        if registry is not None and not registry.has("command", c["name"], c["version"]):
+            raise UnknownCommandError(
+                f"{w}name: this node has no code for command {show(c['name'])} "
+                f"version {c['version']}"
+            )
+
+
+def _index_fields(fields: object) -> None:
+    items = [fields] if isinstance(fields, str) else fields
+    if not isinstance(items, list) or not items or len(items) > MAX_INDEX_FIELDS:
+        raise InvalidCommandError(f"a list of 1 to {MAX_INDEX_FIELDS} field paths")
+    for f in items:
+        split_path(f)
+    if len(set(items)) != len(items):
+        raise InvalidCommandError("index fields repeat")
+
+
+def validate_query(q: object, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise the error a read of ``q`` would give, for what needs no state."""
+    _, m = _shape(q, "query", QUERY_FIELDS, "")
+    if "coll" in m:
+        _field("coll", lambda: check_name(m["coll"], "collection", limits))
+    if "key" in m:
+        _field("key", lambda: check_key(m["key"], limits))
+    if "keys" in m:
+        keys = m["keys"]
+        if not isinstance(keys, list) or len(keys) > MAX_GET_MULTI:
+            raise InvalidCommandError(f"keys: a list of at most {MAX_GET_MULTI} keys")
+        for i, k in enumerate(keys):
+            _field(f"keys[{i}]", lambda k=k: check_key(k, limits))  # type: ignore[misc]
+    if "filter" in m:
+        _field("filter", lambda: compile_filter(m["filter"]))
+    if "sort" in m:
+        _field("sort", lambda: normalize_sort(m["sort"]))
+    if m.get("limit") is not None:
+        _field("limit", lambda: check_revision(m["limit"], "limit"))
+    for name in ("prefix", "start", "end"):
+        v = m.get(name)
+        if v is not None and not isinstance(v, str):
+            raise InvalidCommandError(f"{name}: a string, got {show(v)}")
+    if "now_ms" in m:
+        _field("now_ms", lambda: check_revision(m["now_ms"], "now_ms"))
+    if "consistency" in m and m["consistency"] not in CONSISTENCY:
+        got = show(m["consistency"])
+        raise InvalidCommandError(f"consistency: one of {CONSISTENCY}, got {got}")

@@ -42,6 +42,7 @@ from docstore.engine.errors import (
     DocstoreError,
     ResyncRequired,
     error_from_result,
+    is_error,
     raise_for_result,
 )
 from docstore.server import DEFAULT_CLIENT
@@ -83,6 +84,9 @@ class UnavailableError(ClusterError):
 
 
 def _response_error(resp: ClientResponse) -> DocstoreError:
+    if resp.error_code == "bad_request" and is_error(resp.result):
+        # Refused by the server's validation; the result names the precise error.
+        return error_from_result(resp.result)  # type: ignore[arg-type]
     if resp.error_code in ("conflict", "not_found", "invalid", "resync_required", "closed"):
         return error_from_result(
             {"ok": False, "error": resp.error_code, "message": resp.error_message}

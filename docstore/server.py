@@ -39,6 +39,7 @@ from typing import Any
 import trio
 
 from docstore.engine.errors import DocstoreError, ResyncRequired
+from docstore.engine.validate import validate_command, validate_query
 from docstore.state_machine import DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
 from trioraft.runtime import Node, NodeConfig, NotLeaderError, serve_node
@@ -264,16 +265,22 @@ class DocstoreService:
             )
 
         try:
-            if not isinstance(req.payload, dict):
-                raise ValueError("command payload is a command map")
+            cmd = self._check_command(req.payload)
             node.propose_nowait(
-                encode_command(req.payload),
+                encode_command(cmd),
                 done,
                 client_id=self._session(conn.client_id, req),
                 sequence=req.sequence,
             )
         except Exception as exc:  # refused before it was appended: answer now
             conn.send([error_response(rid, exc)])
+
+    def _check_command(self, payload: object) -> dict[str, Any]:
+        """Refuse (``bad_request``) what apply would refuse anyway, before the log sees it."""
+        try:
+            return validate_command(payload, self.sm.limits, self.sm.engine.registry)
+        except DocstoreError as exc:
+            raise RequestRefused(exc) from None
 
     @staticmethod
     def _session(principal: str, req: ClientRequest) -> str:
@@ -292,14 +299,17 @@ class DocstoreService:
         assert node is not None
         p = req.payload if isinstance(req.payload, dict) else {}
         if req.kind == "command":
-            if not isinstance(req.payload, dict):
-                raise ValueError("command payload is a command map")
+            cmd = self._check_command(req.payload)
             return await node.propose(
-                encode_command(req.payload),
+                encode_command(cmd),
                 client_id=self._session(principal, req),
                 sequence=req.sequence,
             )
         if req.kind == "query":
+            try:
+                validate_query(req.payload, self.sm.limits)
+            except DocstoreError as exc:
+                raise RequestRefused(exc) from None
             return await node.read(req.payload, consistency=req.consistency)
         if req.kind == "status":
             st = node.statistics()
@@ -416,8 +426,25 @@ def _not_leader(node: Node) -> NotLeaderError:
     return NotLeaderError(s.leader_id, s.leader_address)
 
 
+class RequestRefused(DocstoreError):
+    """A command or query that validation refused before it reached the log.
+
+    Answered ``bad_request`` (the message starts with the field at fault); the
+    response's ``result`` is the engine's error result, whose ``error`` is the
+    precise code (``invalid``, ``limit``, ``unknown_command``, ...).
+    """
+
+    code = "bad_request"
+
+    def __init__(self, exc: DocstoreError) -> None:
+        super().__init__(exc.message, rev=exc.rev)
+        self.result = exc.to_result()
+
+
 def error_response(rid: int, exc: BaseException) -> ClientResponse:
     """The ClientResponse for a failure (``not_leader`` carries where to go)."""
+    if isinstance(exc, RequestRefused):
+        return ClientResponse(rid, False, exc.result, exc.code, exc.message)
     if isinstance(exc, ResyncRequired):
         return ClientResponse(rid, False, None, "resync_required", exc.message)
     if isinstance(exc, DocstoreError):

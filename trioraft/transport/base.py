@@ -137,13 +137,37 @@ class ClientConnection(Protocol):
         """
         ...
 
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone (responses are then discarded)."""
+        ...
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of responses queued and not yet written to the client."""
+        ...
+
     def send(self, responses: Sequence[ClientResponse]) -> None:
         """Queue responses; never blocks.
 
         The connection's sender coalesces everything queued into one frame.
-        If the client does not read and the bounded queue overflows, the
-        connection is closed instead of buffering without limit.  Responses
-        sent after the connection closed are discarded.
+        The queue is bounded in responses and in bytes (encoded size): if the
+        client does not read and either bound is exceeded, the connection is
+        closed instead of buffering without limit.  Responses sent after the
+        connection closed are discarded.
+        """
+        ...
+
+    async def wait_writable(self) -> None:
+        """Wait until the queue has drained to its low-water mark.
+
+        A producer of a stream (many responses to one request) awaits this
+        before each response, so a client that reads slowly holds the stream
+        back instead of making the node buffer it.
+
+        Raises:
+            trio.BrokenResourceError: the connection closed, before or while
+                waiting.
         """
         ...
 

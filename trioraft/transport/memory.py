@@ -20,6 +20,13 @@ Faults (attributes and methods of the network, changeable at any time):
   ``unblock``, ``heal()``: links that drop everything.  A link is checked
   when a message is sent and again when it is delivered.
 
+Client connections are in memory too: :class:`MemoryClientConnection` is a
+:class:`~trioraft.transport.base.ClientConnection` whose other end the test
+holds (``request``, ``responses``, ``hang_up``).  Its response queue is the
+WebSocket transport's (bounded in responses and bytes, encoded with the real
+codec); a response counts as written when the client end takes it, so a test
+that does not read is a client that does not read, with no timing involved.
+
 As with TCP, a message sent before a node restarted is never delivered to
 the new incarnation.  Randomness comes from ``seed``, and the clock from
 Trio, so runs under ``trio.testing.MockClock(autojump_threshold=0)`` are
@@ -46,8 +53,9 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import random
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -56,11 +64,27 @@ import trio
 
 from trioraft.core.types import NodeId
 from trioraft.transport._ws import open_service_nursery
-from trioraft.transport.base import OnMessages, PeerStatistics, TransportStatistics
-from trioraft.transport.codec import DEFAULT_MAX_FRAME, decode_frame, encode_frame
-from trioraft.transport.messages import AnyMessage
+from trioraft.transport.base import (
+    ClientHandler,
+    OnMessages,
+    PeerStatistics,
+    TransportStatistics,
+)
+from trioraft.transport.client_queue import (
+    DEFAULT_CLIENT_QUEUE_BYTES,
+    DEFAULT_CLIENT_QUEUE_SIZE,
+    ResponseQueue,
+)
+from trioraft.transport.codec import (
+    DEFAULT_MAX_FRAME,
+    FRAME_OVERHEAD,
+    assemble_frame,
+    decode_frame,
+    encode_frame,
+)
+from trioraft.transport.messages import AnyMessage, ClientRequest, ClientResponse
 
-__all__ = ["MemoryNetwork", "MemoryTransport", "NetworkStatistics"]
+__all__ = ["MemoryClientConnection", "MemoryNetwork", "MemoryTransport", "NetworkStatistics"]
 
 log = logging.getLogger("trioraft.transport.memory")
 
@@ -458,3 +482,156 @@ class MemoryNetwork:
             target._frames_in += 1
             target._counter(src).received += len(messages)
             target._on_messages(src, messages)
+
+
+class MemoryClientConnection:
+    """Both ends of one client connection, in memory (tests).
+
+    The server side is a :class:`~trioraft.transport.base.ClientConnection`
+    (``receive``, ``send``, ``wait_writable``, ...); run a handler on it with
+    :meth:`serve`.  The client side is :meth:`request` (send a frame of
+    requests), :meth:`responses` (read the next frame of responses) and
+    :meth:`hang_up`.  Frames go through the real codec both ways.
+
+    Example::
+
+        conn = MemoryClientConnection("app")
+        nursery.start_soon(conn.serve, service.handle)
+        conn.request(ClientRequest(1, "status"))
+        [answer] = await conn.responses()
+    """
+
+    def __init__(
+        self,
+        client_id: str = "client",
+        *,
+        queue_size: int = DEFAULT_CLIENT_QUEUE_SIZE,
+        queue_bytes: int = DEFAULT_CLIENT_QUEUE_BYTES,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        remote: str = "memory",
+    ) -> None:
+        self._client_id = client_id
+        self._remote = remote
+        self.max_frame = max_frame
+        self._queue = ResponseQueue(
+            max_messages=queue_size,
+            max_bytes=queue_bytes,
+            budget=max_frame - FRAME_OVERHEAD,
+            log=log,
+            owner=self,
+        )
+        self._requests_in, self._requests_out = trio.open_memory_channel[list[ClientRequest]](
+            math.inf
+        )
+        self._scope = trio.CancelScope()
+        self._closed = False
+        self._dropped = False  # closed by the server: what was queued is lost
+
+    def __repr__(self) -> str:
+        return f"<memory client connection {self._client_id!r}>"
+
+    # ------------------------------------------------------------------ server side
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def remote(self) -> str:
+        return self._remote
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.queued_bytes
+
+    @property
+    def low_water(self) -> int:
+        """Where :meth:`wait_writable` returns (bytes queued)."""
+        return self._queue.low_water
+
+    async def receive(self) -> list[ClientRequest]:
+        if self._closed:
+            raise trio.EndOfChannel
+        return await self._requests_out.receive()
+
+    def send(self, responses: Sequence[ClientResponse]) -> None:
+        if self._closed:
+            return
+        for response in responses:
+            if not self._queue.put(response):
+                log.warning("%r does not read its responses; closing the connection", self)
+                self.close()
+                return
+
+    async def wait_writable(self) -> None:
+        await self._queue.wait_writable()
+
+    def close(self) -> None:
+        """The server closes the connection: the handler is cancelled, queued responses lost."""
+        self._closed = self._dropped = True
+        self._queue.close()
+        self._scope.cancel()
+        self._requests_in.close()
+
+    async def serve(self, handler: ClientHandler) -> None:
+        """Run ``handler`` on this connection as a transport would; returns when it does.
+
+        The client then reads what the handler queued, and the end.
+        """
+        try:
+            with self._scope:
+                await handler(self)
+        except trio.EndOfChannel:
+            pass  # from receive(): the client hung up
+        finally:
+            self._queue.finish()
+            self._closed = True
+            self._requests_in.close()
+
+    # ------------------------------------------------------------------ client side
+
+    def request(self, *requests: ClientRequest) -> None:
+        """Send one frame of requests (encoded and decoded by the codec)."""
+        frame = encode_frame(list(requests))
+        decoded = decode_frame(frame, max_size=self.max_frame)
+        try:
+            self._requests_in.send_nowait([m for m in decoded if isinstance(m, ClientRequest)])
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise trio.BrokenResourceError("the connection is closed") from None
+
+    async def responses(self) -> list[ClientResponse]:
+        """The next frame of responses: what is queued, up to a frame; waits for one.
+
+        Raises:
+            trio.EndOfChannel: the connection ended and nothing is left to
+                read (or the server closed it: what was queued is lost).
+        """
+        q = self._queue
+        if self._dropped:
+            raise trio.EndOfChannel
+        batch = [await q.channel.receive()]
+        size = len(batch[0])
+        while size < q.budget:
+            try:
+                data = q.channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            batch.append(data)
+            size += len(data)
+        if self._dropped:
+            raise trio.EndOfChannel
+        q.written(len(batch))
+        out: list[ClientResponse] = []
+        for data in batch:
+            [m] = decode_frame(assemble_frame([data]), max_size=self.max_frame)
+            assert isinstance(m, ClientResponse)
+            out.append(m)
+        return out
+
+    def hang_up(self) -> None:
+        """The client closes its end: the handler's ``receive`` ends after queued requests."""
+        self._requests_in.close()

@@ -33,8 +33,9 @@ closed in ``finally`` (see :mod:`trioraft.transport._ws`).
 
 **Clients** get a :class:`~trioraft.transport.base.ClientConnection` handed
 to ``client_handler``; responses are coalesced the same way by a sender
-task, and a client that stops reading is disconnected once its bounded
-response queue overflows.
+task from a :class:`~trioraft.transport.client_queue.ResponseQueue`, bounded
+in responses and in bytes: a client that stops reading is disconnected once
+either bound is exceeded, and streams wait for it with ``wait_writable``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ from trioraft.transport.base import (
     PeerStatistics,
     TokenLookup,
     TransportStatistics,
+)
+from trioraft.transport.client_queue import (
+    DEFAULT_CLIENT_QUEUE_BYTES,
+    DEFAULT_CLIENT_QUEUE_SIZE,
+    ResponseQueue,
 )
 from trioraft.transport.codec import (
     DEFAULT_MAX_FRAME,
@@ -183,14 +189,16 @@ class _Peer:
 class _ServerClientConnection:
     """:class:`~trioraft.transport.base.ClientConnection` over a WebSocket."""
 
-    def __init__(
-        self, transport: WebSocketTransport, sock: FrameSocket, client_id: str, queue_size: int
-    ) -> None:
+    def __init__(self, transport: WebSocketTransport, sock: FrameSocket, client_id: str) -> None:
         self._transport = transport
         self._sock = sock
         self._client_id = client_id
-        self._send_channel, self._receive_channel = trio.open_memory_channel[ClientResponse](
-            queue_size
+        self._queue = ResponseQueue(
+            max_messages=transport._client_queue_size,
+            max_bytes=transport._client_queue_bytes,
+            budget=transport._budget,
+            log=transport.log,
+            owner=self,
         )
         self._carry: list[bytes] = []
         self._scope = trio.CancelScope()
@@ -207,6 +215,10 @@ class _ServerClientConnection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.queued_bytes
 
     def __repr__(self) -> str:
         return f"<client connection {self._client_id!r} from {self.remote}>"
@@ -240,53 +252,36 @@ class _ServerClientConnection:
         if self._closed:
             return
         for response in responses:
-            try:
-                self._send_channel.send_nowait(response)
-            except trio.WouldBlock:
+            if not self._queue.put(response):
+                q = self._queue
                 self._transport.log.warning(
-                    "%r does not read its responses; closing the connection", self
+                    "%r does not read its responses (%d queued, %d bytes); closing the connection",
+                    self,
+                    q.channel.statistics().current_buffer_used,
+                    q.queued_bytes,
                 )
                 self.close()
                 return
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
+
+    async def wait_writable(self) -> None:
+        await self._queue.wait_writable()
 
     def close(self) -> None:
         """Close the connection now (the handler is cancelled)."""
         self._closed = True
+        self._queue.close()
         self._scope.cancel()
-
-    def _encode(self, response: ClientResponse) -> bytes | None:
-        t = self._transport
-        try:
-            data = encode_message(response)
-        except (TypeError, ProtocolError) as exc:
-            t.log.error("%r: cannot encode the response to %d: %s", self, response.request_id, exc)
-            return encode_message(
-                ClientResponse(response.request_id, False, None, "internal", str(exc)[:1000])
-            )
-        if len(data) > t._budget:
-            t.log.warning("%r: response %d too large for a frame", self, response.request_id)
-            return encode_message(
-                ClientResponse(
-                    response.request_id,
-                    False,
-                    None,
-                    "too_large",
-                    f"the response of {len(data)} bytes exceeds the frame limit",
-                )
-            )
-        return data
 
     def _sent(self, count: int) -> None:
         self._transport._client_frames_out += 1
+        self._queue.written(count)
 
     async def _sender(self) -> None:
         try:
             await send_batches(
                 self._sock,
-                self._receive_channel,
-                self._encode,
+                self._queue.channel,
+                _encoded,
                 self._carry,
                 self._transport._budget,
                 self._transport._send_timeout,
@@ -320,6 +315,7 @@ class WebSocketTransport:
         max_frame: int,
         queue_size: int,
         client_queue_size: int,
+        client_queue_bytes: int,
         connect_timeout: float,
         handshake_timeout: float,
         send_timeout: float,
@@ -339,6 +335,7 @@ class WebSocketTransport:
         self._client_ssl = client_ssl_context
         self._queue_size = queue_size
         self._client_queue_size = client_queue_size
+        self._client_queue_bytes = client_queue_bytes
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._send_timeout = send_timeout
@@ -675,7 +672,7 @@ class WebSocketTransport:
 
     async def _serve_client(self, sock: FrameSocket, client_id: str) -> None:
         assert self._client_handler is not None
-        conn = _ServerClientConnection(self, sock, client_id, self._client_queue_size)
+        conn = _ServerClientConnection(self, sock, client_id)
         self._clients += 1
         self.log.debug("client %r connected from %s", client_id, sock.remote)
         try:
@@ -690,10 +687,15 @@ class WebSocketTransport:
                         self.log.exception("the client handler failed on %r", conn)
                     finally:
                         # Let the sender flush what the handler queued, then stop.
-                        conn._send_channel.close()
+                        conn._queue.finish()
         finally:
             conn._closed = True
+            conn._queue.close()
             self._clients -= 1
+
+
+def _encoded(data: bytes) -> bytes:
+    return data  # responses are encoded when queued (ResponseQueue.put)
 
 
 def _exceptions(group: BaseExceptionGroup[BaseException], kind: type[E]) -> list[E]:
@@ -754,7 +756,8 @@ async def open_websocket_transport(
     client_ssl_context: ssl.SSLContext | None = None,
     max_frame: int = DEFAULT_MAX_FRAME,
     queue_size: int = 1024,
-    client_queue_size: int = 4096,
+    client_queue_size: int = DEFAULT_CLIENT_QUEUE_SIZE,
+    client_queue_bytes: int = DEFAULT_CLIENT_QUEUE_BYTES,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     send_timeout: float = DEFAULT_SEND_TIMEOUT,
@@ -784,6 +787,9 @@ async def open_websocket_transport(
         max_frame: the largest frame sent or accepted, in bytes.
         queue_size: messages queued per peer before :meth:`send` drops.
         client_queue_size: responses queued per client before it is dropped.
+        client_queue_bytes: bytes of encoded responses queued per client
+            before it is dropped (at least ``max_frame``); streams wait at an
+            eighth of it (:meth:`ClientConnection.wait_writable`).
         connect_timeout: TCP/TLS connect plus WebSocket upgrade, per attempt.
         handshake_timeout: the whole handshake of an inbound connection.
         send_timeout: a frame that cannot be written in this time closes the
@@ -814,6 +820,8 @@ async def open_websocket_transport(
         raise ValueError("keepalive must be positive")
     if queue_size < 1 or client_queue_size < 1:
         raise ValueError("queue sizes must be positive")
+    if client_queue_bytes < max_frame:
+        raise ValueError(f"client_queue_bytes must be at least max_frame ({max_frame})")
     if not 0 < backoff[0] <= backoff[1] or not math.isfinite(backoff[1]):
         raise ValueError(f"backoff must be (first, maximum) with 0 < first <= maximum: {backoff}")
     if client_ssl_context is None and ssl_context is not None:
@@ -841,6 +849,7 @@ async def open_websocket_transport(
             max_frame=max_frame,
             queue_size=queue_size,
             client_queue_size=client_queue_size,
+            client_queue_bytes=client_queue_bytes,
             connect_timeout=connect_timeout,
             handshake_timeout=handshake_timeout,
             send_timeout=send_timeout,

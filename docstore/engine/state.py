@@ -36,7 +36,7 @@ from docstore.engine.errors import (
     ValidationError,
 )
 from docstore.engine.filters import compile_filter, equality_constraints
-from docstore.engine.patch import apply_patch, check_patch
+from docstore.engine.patch import apply_patch
 from docstore.engine.registry import CollectionType, Registry
 from docstore.engine.validate import validate_command
 from docstore.engine.values import (
@@ -543,14 +543,14 @@ class Engine:
     def _put(self, cmd: dict[str, Any]) -> dict[str, Any]:
         c = self._coll(cmd.get("coll"))
         key = check_key(cmd.get("key"), self.limits)
-        doc = check_document(cmd.get("doc"), self.limits, size=False)  # _write checks size
+        doc = cmd["doc"]  # validated; _write checks the stored size
         self._check_conditions(c, key, cmd)
         self._write(c, key, self._stored(c, key, doc))
         return {"key": key}
 
     def _insert(self, cmd: dict[str, Any]) -> dict[str, Any]:
         c = self._coll(cmd.get("coll"))
-        doc = check_document(cmd.get("doc"), self.limits, size=False)
+        doc = cmd["doc"]
         key = f"{self._rev:016x}-{self._inserted:04x}"
         self._inserted += 1
         self._write(c, key, self._stored(c, key, doc))
@@ -562,7 +562,7 @@ class Engine:
             raise InvalidCommandError("upsert is true or false")
         c = self._coll(cmd.get("coll"), create=upsert)
         key = check_key(cmd.get("key"), self.limits)
-        ops = check_patch(cmd.get("ops"))
+        ops = cmd["ops"]
         self._check_conditions(c, key, cmd)
         cur = self._live(c, key)
         if cur is None and not upsert:
@@ -582,7 +582,7 @@ class Engine:
 
     def _update_many(self, cmd: dict[str, Any]) -> dict[str, Any]:
         c = self._coll(cmd.get("coll"), create=False)
-        ops = check_patch(cmd.get("ops"))
+        ops = cmd["ops"]
         docs = self.find(c.name, cmd.get("filter"), now_ms=self._now)
         for d in docs:
             new = apply_patch(d, ops)

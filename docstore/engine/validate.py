@@ -113,8 +113,22 @@ def _field(where: str, check: Callable[[], object]) -> None:
         raise LimitError(f"{where}: nested too deeply") from None
 
 
+def _allowed(
+    grammar: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+) -> dict[str, frozenset[str]]:
+    return {op: frozenset({"op", *req, *opt}) for op, (req, opt) in grammar.items()}
+
+
+_COMMAND_ALLOWED = _allowed(COMMAND_FIELDS)
+_QUERY_ALLOWED = _allowed(QUERY_FIELDS)
+
+
 def _shape(
-    m: object, what: str, grammar: dict[str, tuple[tuple[str, ...], tuple[str, ...]]], where: str
+    m: object,
+    what: str,
+    grammar: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+    allowed: dict[str, frozenset[str]],
+    where: str,
 ) -> tuple[str, dict[str, Any]]:
     if not isinstance(m, dict):
         raise InvalidCommandError(f"{where or what}: a {what} is an object, got {type(m).__name__}")
@@ -122,14 +136,12 @@ def _shape(
     if type(op) is not str or op not in grammar:
         kind = UnknownCommandError if what == "command" else InvalidCommandError
         raise kind(f"{where}op: unknown {what} op {show(op)}")
-    required, optional = grammar[op]
-    for name in m:
-        if type(name) is not str:
-            raise InvalidCommandError(f"{where}{op}: field names are strings, got {show(name)}")
-    extra = set(m) - {"op", *required, *optional}
-    if extra:
-        raise InvalidCommandError(f"{where}{op}: unknown fields {sorted(extra)}")
-    for name in required:
+    if not allowed[op].issuperset(m):
+        for name in m:
+            if type(name) is not str:
+                raise InvalidCommandError(f"{where}{op}: field names are strings, got {show(name)}")
+        raise InvalidCommandError(f"{where}{op}: unknown fields {sorted(set(m) - allowed[op])}")
+    for name in grammar[op][0]:
         if name not in m:
             raise InvalidCommandError(f"{where}{op}: {name} is required")
     return op, m
@@ -154,8 +166,8 @@ def validate_command(
     *,
     sizes: bool = True,
     where: str = "",
-) -> None:
-    """Raise the error apply would give ``cmd`` for what needs no state.
+) -> dict[str, Any]:
+    """``cmd``, checked: raise the error apply would give it for what needs no state.
 
     ``registry``: the extension code this node holds; ``register`` and ``call``
     of code it lacks are refused (None skips that check, as a remote client
@@ -168,22 +180,55 @@ def validate_command(
         ...
         docstore.engine.errors.InvalidCommandError: key: document keys are strings, got int
     """
-    op, c = _shape(cmd, "command", COMMAND_FIELDS, where)
-    w = where
+    op, c = _shape(cmd, "command", COMMAND_FIELDS, _COMMAND_ALLOWED, where)
+    field = "op"  # the field being checked, named in the error
+    try:
+        if "coll" in c:
+            field = "coll"
+            check_name(c["coll"], "collection", limits)
+        if "key" in c:
+            field = "key"
+            check_key(c["key"], limits)
+        if "doc" in c:
+            field = "doc"
+            check_document(c["doc"], limits, size=sizes)
+        if "ops" in c:
+            field = "ops"
+            check_patch(c["ops"])
+        if "filter" in c:
+            field = "filter"
+            compile_filter(c["filter"])
+        if not _FLAGS.isdisjoint(c):
+            field = "op"
+            _conditions_and_flags(c, where)
+    except DocstoreError as exc:
+        if field == "op":  # _conditions_and_flags names its own field
+            raise
+        raise type(exc)(f"{where}{field}: {exc.message}", rev=exc.rev) from None
+    except RecursionError:
+        raise LimitError(f"{where}{field}: nested too deeply") from None
+    if op == "batch":
+        subs = c["commands"]
+        if where:
+            raise InvalidCommandError(f"{where}batch: a batch cannot contain a batch")
+        if not isinstance(subs, list):
+            raise InvalidCommandError("commands: a batch's commands are a list")
+        if len(subs) > limits.max_batch:
+            raise LimitError(f"commands: {len(subs)} commands, the limit is {limits.max_batch}")
+        for i, sub in enumerate(subs):
+            validate_command(sub, limits, registry, sizes=sizes, where=f"commands[{i}].")
+    elif op in _RARE_OPS:
+        _RARE_OPS[op](c, limits, registry, where)
+    return c
 
-    if "coll" in c:
-        _field(f"{w}coll", lambda: check_name(c["coll"], "collection", limits))
-    if "key" in c:
-        _field(f"{w}key", lambda: check_key(c["key"], limits))
-    if "doc" in c:
-        _field(f"{w}doc", lambda: check_document(c["doc"], limits, size=sizes))
-    if "ops" in c:
-        _field(f"{w}ops", lambda: check_patch(c["ops"]))
-    if "filter" in c:
-        _field(f"{w}filter", lambda: compile_filter(c["filter"]))
-    if "if_rev" in c and c["if_rev"] is not None:
+
+_FLAGS = frozenset({*_CONDITIONS, "upsert", "if_not_exists", "unique"})
+
+
+def _conditions_and_flags(c: dict[str, Any], w: str) -> None:
+    if c.get("if_rev") is not None:
         _field(f"{w}if_rev", lambda: check_revision(c["if_rev"], "if_rev"))
-    if "if_exists" in c and c["if_exists"] is not None:
+    if c.get("if_exists") is not None:
         _field(f"{w}if_exists", lambda: _bool(c["if_exists"], "if_exists"))
     if "if_match" in c:
         _field(f"{w}if_match", lambda: compile_filter(c["if_match"]))
@@ -191,54 +236,67 @@ def validate_command(
         if flag in c:
             _field(f"{w}{flag}", lambda flag=flag: _bool(c[flag], flag))  # type: ignore[misc]
 
-    if op == "batch":
-        subs = c["commands"]
-        if where:
-            raise InvalidCommandError(f"{w}batch: a batch cannot contain a batch")
-        if not isinstance(subs, list):
-            raise InvalidCommandError("commands: a batch's commands are a list")
-        if len(subs) > limits.max_batch:
-            raise LimitError(f"commands: {len(subs)} commands, the limit is {limits.max_batch}")
-        for i, sub in enumerate(subs):
-            validate_command(sub, limits, registry, sizes=sizes, where=f"commands[{i}].")
-    elif op == "create_collection":
-        tname = c.get("type")
-        if tname is not None:
-            _field(f"{w}type", lambda: check_name(tname, "collection type", limits))
-            if registry is not None and not registry.has_type(tname):
-                raise UnknownCommandError(f"{w}type: this node has no code for type {show(tname)}")
-    elif op == "create_index":
-        _field(f"{w}fields", lambda: _index_fields(c["fields"]))
-        if c.get("name") is not None:
-            _field(f"{w}name", lambda: check_name(c["name"], "index", limits))
-        else:
-            fields = c["fields"]
-            default = fields if isinstance(fields, str) else "+".join(fields)
-            _field(f"{w}fields", lambda: check_name(default, "index", limits))
-    elif op == "drop_index":
+
+def _create_collection(
+    c: dict[str, Any], limits: Limits, registry: Registry | None, w: str
+) -> None:
+    tname = c.get("type")
+    if tname is not None:
+        _field(f"{w}type", lambda: check_name(tname, "collection type", limits))
+        if registry is not None and not registry.has_type(tname):
+            raise UnknownCommandError(f"{w}type: this node has no code for type {show(tname)}")
+
+
+def _create_index(c: dict[str, Any], limits: Limits, registry: Registry | None, w: str) -> None:
+    _field(f"{w}fields", lambda: _index_fields(c["fields"]))
+    if c.get("name") is not None:
         _field(f"{w}name", lambda: check_name(c["name"], "index", limits))
-    elif op == "expire" and "now_ms" in c:
+    else:
+        fields = c["fields"]
+        default = fields if isinstance(fields, str) else "+".join(fields)
+        _field(f"{w}fields", lambda: check_name(default, "index", limits))
+
+
+def _drop_index(c: dict[str, Any], limits: Limits, registry: Registry | None, w: str) -> None:
+    _field(f"{w}name", lambda: check_name(c["name"], "index", limits))
+
+
+def _expire(c: dict[str, Any], limits: Limits, registry: Registry | None, w: str) -> None:
+    if "now_ms" in c:
         _field(f"{w}now_ms", lambda: check_revision(c["now_ms"], "now_ms"))
-    elif op == "register":
-        kind = c["kind"]
-        if kind not in ("type", "command"):
-            raise InvalidCommandError(f"{w}kind: 'type' or 'command', got {show(kind)}")
-        _field(f"{w}name", lambda: check_name(c["name"], str(kind), limits))
-        _field(f"{w}version", lambda: check_revision(c["version"], "version", low=1))
-        if registry is not None and not registry.has(str(kind), c["name"], c["version"]):
-            raise UnknownCommandError(
-                f"{w}name: this node has no code for {kind} {show(c['name'])} "
-                f"version {c['version']}"
-            )
-    elif op == "call":
-        _field(f"{w}name", lambda: check_name(c["name"], "command", limits))
-        _field(f"{w}version", lambda: check_revision(c["version"], "version", low=1))
-        _field(f"{w}args", lambda: check_value(c.get("args"), limits))
-        if registry is not None and not registry.has("command", c["name"], c["version"]):
-            raise UnknownCommandError(
-                f"{w}name: this node has no code for command {show(c['name'])} "
-                f"version {c['version']}"
-            )
+
+
+def _register(c: dict[str, Any], limits: Limits, registry: Registry | None, w: str) -> None:
+    kind = c["kind"]
+    if kind not in ("type", "command"):
+        raise InvalidCommandError(f"{w}kind: 'type' or 'command', got {show(kind)}")
+    _field(f"{w}name", lambda: check_name(c["name"], str(kind), limits))
+    _field(f"{w}version", lambda: check_revision(c["version"], "version", low=1))
+    if registry is not None and not registry.has(str(kind), c["name"], c["version"]):
+        raise UnknownCommandError(
+            f"{w}name: this node has no code for {kind} {show(c['name'])} version {c['version']}"
+        )
+
+
+def _call(c: dict[str, Any], limits: Limits, registry: Registry | None, w: str) -> None:
+    _field(f"{w}name", lambda: check_name(c["name"], "command", limits))
+    _field(f"{w}version", lambda: check_revision(c["version"], "version", low=1))
+    _field(f"{w}args", lambda: check_value(c.get("args"), limits))
+    if registry is not None and not registry.has("command", c["name"], c["version"]):
+        raise UnknownCommandError(
+            f"{w}name: this node has no code for command {show(c['name'])} "
+            f"version {c['version']}"
+        )
+
+
+_RARE_OPS: dict[str, Callable[[dict[str, Any], Limits, Registry | None, str], None]] = {
+    "create_collection": _create_collection,
+    "create_index": _create_index,
+    "drop_index": _drop_index,
+    "expire": _expire,
+    "register": _register,
+    "call": _call,
+}
 
 
 def _index_fields(fields: object) -> None:
@@ -251,9 +309,9 @@ def _index_fields(fields: object) -> None:
         raise InvalidCommandError("index fields repeat")
 
 
-def validate_query(q: object, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Raise the error a read of ``q`` would give, for what needs no state."""
-    _, m = _shape(q, "query", QUERY_FIELDS, "")
+def validate_query(q: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """``q``, checked: raise the error a read of it would give, for what needs no state."""
+    _, m = _shape(q, "query", QUERY_FIELDS, _QUERY_ALLOWED, "")
     if "coll" in m:
         _field("coll", lambda: check_name(m["coll"], "collection", limits))
     if "key" in m:
@@ -279,3 +337,4 @@ def validate_query(q: object, limits: Limits = DEFAULT_LIMITS) -> None:
     if "consistency" in m and m["consistency"] not in CONSISTENCY:
         got = show(m["consistency"])
         raise InvalidCommandError(f"consistency: one of {CONSISTENCY}, got {got}")
+    return m

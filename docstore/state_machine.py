@@ -256,15 +256,17 @@ class DocstoreStateMachine:
         ``{"op": "get_multi", "coll": c, "keys": [...]}`` reads several keys at once."""
         try:
             q = decode_command(bytes(query)) if isinstance(query, (bytes, bytearray)) else query
-            validate_query(q, self.limits)
-            assert isinstance(q, dict)
-            if q["op"] == "get_multi":
+            op = q.get("op") if isinstance(q, dict) else None
+            if op in ("get_multi", "sessions"):  # the state machine's own queries
+                m = validate_query(q, self.limits)
                 now = _now_ms()
-                value: Any = [clone(self.engine.get(q["coll"], k, now_ms=now)) for k in q["keys"]]
-            elif q["op"] == "sessions":
-                value = len(self._sessions)
+                value: Any = (
+                    [clone(self.engine.get(m["coll"], k, now_ms=now)) for k in m["keys"]]
+                    if op == "get_multi"
+                    else len(self._sessions)
+                )
             else:
-                value = clone(run_query(self.engine, q, _now_ms()))
+                value = clone(run_query(self.engine, q, _now_ms()))  # validates
         except DocstoreError as exc:
             return exc.to_result()
         except RecursionError:

@@ -22,8 +22,7 @@ QUERY_OPS = frozenset({"get", "find", "scan", "count", "collections", "digest"})
 def run_query(engine: Engine, q: object, now_ms: int = 0) -> Any:
     """Answer ``q``; raises :class:`InvalidCommandError` if malformed.  Results are shared
     with the state: copy before mutating."""
-    validate_query(q, engine.limits)
-    assert isinstance(q, dict)
+    q = validate_query(q, engine.limits)
     op = q["op"]
     if op not in QUERY_OPS:
         raise InvalidCommandError(f"op: {op!r} is not a query of the engine")

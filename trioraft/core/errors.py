@@ -30,3 +30,5 @@ class InvariantViolated(RaftError):
     Raised instead of silently corrupting the log (for example when a leader
     asks to overwrite a committed entry).  The node must stop.
     """
+
+    code = "internal"  # the wire code a service answers with (docs/protocol.md)

@@ -107,6 +107,7 @@ from trioraft.core.types import (
     Role,
     SnapshotMeta,
     TimeoutNow,
+    check_node_id,
 )
 
 #: Names accepted in ``RaftConfig.faults``.  Each disables one guard.
@@ -150,8 +151,7 @@ class RaftConfig:
     faults: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if self.node_id <= 0:
-            raise ValueError("node_id must be a positive integer")
+        check_node_id(self.node_id, "node_id")
         if not 0 < self.heartbeat_interval < self.election_timeout_min:
             raise ValueError("need 0 < heartbeat_interval < election_timeout_min")
         if self.election_timeout_max <= self.election_timeout_min:
@@ -893,7 +893,8 @@ class RaftCore:
             m = self.membership
             if m.joint:
                 # C(old,new) is committed: move on to C(new) on our own.
-                self._append_config(Membership.of(m.voters, m.learners, addresses=m.address_map))
+                addr = m.without_bad_addresses().address_map
+                self._append_config(Membership.of(m.voters, m.learners, addresses=addr))
             elif not m.is_voter(self.id):
                 # Our removal is committed: stop leading (dissertation 4.2.2).
                 self._become_follower(self.term, None)
@@ -1112,12 +1113,15 @@ class RaftCore:
         and the leader moves on to C(new) once that commits.  Learner-only
         changes take one entry.  One change at a time, and only after this
         leader has committed an entry of its term.  ``addresses`` adds or
-        changes where members listen; addresses of removed nodes are dropped.
+        changes where members listen; addresses of removed nodes are dropped,
+        and so are addresses an earlier version let into the log that are
+        not ``host:port``.  Raises ValueError for a node id outside
+        1..2**63-1 or a bad address (:meth:`Membership.of`).
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
         new_voters, new_learners = frozenset(voters), frozenset(learners)
-        addr = {**self.membership.address_map, **(addresses or {})}
+        addr = {**self.membership.without_bad_addresses().address_map, **(addresses or {})}
         target = Membership.of(new_voters, new_learners, addresses=addr)  # validates
         if self.commit < self._term_start:
             raise ProposalRejected("leader has not committed an entry of its term yet")

@@ -1,9 +1,17 @@
 """Values shared by the Raft core, storage, transport and runtime.
 
 Every value here is a frozen dataclass with slots: cheap to build, hashable
-where that makes sense, safe to hand across layers.  Node ids are positive
-integers.  Log indexes start at 1; index 0 with term 0 is the empty log's
-sentinel.  Nothing here does I/O.
+where that makes sense, safe to hand across layers.  Node ids are integers
+in 1..2**63-1 (what the wire carries).  Log indexes start at 1; index 0 with
+term 0 is the empty log's sentinel.  Nothing here does I/O.
+
+Two rules live here because every layer applies them and they must agree:
+:func:`check_node_id` and :func:`parse_address` (the one ``host:port``
+rule; the runtime's config and the transport re-export it).  A membership
+the core *builds* (:meth:`Membership.of`) obeys both; one it *reads* (a
+CONFIG entry, a snapshot) may have been written by earlier code that checked
+less, so reading stays lenient and the runtime ignores such an address where
+it would use it (:meth:`Membership.without_bad_addresses`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,54 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 NodeId = int
+
+MAX_NODE_ID = 2**63 - 1  # ids travel as unsigned integers below 2**63
+MAX_ADDRESS = 256  # characters of a "host:port" (the wire's limit)
+
+
+def check_node_id(node: object, what: str = "node id") -> NodeId:
+    """Return ``node`` if it is an int (not a bool) in 1..:data:`MAX_NODE_ID`; else ValueError."""
+    if not isinstance(node, int) or isinstance(node, bool) or not 0 < node <= MAX_NODE_ID:
+        raise ValueError(f"{what} must be an integer in 1..{MAX_NODE_ID}, got {node!r}")
+    return node
+
+
+def parse_address(address: object) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6 literals); ValueError if it is not one.
+
+    The rule: a string of at most :data:`MAX_ADDRESS` characters; a non-empty
+    host without whitespace or control characters; a port of ASCII digits
+    in 0..65535.
+
+    >>> parse_address("127.0.0.1:7000")
+    ('127.0.0.1', 7000)
+    """
+    if not isinstance(address, str):
+        raise ValueError(f"address must be host:port, got {address!r}")
+    if len(address) > MAX_ADDRESS:
+        raise ValueError(f"address of {len(address)} characters; at most {MAX_ADDRESS}")
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"address must be host:port, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not host.isprintable() or any(c.isspace() or c in "[]" for c in host):
+        raise ValueError(f"address {address!r} has no valid host")
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        raise ValueError(f"address {address!r} has a bad port")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"address {address!r}: port out of range")
+    return host, port
+
+
+def is_address(address: object) -> bool:
+    """True if :func:`parse_address` accepts ``address``."""
+    try:
+        parse_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 class EntryKind(enum.IntEnum):
@@ -72,6 +128,10 @@ class Membership:
     any quorum and never become leader.  A node may be in ``voters_outgoing``
     and ``learners`` at once: a voter being demoted, which still votes in the
     old half of the joint configuration and stays a learner after it.
+
+    The constructor (and :meth:`decode`) check the structure only, so a
+    configuration written by earlier code still loads; :meth:`of` also
+    checks every id and address against the wire's rules.
     """
 
     voters: frozenset[NodeId]
@@ -108,11 +168,34 @@ class Membership:
         outgoing: Iterable[NodeId] = (),
         addresses: Mapping[NodeId, str] | None = None,
     ) -> Membership:
-        """Build a membership; ``addresses`` is filtered to its members."""
+        """Build a new membership; ``addresses`` is filtered to its members.
+
+        Raises ValueError for a node id outside 1..2**63-1 or a member
+        address that is not ``host:port`` (:func:`parse_address`), besides
+        the structural rules.
+        """
         v, o, lr = frozenset(voters), frozenset(outgoing), frozenset(learners)
         members = v | o | lr
+        for n in members:
+            check_node_id(n)
         addr = tuple(sorted((n, a) for n, a in (addresses or {}).items() if n in members))
+        for n, a in addr:
+            try:
+                parse_address(a)
+            except ValueError as exc:
+                raise ValueError(f"node {n}: {exc}") from None
         return cls(v, o, lr, addr)
+
+    def without_bad_addresses(self) -> Membership:
+        """This membership minus addresses :func:`parse_address` refuses (``self`` if none).
+
+        Such an address can only come from a log written by earlier code;
+        its node stays a member, it just cannot be reached at that address.
+        """
+        good = tuple((n, a) for n, a in self.addresses if is_address(a))
+        if len(good) == len(self.addresses):
+            return self
+        return Membership(self.voters, self.voters_outgoing, self.learners, good)
 
     def address_of(self, node: NodeId) -> str | None:
         for n, a in self.addresses:

@@ -273,8 +273,14 @@ def test_config_entries_carry_a_valid_membership() -> None:
 
 
 def test_oversized_entry_data() -> None:
-    big = b"x" * (codec.MAX_ENTRY_DATA + 1)
-    rejects(frame(ae(0, 0, [entry(1, 1, 0, big)])), r"entries\[0\].data: 8388609 bytes")
+    # Proposals stop at MAX_ENTRY_DATA; the decoder takes what a frame carries
+    # (a log written before that limit must still replicate), and no more.
+    big = b"x" * (codec.MAX_ENTRY_WIRE_DATA + 1)
+    rejects(
+        frame(ae(0, 0, [entry(1, 1, 0, big)])),
+        r"entries\[0\].data: 16777217 bytes, allowed 0..16777216",
+        max_size=2 * codec.DEFAULT_MAX_FRAME,
+    )
 
 
 def test_too_many_entries(monkeypatch: pytest.MonkeyPatch) -> None:

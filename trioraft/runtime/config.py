@@ -1,4 +1,9 @@
-"""Node configuration: the one source of defaults (docs/operations.md refers here)."""
+"""Node configuration: the one source of defaults (docs/operations.md refers here).
+
+``parse_address`` is the one ``host:port`` rule of
+:func:`trioraft.core.types.parse_address`, re-exported for callers that
+import it from here.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trioraft.core.raft import RaftConfig
-from trioraft.core.types import Membership, NodeId
-
-
-def parse_address(addr: str) -> tuple[str, int]:
-    """Split ``"host:port"`` (``"[v6]:port"`` too); raises ValueError with a clear message."""
-    if not isinstance(addr, str) or ":" not in addr:
-        raise ValueError(f"address {addr!r} is not host:port")
-    host, _, port_s = addr.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host:
-        raise ValueError(f"address {addr!r} has no host")
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"address {addr!r} has a bad port") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"address {addr!r}: port out of range")
-    return host, port
+from trioraft.core.types import Membership, NodeId, check_node_id
+from trioraft.core.types import parse_address as parse_address
+from trioraft.transport.codec import DEFAULT_MAX_FRAME, FRAME_OVERHEAD, append_entries_bound
 
 
 @dataclass(frozen=True)
@@ -82,14 +72,14 @@ class NodeConfig:
     inline_write_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        if not isinstance(self.node_id, int) or isinstance(self.node_id, bool) or self.node_id <= 0:
-            raise ValueError("node_id must be a positive integer")
+        check_node_id(self.node_id, "node_id")
         if not self.data_dir:
             raise ValueError("data_dir is required")
         parse_address(self.listen)
+        if self.advertise is not None:
+            parse_address(self.advertise)
         for n, addr in self.peers.items():
-            if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-                raise ValueError(f"peer id {n!r} is not a positive integer")
+            check_node_id(n, "peer id")
             if n == self.node_id:
                 raise ValueError("peers must not include this node")
             parse_address(addr)
@@ -100,6 +90,17 @@ class NodeConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.snapshot_chunk_bytes < 1024:
             raise ValueError("snapshot_chunk_bytes must be >= 1024")
+        # The core cuts a batch at max_bytes_per_append (one entry alone may
+        # be larger, up to the proposal limit): the biggest AppendEntries it
+        # can build must still fit the frame a follower accepts.
+        budget = DEFAULT_MAX_FRAME - FRAME_OVERHEAD
+        worst = append_entries_bound(self.max_entries_per_append, self.max_bytes_per_append)
+        if worst > budget:
+            raise ValueError(
+                f"max_bytes_per_append ({self.max_bytes_per_append}) and max_entries_per_append"
+                f" ({self.max_entries_per_append}) allow AppendEntries of {worst} bytes,"
+                f" over the {budget} a frame carries"
+            )
         self.raft_config()  # validates the timing and flow-control settings
 
     @property

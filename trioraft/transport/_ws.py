@@ -20,7 +20,11 @@ Theory of operation
   full-size frame; :meth:`FrameSocket.authenticated` then lifts the limit
   (the dialer pipelines data behind its HelloAuth, so the listener lifts it
   when it replies; handshake messages themselves are still refused above
-  :data:`HANDSHAKE_MAX_FRAME`).
+  :data:`HANDSHAKE_MAX_FRAME`).  A handshake frame whose cluster id
+  (``"c"``) names another cluster is refused with ``wrong_cluster``, like a
+  Hello that does.
+* **Addresses** follow the one rule of
+  :func:`trioraft.core.types.parse_address`, re-exported here.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import trio
 import trio_websocket
 from wsproto.connection import ConnectionState
 
-from trioraft.core.types import NodeId
+from trioraft.core.types import NodeId, parse_address
 from trioraft.transport.base import TokenLookup
 from trioraft.transport.codec import (
     DIALER,
@@ -44,7 +48,7 @@ from trioraft.transport.codec import (
     MAX_TEXT,
     ProtocolError,
     assemble_frame,
-    decode_frame,
+    decode_envelope,
     encode_frame,
     handshake_mac,
     new_nonce,
@@ -77,20 +81,6 @@ RECEIVE_BUFFER: Final = 65536
 WS_QUEUE: Final = 4
 RESOURCE: Final = "/"
 _MESSAGE_TOO_BIG: Final = 1009
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6 literals).
-
-    >>> parse_address("127.0.0.1:7000")
-    ('127.0.0.1', 7000)
-    """
-    host, sep, port_text = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"address must be host:port, got {address!r}")
-    return host, int(port_text)
 
 
 def describe_stream(stream: trio.abc.Stream) -> str:
@@ -420,15 +410,18 @@ async def _reject(sock: FrameSocket, code: str, message: str) -> NoReturn:
     raise HandshakeFailed(code, message, by_peer=False)
 
 
-async def _receive_handshake(sock: FrameSocket) -> list[AnyMessage]:
+async def _receive_handshake(sock: FrameSocket, cluster_id: str) -> list[AnyMessage]:
     try:
-        return decode_frame(await sock.receive(), max_size=HANDSHAKE_MAX_FRAME)
+        frame = decode_envelope(await sock.receive(), max_size=HANDSHAKE_MAX_FRAME)
     except Closed as exc:
         if exc.oversized:
             raise HandshakeFailed("protocol", "oversized handshake frame", by_peer=False) from None
         raise
     except ProtocolError as exc:
         await _reject(sock, "protocol", f"bad handshake frame: {exc}")
+    if frame.cluster_id is not None and frame.cluster_id != cluster_id:
+        await _reject(sock, "wrong_cluster", f"frame for cluster {frame.cluster_id!r}")
+    return list(frame.messages)
 
 
 def _peer_rejected(messages: list[AnyMessage]) -> None:
@@ -450,7 +443,7 @@ async def dialer_handshake(
     :class:`Closed`.
     """
     await sock.send(encode_frame([opener], cluster_id=opener.cluster_id))
-    messages = await _receive_handshake(sock)
+    messages = await _receive_handshake(sock, opener.cluster_id)
     _peer_rejected(messages)
     reply, auth = messages[0], messages[-1]
     if len(messages) != 2 or not isinstance(reply, Hello) or not isinstance(auth, HelloAuth):
@@ -489,7 +482,7 @@ async def listener_handshake(
     does not reveal which client ids exist.  Raises :class:`HandshakeFailed`
     or :class:`Closed`.
     """
-    messages = await _receive_handshake(sock)
+    messages = await _receive_handshake(sock, cluster_id)
     _peer_rejected(messages)
     opener = messages[0]
     if len(messages) != 1 or not isinstance(opener, Hello | ClientHello):
@@ -518,7 +511,7 @@ async def listener_handshake(
             [reply, HelloAuth(handshake_mac(key, LISTENER, opener, reply))], cluster_id=cluster_id
         )
     )
-    messages = await _receive_handshake(sock)
+    messages = await _receive_handshake(sock, cluster_id)
     _peer_rejected(messages)
     auth = messages[0]
     if len(messages) != 1 or not isinstance(auth, HelloAuth):

@@ -26,6 +26,14 @@ becomes :class:`ProtocolError`, and only the dataclasses of
   ``prev_index + 1`` with non-decreasing terms no newer than the message's;
   a membership is valid; a snapshot chunk stays inside its file.
 
+Entry limits are set so that nothing a leader appends can be refused here:
+an entry's ``client_id`` may hold a session (``"<principal>/<client_id>"``,
+:data:`MAX_SESSION_ID`), and entry data may be as large as a frame carries
+(:data:`MAX_ENTRY_WIRE_DATA`) although proposals stop at
+:data:`MAX_ENTRY_DATA`, so a log written before that limit still
+replicates.  :func:`append_entries_bound` tells a configuration how large
+its biggest AppendEntries can get.
+
 Free-form values (``ClientRequest.payload``, ``ClientResponse.result``) may be
 null, booleans, integers (64-bit), floats, text, bytes, arrays and maps with
 text or byte-string keys, nested at most :data:`MAX_VALUE_DEPTH` deep.
@@ -61,6 +69,7 @@ from trioraft.core.types import (
     RequestVoteResponse,
     SnapshotMeta,
     TimeoutNow,
+    parse_address,
 )
 from trioraft.transport.messages import (
     AnyMessage,
@@ -80,9 +89,13 @@ __all__ = [
     "DIALER",
     "FRAME_OVERHEAD",
     "LISTENER",
+    "MAX_ENTRY_DATA",
+    "MAX_ENTRY_WIRE_DATA",
+    "MAX_SESSION_ID",
     "PROTOCOL_VERSION",
     "Frame",
     "ProtocolError",
+    "append_entries_bound",
     "assemble_frame",
     "decode_envelope",
     "decode_frame",
@@ -99,17 +112,28 @@ DEFAULT_MAX_FRAME: Final = 16 * 1024 * 1024
 MAX_INT: Final = 2**63 - 1  # terms, indexes, ids, offsets: fit a signed 64-bit integer
 MAX_MESSAGES: Final = 65_536  # per frame
 MAX_ENTRIES: Final = 65_536  # per AppendEntries
-MAX_ENTRY_DATA: Final = 8 * 1024 * 1024
+MAX_ENTRY_DATA: Final = 8 * 1024 * 1024  # a proposal's command, at most (Node.propose)
+MAX_ENTRY_WIRE_DATA: Final = DEFAULT_MAX_FRAME  # entry data a follower accepts
 MAX_CHUNK_DATA: Final = 4 * 1024 * 1024
 MAX_VALUE_BYTES: Final = 8 * 1024 * 1024  # one byte or text string inside a free value
 MAX_VALUE_DEPTH: Final = 32
 MAX_ID: Final = 256  # client ids, cluster ids, addresses (characters)
+#: An entry's client_id: a session "<principal>/<client_id>" of two ids.
+MAX_SESSION_ID: Final = 2 * MAX_ID + 1
 MAX_CODE: Final = 64  # request kinds, error codes
 MAX_TEXT: Final = 65_536  # error messages
 MIN_NONCE: Final = 16
 MAX_NONCE: Final = 64
 MAC_SIZE: Final = 32
 CONSISTENCY_LEVELS: Final = frozenset({"linearizable", "lease", "local"})
+
+#: Bytes an entry's encoding adds to its data, at most: the array head, four
+#: 64-bit integers and the kind, the data's head, and a client id of
+#: MAX_SESSION_ID characters of up to 4 UTF-8 bytes with its head.
+MAX_ENTRY_OVERHEAD: Final = 1 + 4 * 9 + 1 + 5 + 3 + 4 * MAX_SESSION_ID
+#: Bytes an AppendEntries adds to its entries, at most: the array head, the
+#: type, six 64-bit integers and the entries' array head.
+MAX_APPEND_OVERHEAD: Final = 1 + 1 + 6 * 9 + 5
 
 # Frame map -> "m" array -> message array: free values start at depth 3.
 _MAX_DEPTH = 3 + MAX_VALUE_DEPTH
@@ -316,6 +340,16 @@ def encode_message(message: AnyMessage) -> bytes:
     if enc is None:
         raise TypeError(f"not a wire message: {type(message).__name__}")
     return cbor2.dumps(enc(message))
+
+
+def append_entries_bound(entries: int, data_bytes: int) -> int:
+    """The most bytes :func:`encode_message` can make of an AppendEntries.
+
+    For ``entries`` entries holding ``data_bytes`` bytes of data in all,
+    whatever their indexes, terms and session ids.  A sender that keeps
+    this within its frame budget never sends what a follower refuses.
+    """
+    return MAX_APPEND_OVERHEAD + entries * MAX_ENTRY_OVERHEAD + data_bytes
 
 
 def _head(major: int, n: int) -> bytes:
@@ -531,10 +565,11 @@ def _d_append_entries(m: list[Any]) -> AppendEntries:
             raise ProtocolError(f"AppendEntries.entries[{len(entries)}].term: 0")
         if type(kind) is not int or not 0 <= kind <= 2:
             _fail(f"AppendEntries.entries[{len(entries)}].kind", "0, 1 or 2", kind)
-        if type(data) is not bytes or len(data) > MAX_ENTRY_DATA:
-            _bytes(data, f"AppendEntries.entries[{len(entries)}].data", MAX_ENTRY_DATA)
-        if type(client_id) is not str or len(client_id) > MAX_ID:
-            _text(client_id, f"AppendEntries.entries[{len(entries)}].client_id", MAX_ID)
+        if type(data) is not bytes or len(data) > MAX_ENTRY_WIRE_DATA:
+            _bytes(data, f"AppendEntries.entries[{len(entries)}].data", MAX_ENTRY_WIRE_DATA)
+        if type(client_id) is not str or len(client_id) > MAX_SESSION_ID:
+            where = f"AppendEntries.entries[{len(entries)}].client_id"
+            _text(client_id, where, MAX_SESSION_ID)
         if type(sequence) is not int or not 0 <= sequence <= MAX_INT:
             _uint(sequence, f"AppendEntries.entries[{len(entries)}].sequence")
         if type(ts) is not int or not 0 <= ts <= MAX_INT:
@@ -610,6 +645,10 @@ def _d_install_snapshot(m: list[Any]) -> InstallSnapshot:
             raise ProtocolError(f"InstallSnapshot.addresses[{i}]: expected [id, address]")
         _pos(pair[0], f"InstallSnapshot.addresses[{i}].id")
         _text(pair[1], f"InstallSnapshot.addresses[{i}].address", MAX_ID, 1)
+        try:
+            parse_address(pair[1])
+        except ValueError:
+            _fail(f"InstallSnapshot.addresses[{i}].address", "host:port", pair[1])
         addresses.append((pair[0], pair[1]))
     try:
         membership = Membership(

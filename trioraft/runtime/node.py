@@ -34,10 +34,20 @@ arrived and verified does its core see the ``InstallSnapshot``.
 
 A storage error (write or fsync) is fatal: the node stops and ``open_node``
 raises; nothing that could not be persisted is ever acknowledged.
+
+Nothing a client sends may stop or freeze the node: requests are checked
+against the wire's limits before anything is appended (a command of at
+most ``MAX_ENTRY_DATA`` bytes, a session id of at most ``MAX_SESSION_ID``
+characters, node ids in 1..2**63-1, ``host:port`` addresses), so no entry
+a follower would refuse reaches the log.  A log written by earlier code may
+still hold a member address that is not ``host:port``: it is ignored, with
+one warning, wherever the node would use it (peer routes, InstallSnapshot,
+leader hints).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -53,7 +63,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from trioraft.core.errors import InvariantViolated, NotLeader, ProposalRejected
+from trioraft.core.errors import NotLeader, ProposalRejected
 from trioraft.core.raft import RaftCore
 from trioraft.core.types import (
     AppendEntries,
@@ -65,9 +75,12 @@ from trioraft.core.types import (
     Ready,
     Role,
     SnapshotMeta,
+    check_node_id,
+    parse_address,
 )
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.errors import (
+    EntryTooLargeError,
     NodeClosedError,
     NotCaughtUpError,
     NotLeaderError,
@@ -85,6 +98,8 @@ from trioraft.transport.base import (
     Transport,
     TransportStatistics,
 )
+from trioraft.transport.codec import MAX_CODE as _MAX_CODE
+from trioraft.transport.codec import MAX_ENTRY_DATA, MAX_INT, MAX_SESSION_ID, MAX_TEXT
 from trioraft.transport.messages import (
     AnyMessage,
     ClientRequest,
@@ -261,6 +276,8 @@ class Node:
         self._heartbeat_scope: trio.CancelScope | None = None
         self._observed: tuple[Role, int, NodeId | None] | None = None
         self._membership_seen: Membership | None = None
+        self._reachable: tuple[Membership, Membership] | None = None
+        self._bad_addresses_seen: set[tuple[NodeId, str]] = set()
         self._latencies: deque[float] = deque(maxlen=4096)
         self._stats: dict[str, int] = {
             "proposals_committed": 0,
@@ -631,8 +648,11 @@ class Node:
         if node == self.id:
             return self.config.address
         core = self.core
-        addr = core.membership.address_of(node) if core is not None else None
-        return addr or self.config.peers.get(node)
+        if core is not None:
+            addr = self._reachable_membership(core.membership).address_of(node)
+            if addr is not None:
+                return addr
+        return self.config.peers.get(node)
 
     def _not_leader_error(self, leader: NodeId | None, reason: str = "") -> NotLeaderError:
         return NotLeaderError(leader, self._address_of(leader))
@@ -679,13 +699,28 @@ class Node:
     def _append_proposal(
         self, core: RaftCore, command: bytes, client_id: str, sequence: int
     ) -> int:
+        # Followers refuse an entry beyond the wire's limits: refuse it here,
+        # before it is in the log, or replication would stop for good.
         if not isinstance(command, bytes | bytearray | memoryview):
             raise TypeError("a command is bytes")
+        data = bytes(command)
+        if len(data) > MAX_ENTRY_DATA:
+            raise EntryTooLargeError(
+                f"a command of {len(data)} bytes is over the entry limit of {MAX_ENTRY_DATA}"
+            )
+        if not isinstance(client_id, str):
+            raise TypeError("client_id is a str")
+        if len(client_id) > MAX_SESSION_ID:
+            raise ValueError(f"client_id of {len(client_id)} characters; at most {MAX_SESSION_ID}")
+        if not isinstance(sequence, int) or isinstance(sequence, bool):
+            raise TypeError("sequence is an int")
+        if not 0 <= sequence <= MAX_INT:
+            raise ValueError(f"sequence must be in 0..{MAX_INT}, got {sequence}")
         if len(self._waiters) >= self.config.max_pending_proposals:
             raise OverloadedError(f"{len(self._waiters)} proposals pending")
         try:
             return core.propose(
-                bytes(command),
+                data,
                 client_id=client_id,
                 sequence=sequence,
                 timestamp_ms=int(time.time() * 1000),
@@ -790,7 +825,13 @@ class Node:
         self._update_peers()
 
     async def add_learner(self, node_id: NodeId, address: str) -> None:
-        """Add ``node_id`` (listening at ``address``) as a learner: it gets the log, never votes."""
+        """Add ``node_id`` (listening at ``address``) as a learner: it gets the log, never votes.
+
+        Raises ValueError for a node id outside 1..2**63-1 or an address that
+        is not ``host:port``, before anything is proposed.
+        """
+        check_node_id(node_id)
+        parse_address(address)
         core = self._check_open()
         m = core.membership
         if m.is_voter(node_id):
@@ -799,6 +840,7 @@ class Node:
 
     async def promote(self, node_id: NodeId) -> None:
         """Make learner ``node_id`` a voter, once it has caught up with the log."""
+        check_node_id(node_id)
         core = self._check_open()
         m = core.membership
         if node_id not in m.learners:
@@ -811,6 +853,7 @@ class Node:
 
     async def remove_node(self, node_id: NodeId) -> None:
         """Remove a voter or learner (the leader may remove itself: it then steps down)."""
+        check_node_id(node_id)
         core = self._check_open()
         m = core.membership
         if node_id not in m.members:
@@ -822,6 +865,8 @@ class Node:
 
     async def transfer_leadership(self, target: NodeId | None = None) -> NodeId:
         """Hand leadership to ``target`` (default: the most caught-up voter); returns it."""
+        if target is not None:
+            check_node_id(target)
         core = self._check_open()
         if core.role is not Role.LEADER:
             raise self._not_leader_error(core.leader)
@@ -888,6 +933,9 @@ class Node:
     def _start_snapshot_send(self, msg: InstallSnapshot) -> None:
         if msg.dst in self._snap_senders or self._nursery is None:
             return
+        members = self._reachable_membership(msg.meta.membership)
+        if members is not msg.meta.membership:  # the codec carries host:port only
+            msg = dataclasses.replace(msg, meta=dataclasses.replace(msg.meta, membership=members))
         send, recv = trio.open_memory_channel[SnapshotChunkAck](64)
         self._snap_senders[msg.dst] = send
         self._nursery.start_soon(self._send_snapshot, msg, recv)
@@ -1028,9 +1076,31 @@ class Node:
             return
         # Locally configured routes win over the addresses in the membership
         # (an operator may reach a peer through a proxy or another interface).
-        addresses = {**core.membership.address_map, **self.config.peers}
+        addresses = {**self._reachable_membership(core.membership).address_map, **self.config.peers}
         members = core.membership.members | set(self.config.peers)
         transport.set_peers({n: a for n, a in addresses.items() if n in members and n != self.id})
+
+    def _reachable_membership(self, m: Membership) -> Membership:
+        """``m`` without addresses that are not ``host:port``; warns once for each.
+
+        Only a log written by earlier code holds such an address (the core
+        refuses them now).  Using it would stop the transport, or make an
+        InstallSnapshot no follower decodes.
+        """
+        if self._reachable is not None and self._reachable[0] is m:
+            return self._reachable[1]
+        clean = m.without_bad_addresses()
+        for n, a in set(m.addresses) - set(clean.addresses) - self._bad_addresses_seen:
+            self._bad_addresses_seen.add((n, a))
+            self.log.warning(
+                "node %d: ignoring the address %r of member %d in the configuration:"
+                " not host:port (written by an earlier version?)",
+                self.id,
+                a,
+                n,
+            )
+        self._reachable = (m, clean)
+        return clean
 
     def status(self) -> NodeStatus:
         core = self._check_open()
@@ -1202,30 +1272,41 @@ def error_response(request_id: int, exc: BaseException) -> ClientResponse:
 
     Codes (stable, documented in docs/protocol.md): ``not_leader``,
     ``overloaded``, ``dropped``, ``rejected``, ``read_failed``, ``closed``,
-    ``timeout``, ``bad_request``, ``not_caught_up``, ``internal``, ``error``.
+    ``timeout``, ``bad_request``, ``not_caught_up``, ``too_large``,
+    ``internal``, ``error``.  The message is cut to the protocol's
+    ``MAX_TEXT`` characters (its start kept, the cut marked).
     """
+    message = _cut(str(exc) or type(exc).__name__)
     if isinstance(exc, NotLeaderError):
         return ClientResponse(
-            request_id, False, None, "not_leader", str(exc), exc.leader_id, exc.leader_address
+            request_id, False, None, "not_leader", message, exc.leader_id, exc.leader_address
         )
-    return ClientResponse(request_id, False, None, error_code(exc), str(exc) or type(exc).__name__)
+    return ClientResponse(request_id, False, None, error_code(exc), message)
+
+
+def _cut(message: str) -> str:
+    if len(message) <= MAX_TEXT:
+        return message
+    mark = f"... [cut: {len(message)} characters in all]"
+    return message[: MAX_TEXT - len(mark)] + mark
 
 
 def error_code(exc: BaseException) -> str:
-    """The stable error code of a runtime exception (``"error"`` if unknown)."""
-    codes: dict[type[BaseException], str] = {
-        OverloadedError: "overloaded",
-        ProposalDroppedError: "dropped",
-        ProposalRejectedError: "rejected",
-        ReadFailedError: "read_failed",
-        NodeClosedError: "closed",
-        TimeoutError: "timeout",
-        ValueError: "bad_request",
-        TypeError: "bad_request",
-        NotCaughtUpError: "not_caught_up",
-        InvariantViolated: "internal",
-    }
-    return codes.get(type(exc), "error")
+    """The stable error code of an exception (``"error"`` if unknown).
+
+    An exception class names its own in a ``code`` class attribute (the
+    runtime's errors do, see trioraft/runtime/errors.py), inherited by its
+    subclasses; otherwise TimeoutError is ``timeout`` and ValueError and
+    TypeError are ``bad_request``.
+    """
+    code = getattr(type(exc), "code", None)
+    if isinstance(code, str) and 0 < len(code) <= _MAX_CODE:
+        return code
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ValueError | TypeError):
+        return "bad_request"
+    return "error"
 
 
 def _read_at(f: Any, offset: int, size: int) -> bytes:

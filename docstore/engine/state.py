@@ -155,6 +155,13 @@ class Collection:
             return {**doc, **self.ctype.compute(doc)}
         return doc
 
+    def add_index(self, idx: Index) -> None:
+        """Add ``idx`` keeping ``indexes`` in name order: every choice that walks the
+        indexes (which unique violation is reported) must not depend on whether the
+        collection was built command by command or restored from a snapshot."""
+        self.indexes[idx.name] = idx
+        self.indexes = dict(sorted(self.indexes.items()))
+
     def keys_in_order(self) -> list[str]:
         if self.sorted_keys is None:
             self.sorted_keys = sorted(self.docs)
@@ -403,7 +410,7 @@ class Engine:
             elif kind == "mkidx":
                 del entry[1].indexes[entry[2].name]
             elif kind == "dropidx":
-                entry[1].indexes[entry[2].name] = entry[2]
+                entry[1].add_index(entry[2])
             elif kind == "reg":
                 _, k, name, old, _new = entry
                 if old is None:
@@ -680,7 +687,7 @@ class Engine:
                             "share a value"
                         )
             idx.add(key, view)
-        c.indexes[name] = idx
+        c.add_index(idx)
         self._journal.append(("mkidx", c, idx))
         return {"name": name, "created": True}
 
@@ -789,7 +796,7 @@ class Engine:
                 idx = Index(fx[2], tuple(fx[3]), bool(fx[4]))
                 for k in c.keys_in_order():
                     idx.add(k, c.view(c.docs[k]))
-                c.indexes[idx.name] = idx
+                c.add_index(idx)
             elif kind == "dropidx":
                 self._replay_coll(fx[1]).indexes.pop(fx[2], None)
             elif kind == "reg":

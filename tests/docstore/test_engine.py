@@ -230,3 +230,23 @@ def test_replicas_agree_and_replay_of_effects_matches() -> None:
     fresh = Engine()
     fresh.replay(list(a.state_effects()))
     assert fresh.digest() == a.digest()
+
+
+def test_replicas_answer_alike_after_a_snapshot_unique_index_order() -> None:
+    # Two unique indexes created in non-alphabetical order; a snapshot rebuilds
+    # them in name order.  An insert that violates both must get the same
+    # answer (which index, which revision) on the original and the restored
+    # replica, or the session table (and every retried answer) diverges.
+    a = Engine()
+    a.apply(C.put("u", "x", {"email": "e", "phone": "p"}), 1)
+    a.apply(C.put("u", "y", {"email": "f", "phone": "q"}), 2)
+    a.apply(C.patch("u", "x", {"$set": {"z": 1}}), 3)  # x and y now differ in _rev
+    a.apply(C.create_index("u", ["phone"], unique=True, name="zz_phone"), 4)
+    a.apply(C.create_index("u", ["email"], unique=True, name="aa_email"), 5)
+    b = Engine()
+    b.replay(list(a.state_effects()))
+    assert b.digest() == a.digest()
+    clash = C.put("u", "new", {"email": "f", "phone": "p"})  # email of y, phone of x
+    ra, rb = a.apply(clash, 6).result, b.apply(clash, 6).result
+    assert ra["error"] == "unique_violation"
+    assert ra == rb

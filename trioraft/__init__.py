@@ -2,6 +2,7 @@
 
 from trioraft.core.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
 from trioraft.runtime import (
+    EntryTooLargeError,
     Node,
     NodeClosedError,
     NodeConfig,
@@ -19,6 +20,7 @@ from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo, StateMachi
 __all__ = [
     "Entry",
     "EntryKind",
+    "EntryTooLargeError",
     "HardState",
     "LogId",
     "Membership",

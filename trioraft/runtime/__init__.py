@@ -2,6 +2,7 @@
 
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.errors import (
+    EntryTooLargeError,
     NodeClosedError,
     NodeError,
     NotCaughtUpError,
@@ -24,6 +25,7 @@ from trioraft.runtime.node import (
 )
 
 __all__ = [
+    "EntryTooLargeError",
     "Node",
     "NodeClosedError",
     "NodeConfig",

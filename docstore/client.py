@@ -56,6 +56,7 @@ from trioraft.transport.messages import ClientRequest, ClientResponse
 
 __all__ = [
     "ClusterError",
+    "ForbiddenError",
     "RemoteExecutor",
     "RemoteWatcher",
     "UnavailableError",
@@ -83,6 +84,13 @@ class UnavailableError(ClusterError):
         super().__init__("unavailable", message)
 
 
+class ForbiddenError(ClusterError):
+    """The client's role does not allow the request (docs/protocol.md, "Roles"); not retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("forbidden", message)
+
+
 def _response_error(resp: ClientResponse) -> DocstoreError:
     if resp.error_code == "bad_request" and is_error(resp.result):
         # Refused by the server's validation; the result names the precise error.
@@ -91,6 +99,8 @@ def _response_error(resp: ClientResponse) -> DocstoreError:
         return error_from_result(
             {"ok": False, "error": resp.error_code, "message": resp.error_message}
         )
+    if resp.error_code == "forbidden":
+        return ForbiddenError(resp.error_message)
     return ClusterError(resp.error_code, resp.error_message)
 
 

@@ -13,6 +13,17 @@ so a retried write is applied once and answered with the recorded result.
 A node that is not the leader answers ``not_leader`` with the leader's id and
 address; the client follows.
 
+No request can stop the node.  Every authenticated client has a role
+(:meth:`ServerConfig.role`); :func:`required_role` says what a request
+needs, and one beyond the client's role is answered ``forbidden`` before
+anything runs.  Streamed answers wait for the client to read
+(``ClientConnection.wait_writable``): a ``backup`` is read from disk a chunk
+at a time, one per connection and :data:`MAX_BACKUPS` per node; a watch that
+cannot be delivered falls behind and ends with ``resync_required`` (writers
+never wait for a watcher).  A watch payload is validated before the watch
+starts, the request ids of running watches are unique per connection, and
+at most :data:`MAX_WATCHES` run per connection.
+
 Configuration comes from :class:`ServerConfig`, the one source of defaults:
 a TOML file (``--config``) overrides them, command-line flags override the
 file.  Data directory layout (``ServerConfig.data``)::
@@ -26,7 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
+import itertools
 import logging
 import os
 import signal
@@ -34,26 +47,34 @@ import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import trio
 
-from docstore.engine.errors import DocstoreError, ResyncRequired
-from docstore.engine.validate import validate_command, validate_query
+from docstore.engine.errors import DocstoreError, InvalidCommandError, ResyncRequired
+from docstore.engine.filters import compile_filter
+from docstore.engine.validate import check_revision, validate_command, validate_query
+from docstore.engine.values import check_name
 from docstore.state_machine import DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
-from trioraft.runtime import Node, NodeConfig, NotLeaderError, serve_node
+from trioraft.runtime import Node, NodeConfig, NotLeaderError, OverloadedError, serve_node
 from trioraft.runtime import error_response as runtime_error_response
 from trioraft.runtime.config import parse_address
+from trioraft.statemachine import SnapshotInfo
 from trioraft.transport.base import ClientConnection
 from trioraft.transport.messages import ClientRequest, ClientResponse
 
 __all__ = [
     "DEFAULT_CLIENT",
     "KINDS",
+    "KIND_ROLES",
+    "ROLES",
     "DocstoreService",
+    "ForbiddenRequest",
+    "Role",
     "ServerConfig",
     "load_config",
+    "required_role",
     "serve",
 ]
 
@@ -62,25 +83,49 @@ log = logging.getLogger("docstore.server")
 #: The client id ``docstore.connect`` authenticates as unless told otherwise.
 DEFAULT_CLIENT = "docstore"
 
+Role = Literal["read", "write", "admin"]
+#: Client roles, each allowed what the ones before it are (docs/protocol.md, "Roles").
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+
+#: The role each request kind needs; a ``command`` that registers extension
+#: code needs ``admin`` (:func:`required_role`).
+KIND_ROLES: Final[Mapping[str, Role]] = {
+    "command": "write",
+    "query": "read",
+    "watch": "read",
+    "cancel": "read",
+    "status": "read",
+    "members": "read",
+    "digest": "read",
+    "add_learner": "admin",
+    "promote": "admin",
+    "remove_node": "admin",
+    "transfer_leader": "admin",
+    "snapshot": "admin",
+    "backup": "admin",
+}
+
 #: Request kinds the docstore service answers (docs/protocol.md).
-KINDS = (
-    "command",
-    "query",
-    "watch",
-    "cancel",
-    "status",
-    "members",
-    "digest",
-    "add_learner",
-    "promote",
-    "remove_node",
-    "transfer_leader",
-    "snapshot",
-    "backup",
-)
+KINDS = tuple(KIND_ROLES)
 
 #: Bytes of snapshot per ``backup`` response (well below the frame limit).
 BACKUP_CHUNK = 1 << 20
+#: Backups in progress per node (at most one per connection); more: ``overloaded``.
+MAX_BACKUPS = 2
+#: Watches running per connection; more: ``overloaded``.
+MAX_WATCHES = 64
+#: The largest ``buffer`` of a watch (changes held for a watcher that lags).
+MAX_WATCH_BUFFER = 65_536
+#: The fields a ``watch`` payload may have (``coll`` is required).
+WATCH_FIELDS: Final = frozenset({"coll", "filter", "since_rev", "buffer"})
+#: Backup files being streamed, in the data directory; removed when done.
+_BACKUP_FILES = "backup-*.tmp"
+
+
+class ForbiddenRequest(DocstoreError):
+    """The client's role does not allow the request (docs/protocol.md, "Roles")."""
+
+    code = "forbidden"
 
 
 @dataclass(frozen=True)
@@ -107,6 +152,8 @@ class ServerConfig:
     #: Clients' tokens: ``{client_id: token}``; ``token`` is the one of ``docstore``.
     tokens: Mapping[str, str] = field(default_factory=dict)
     token: str = ""
+    #: Clients' roles, ``{client_id: "read" | "write" | "admin"}``; see :meth:`role`.
+    roles: Mapping[str, Role] = field(default_factory=dict)
     election_timeout_min: float = 1.0
     election_timeout_max: float = 2.0
     heartbeat_interval: float = 0.1
@@ -117,6 +164,26 @@ class ServerConfig:
     #: CA bundle to verify peers' certificates when dialling them over TLS.
     tls_ca: str | None = None
     log_level: str = "warning"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.roles, Mapping):
+            raise ValueError('roles is a table of client = "read" | "write" | "admin"')
+        for client, role in self.roles.items():
+            if role not in ROLES:
+                raise ValueError(
+                    f"roles: {client} has the unknown role {role!r} (one of {', '.join(ROLES)})"
+                )
+
+    def role(self, client_id: str) -> Role:
+        """The role of an authenticated client.
+
+        As set in ``roles``; otherwise ``admin`` for :data:`DEFAULT_CLIENT`
+        (the operator's ``token``) and ``write`` for every other token.
+        """
+        role = self.roles.get(client_id)
+        if role is None:
+            return "admin" if client_id == DEFAULT_CLIENT else "write"
+        return role
 
     def client_tokens(self) -> dict[str, bytes]:
         out = {k: v.encode() for k, v in self.tokens.items()}
@@ -216,10 +283,13 @@ class DocstoreService:
     the node is up wait for :meth:`attach`.
     """
 
-    def __init__(self, sm: DocstoreStateMachine) -> None:
+    def __init__(self, sm: DocstoreStateMachine, config: ServerConfig | None = None) -> None:
         self.sm = sm
+        self.config = config or ServerConfig()
         self._node: Node | None = None
         self._ready = trio.Event()
+        self._backups = 0  # in progress on this node
+        self._backup_ids = itertools.count(1)
 
     def attach(self, node: Node) -> None:
         self._node = node
@@ -227,7 +297,8 @@ class DocstoreService:
 
     async def handle(self, conn: ClientConnection) -> None:
         await self._ready.wait()
-        watches: dict[int, trio.CancelScope] = {}
+        streams = _Streams()
+        role = self.config.role(conn.client_id)
         async with trio.open_nursery() as nursery:
             while True:
                 try:
@@ -236,23 +307,51 @@ class DocstoreService:
                     nursery.cancel_scope.cancel()
                     return
                 for req in batch:
-                    if req.kind == "watch":
-                        scope = trio.CancelScope()
-                        watches[req.request_id] = scope
-                        nursery.start_soon(self._watch, conn, req, scope, watches)
-                    elif req.kind == "backup":
-                        nursery.start_soon(self._backup, conn, req)
-                    elif req.kind == "cancel":
-                        p = req.payload
-                        rid = p.get("request_id") if isinstance(p, dict) else None
-                        found = watches.pop(rid, None) if isinstance(rid, int) else None
-                        if found is not None:
-                            found.cancel()
-                        conn.send([ClientResponse(req.request_id, True, found is not None)])
-                    elif req.kind == "command":
-                        self._command(conn, req)  # answered by callback: no task per write
-                    else:
-                        nursery.start_soon(self._serve, conn, req)
+                    try:
+                        self._dispatch(conn, req, role, streams, nursery)
+                    except Exception as exc:  # refused before it started
+                        conn.send([error_response(req.request_id, exc)])
+
+    def _dispatch(
+        self,
+        conn: ClientConnection,
+        req: ClientRequest,
+        role: Role,
+        streams: _Streams,
+        nursery: trio.Nursery,
+    ) -> None:
+        """Authorize ``req``, then answer it, start its task or refuse it (raises)."""
+        _authorize(req, conn.client_id, role)
+        rid = req.request_id
+        if req.kind == "watch":
+            args = _watch_args(req.payload, self.sm)
+            if rid in streams.watches:
+                raise RequestRefused(
+                    InvalidCommandError(f"request id {rid} is already a running watch")
+                )
+            if len(streams.watches) >= MAX_WATCHES:
+                raise OverloadedError(f"at most {MAX_WATCHES} watches run on one connection")
+            scope = streams.watches[rid] = trio.CancelScope()
+            nursery.start_soon(self._watch, conn, rid, args, scope, streams.watches)
+        elif req.kind == "backup":
+            if streams.backup:
+                raise OverloadedError("a backup is already running on this connection")
+            if self._backups >= MAX_BACKUPS:
+                raise OverloadedError(f"{MAX_BACKUPS} backups are running on this node")
+            streams.backup = True
+            self._backups += 1
+            nursery.start_soon(self._backup, conn, req, streams)
+        elif req.kind == "cancel":
+            p = req.payload
+            target = p.get("request_id") if isinstance(p, dict) else None
+            found = streams.watches.pop(target, None) if isinstance(target, int) else None
+            if found is not None:
+                found.cancel()
+            conn.send([ClientResponse(rid, True, found is not None)])
+        elif req.kind == "command":
+            self._command(conn, req)  # answered by callback: no task per write
+        else:
+            nursery.start_soon(self._serve, conn, req)
 
     def _command(self, conn: ClientConnection, req: ClientRequest) -> None:
         node = self._node
@@ -351,19 +450,15 @@ class DocstoreService:
     async def _watch(
         self,
         conn: ClientConnection,
-        req: ClientRequest,
+        rid: int,
+        args: _WatchArgs,
         scope: trio.CancelScope,
         watches: dict[int, trio.CancelScope],
     ) -> None:
-        rid = req.request_id
-        p = req.payload if isinstance(req.payload, dict) else {}
         try:
             with scope:
                 try:
-                    since = p.get("since_rev")
-                    watcher = self.sm.watch(
-                        str(p.get("coll", "")), p.get("filter"), since, int(p.get("buffer", 1024))
-                    )
+                    watcher = self.sm.watch(args.coll, args.filter, args.since_rev, **args.extra)
                 except Exception as exc:
                     conn.send([error_response(rid, exc)])
                     return
@@ -371,43 +466,152 @@ class DocstoreService:
                     conn.send([ClientResponse(rid, True, {"rev": self.sm.last_applied().index})])
                     try:
                         async for change in watcher:
+                            # Held back while the client does not read; meanwhile
+                            # the watcher's buffer fills and it falls behind.
+                            await conn.wait_writable()
                             conn.send([ClientResponse(rid, True, {"change": change})])
                     except DocstoreError as exc:
                         conn.send([error_response(rid, exc)])
                         return
                 conn.send([ClientResponse(rid, False, None, "closed", "the node is stopping")])
+        except trio.BrokenResourceError:
+            pass  # the connection is gone
         finally:
-            watches.pop(rid, None)
+            if watches.get(rid) is scope:  # not cancelled and replaced under the same id
+                del watches[rid]
 
-    async def _backup(self, conn: ClientConnection, req: ClientRequest) -> None:
-        """Stream a snapshot of this node's state, current as of a linearizable read."""
+    async def _backup(self, conn: ClientConnection, req: ClientRequest, streams: _Streams) -> None:
+        """Stream a snapshot of this node's state, current as of a read barrier."""
         rid = req.request_id
         node = self._node
         assert node is not None
-        tmp = os.path.join(node.config.data_dir, f"backup-{rid}-{os.getpid()}.tmp")
+        name = _BACKUP_FILES.replace("*", f"{os.getpid()}-{next(self._backup_ids)}")
+        tmp = os.path.join(node.config.data_dir, name)
         try:
             # A read barrier: the snapshot includes every write acknowledged before.
             await node.read({"op": "collections"}, consistency=req.consistency)
             info = await self.sm.write_snapshot(tmp)
-            data = await trio.to_thread.run_sync(_read_file, tmp)
-            digest = hashlib.sha256(data).hexdigest()
-            for off in range(0, max(len(data), 1), BACKUP_CHUNK):
-                chunk = data[off : off + BACKUP_CHUNK]
-                done = off + BACKUP_CHUNK >= len(data)
-                result = {"offset": off, "data": chunk, "done": done, "size": len(data)}
-                if done:
-                    result |= {"sha256": digest, "index": info.index, "term": info.term}
-                conn.send([ClientResponse(rid, True, result)])
+            await _stream_file(conn, rid, tmp, info)
+        except trio.BrokenResourceError:
+            pass  # the connection is gone
         except Exception as exc:
             conn.send([error_response(rid, exc)])
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(_unlink_quietly, tmp)
+            streams.backup = False
+            self._backups -= 1
 
 
-def _read_file(path: str) -> bytes:
+class _Streams:
+    """The streams running on one client connection."""
+
+    __slots__ = ("backup", "watches")
+
+    def __init__(self) -> None:
+        self.watches: dict[int, trio.CancelScope] = {}
+        self.backup = False
+
+
+def _authorize(req: ClientRequest, client_id: str, role: Role) -> None:
+    needed = required_role(req)
+    if needed is None or ROLES.index(role) >= ROLES.index(needed):
+        return
+    what = repr(req.kind) if needed == KIND_ROLES[req.kind] else "a 'register' command"
+    raise ForbiddenRequest(
+        f"{what} needs the {needed} role; client {client_id!r} has the {role} role"
+    )
+
+
+def required_role(req: ClientRequest) -> Role | None:
+    """The role ``req`` needs (None: an unknown kind, answered ``bad_request``).
+
+    A ``command`` that registers extension code (``register``, or a
+    ``batch`` holding one) needs ``admin``: the code runs on every replica.
+    """
+    needed = KIND_ROLES.get(req.kind)
+    if req.kind == "command" and isinstance(req.payload, dict):
+        cmd = req.payload
+        subs = cmd.get("commands") if cmd.get("op") == "batch" else [cmd]
+        if isinstance(subs, list) and any(
+            isinstance(c, dict) and c.get("op") == "register" for c in subs
+        ):
+            return "admin"
+    return needed
+
+
+@dataclass(frozen=True, slots=True)
+class _WatchArgs:
+    coll: str
+    filter: object
+    since_rev: int | None
+    extra: Mapping[str, int]  # ``buffer`` when given (the state machine has the default)
+
+
+def _watch_args(payload: object, sm: DocstoreStateMachine) -> _WatchArgs:
+    """A ``watch`` payload, checked; refused (``bad_request``) naming the field at fault."""
+
+    def refuse(message: str) -> RequestRefused:
+        return RequestRefused(InvalidCommandError(message))
+
+    if not isinstance(payload, dict):
+        raise refuse(f"payload: a watch takes a map of {', '.join(sorted(WATCH_FIELDS))}")
+    unknown = sorted(str(k)[:64] for k in payload if k not in WATCH_FIELDS)
+    if unknown:
+        raise refuse(f"{unknown[0]}: not a field of a watch")
+    try:
+        coll = check_name(payload.get("coll"), "collection", sm.limits)
+    except DocstoreError as exc:
+        raise refuse(f"coll: {exc.message}") from None
+    flt = payload.get("filter")
+    try:
+        compile_filter(flt)
+    except DocstoreError as exc:
+        raise refuse(f"filter: {exc.message}") from None
+    since = payload.get("since_rev")
+    if since is not None:
+        try:
+            check_revision(since, "since_rev")
+        except DocstoreError as exc:
+            raise refuse(exc.message) from None
+    buffer = payload.get("buffer")
+    if buffer is not None and (type(buffer) is not int or not 1 <= buffer <= MAX_WATCH_BUFFER):
+        raise refuse(f"buffer: an integer in 1 .. {MAX_WATCH_BUFFER}, got {str(buffer)[:64]}")
+    return _WatchArgs(coll, flt, since, {} if buffer is None else {"buffer": buffer})
+
+
+async def _stream_file(conn: ClientConnection, rid: int, path: str, info: SnapshotInfo) -> None:
+    """Send ``path`` as backup chunks, each once the client has read enough of the last."""
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        await conn.wait_writable()
+        chunk = await trio.to_thread.run_sync(_read_chunk, path, offset, digest)
+        done = offset + len(chunk) >= info.size
+        if not chunk and not done:
+            raise RuntimeError(f"{path} ended at {offset} of {info.size} bytes")
+        result: dict[str, object] = {
+            "offset": offset,
+            "data": chunk,
+            "done": done,
+            "size": info.size,
+        }
+        if done:
+            if digest.hexdigest() != info.checksum:
+                raise RuntimeError(f"{path} does not match its checksum {info.checksum[:12]}...")
+            result |= {"sha256": info.checksum, "index": info.index, "term": info.term}
+        conn.send([ClientResponse(rid, True, result)])
+        if done:
+            return
+        offset += len(chunk)
+
+
+def _read_chunk(path: str, offset: int, digest: Any) -> bytes:
     with open(path, "rb") as f:
-        return f.read()
+        f.seek(offset)
+        chunk = f.read(BACKUP_CHUNK)
+    digest.update(chunk)
+    return chunk
 
 
 def _unlink_quietly(path: str) -> None:
@@ -461,7 +665,9 @@ async def serve(
     """Run one docstore node until cancelled (or SIGINT/SIGTERM with ``handle_signals``)."""
     node_config = config.node_config()
     sm = DocstoreStateMachine(os.path.join(config.data, "docstore"))
-    service = DocstoreService(sm)
+    service = DocstoreService(sm, config)
+    for stale in glob.glob(os.path.join(config.data, _BACKUP_FILES)):
+        _unlink_quietly(stale)  # left by a process that was killed mid-backup
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)

@@ -46,6 +46,7 @@ from docstore.engine.errors import (
     raise_for_result,
 )
 from docstore.server import DEFAULT_CLIENT
+from docstore.state_machine import OPEN_SESSION, SESSION_TTL_MS
 from trioraft.client.connection import (
     ClientConnectionError,
     Connection,
@@ -62,6 +63,9 @@ __all__ = [
     "UnavailableError",
     "connect",
 ]
+
+#: A lane unused for this long opens a new session rather than risk an expired one.
+LANE_IDLE = SESSION_TTL_MS / 1000 / 2
 
 #: Error codes worth retrying (the request had no effect, or a retry dedupes).
 RETRY_CODES = frozenset(
@@ -139,7 +143,7 @@ class RemoteExecutor:
         self.connect_timeout = connect_timeout
         #: This client's session id; writes use ``f"{session}.{lane}"``.
         self.session = secrets.token_hex(8)
-        self._lanes_free: list[tuple[int, int]] = []  # (lane, last sequence)
+        self._lanes_free: list[tuple[int, int, float]] = []  # (lane, last sequence, last used)
         self._lanes = 0
         self._nursery: trio.Nursery | None = None
         self._link: _Link | None = None
@@ -280,23 +284,36 @@ class RemoteExecutor:
     # ------------------------------------------------------------- executor
 
     async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        if self._lanes_free:
-            lane, seq = self._lanes_free.pop()
-        else:
-            self._lanes += 1
-            lane, seq = self._lanes, 0
+        lane, seq = await self._take_lane()
         seq += 1
+        keep = True
         try:
             result = await self.request(
                 "command", cmd, client_id=f"{self.session}.{lane}", sequence=seq
             )
+            # A lane whose session the cluster no longer holds is never used again.
+            keep = not (isinstance(result, dict) and result.get("error") == "session_expired")
         finally:
             # Even after a failure the sequence is spent: the next write on this
             # lane uses a higher one, so a late apply of this one cannot alias it.
-            self._lanes_free.append((lane, seq))
+            if keep:
+                self._lanes_free.append((lane, seq, trio.current_time()))
         if not isinstance(result, dict):
             raise DocstoreError(f"malformed result {result!r}")
         return result
+
+    async def _take_lane(self) -> tuple[int, int]:
+        """A lane (its number and last sequence): an idle one, or a new, registered one."""
+        now = trio.current_time()
+        while self._lanes_free:
+            lane, seq, used = self._lanes_free.pop()
+            if now - used < LANE_IDLE:
+                return lane, seq
+            # Idle long enough that the cluster may have expired its session: drop it.
+        self._lanes += 1
+        lane = self._lanes
+        await self.request("command", OPEN_SESSION, client_id=f"{self.session}.{lane}")
+        return lane, 0
 
     async def query(self, q: dict[str, Any]) -> Any:
         consistency = str(q.pop("consistency", "linearizable"))

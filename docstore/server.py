@@ -55,7 +55,7 @@ from docstore.engine.errors import DocstoreError, InvalidCommandError, ResyncReq
 from docstore.engine.filters import compile_filter
 from docstore.engine.validate import check_revision, validate_command, validate_query
 from docstore.engine.values import check_name
-from docstore.state_machine import DocstoreStateMachine, encode_command
+from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
 from trioraft.runtime import Node, NodeConfig, NotLeaderError, OverloadedError, serve_node
 from trioraft.runtime import error_response as runtime_error_response
@@ -364,7 +364,7 @@ class DocstoreService:
             )
 
         try:
-            cmd = self._check_command(req.payload)
+            cmd = self._check_command(req)
             node.propose_nowait(
                 encode_command(cmd),
                 done,
@@ -374,10 +374,18 @@ class DocstoreService:
         except Exception as exc:  # refused before it was appended: answer now
             conn.send([error_response(rid, exc)])
 
-    def _check_command(self, payload: object) -> dict[str, Any]:
-        """Refuse (``bad_request``) what apply would refuse anyway, before the log sees it."""
+    def _check_command(self, req: ClientRequest) -> dict[str, Any]:
+        """Refuse (``bad_request``) what apply would refuse anyway, before the log sees it.
+
+        A session's sequence 0 is its registration, ``{"op": "open_session"}``."""
         try:
-            return validate_command(payload, self.sm.limits, self.sm.engine.registry)
+            if req.client_id and req.sequence == 0:
+                if req.payload != OPEN_SESSION:
+                    raise InvalidCommandError(
+                        f"sequence: 0 opens a session and carries {OPEN_SESSION}"
+                    )
+                return OPEN_SESSION
+            return validate_command(req.payload, self.sm.limits, self.sm.engine.registry)
         except DocstoreError as exc:
             raise RequestRefused(exc) from None
 
@@ -398,7 +406,7 @@ class DocstoreService:
         assert node is not None
         p = req.payload if isinstance(req.payload, dict) else {}
         if req.kind == "command":
-            cmd = self._check_command(req.payload)
+            cmd = self._check_command(req)
             return await node.propose(
                 encode_command(cmd),
                 client_id=self._session(principal, req),

@@ -43,6 +43,7 @@ from docstore.engine.errors import (
     DocstoreError,
     DuplicateRequestError,
     InvalidCommandError,
+    SessionExpiredError,
 )
 from docstore.engine.queries import run_query
 from docstore.engine.registry import Registry
@@ -56,7 +57,20 @@ from docstore.watch import Hub, Watcher
 from trioraft.core.types import Entry, EntryKind
 from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo
 
-__all__ = ["DocstoreStateMachine", "decode_command", "encode_command"]
+__all__ = [
+    "OPEN_SESSION",
+    "SESSION_TTL_MS",
+    "DocstoreStateMachine",
+    "decode_command",
+    "encode_command",
+]
+
+OPEN_SESSION = {"op": "open_session"}
+"""The command of a session's registration entry (``sequence`` 0)."""
+
+SESSION_TTL_MS = 3_600_000
+"""A session unused for this long (by the entries' leader timestamps) expires.  A
+constant, not a setting: every replica must expire the same sessions."""
 
 _BASE = "base.snap"
 _LOG = "apply.dslog"
@@ -102,7 +116,8 @@ class DocstoreStateMachine:
         self.compact_bytes = compact_bytes
         self.engine = Engine(registry, limits)
         self.hub = Hub(watch_history)
-        self._sessions: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        #: session -> (last sequence, its result, leader time of its last use in ms)
+        self._sessions: OrderedDict[str, tuple[int, Any, int]] = OrderedDict()
         self._applied = LogId(0, 0)
         self._gen = 0
         self._log: DataFile | None = None
@@ -151,17 +166,23 @@ class DocstoreStateMachine:
 
     def _install(self, s: snap.Snapshot) -> None:
         self.engine = s.engine
-        self._sessions = OrderedDict((cid, (seq, res)) for cid, seq, res in s.sessions)
+        # Sessions: [cid, seq, result, last used ms]; older snapshots lack the time.
+        self._sessions = OrderedDict(
+            (rec[0], (rec[1], rec[2], rec[3] if len(rec) > 3 else 0)) for rec in s.sessions
+        )
         self._applied = LogId(s.index, s.term)
         self._gen = max(self._gen, s.gen)  # never reuse a generation a stale log may carry
         self.hub.reset(s.index)
 
     def _replay_record(self, rec: dict[str, Any]) -> None:
-        fx = [e for e in rec["fx"] if e[0] != "sess"]
+        fx = [e for e in rec["fx"] if e[0] not in ("sess", "sess-")]
         self.engine.replay(fx)
         for e in rec["fx"]:
-            if e[0] == "sess":
-                self._remember(e[1], e[2], e[3])
+            if e[0] == "sess":  # [sess, cid, seq, result, last used ms]; older logs lack the time
+                self._sessions[e[1]] = (e[2], e[3], e[4] if len(e) > 4 else 0)
+                self._sessions.move_to_end(e[1])
+            elif e[0] == "sess-":
+                self._sessions.pop(e[1], None)
         self._applied = LogId(rec["r"], rec["t"])
 
     def _reset_log(self) -> None:
@@ -216,8 +237,21 @@ class DocstoreStateMachine:
     def _apply_one(self, e: Entry, fx: list[list[Any]], changes: list[Any]) -> object:
         cid = e.client_id
         if cid:
+            if e.sequence == 0:
+                return self._open_session(e, fx)
             seen = self._sessions.get(cid)
-            if seen is not None and e.sequence <= seen[0]:
+            if seen is not None and e.timestamp_ms - seen[2] > SESSION_TTL_MS:
+                self._drop_session(cid, fx)
+                seen = None
+            if seen is None:
+                # Never registered, evicted or expired: the retry of a write that
+                # may have applied must not apply again (Raft dissertation 6.3).
+                return SessionExpiredError(
+                    f"session {cid!r} is not open (expired, evicted or never opened): "
+                    "the outcome of this write is unknown; open a new session",
+                    rev=e.index,
+                ).to_result()
+            if e.sequence <= seen[0]:
                 if e.sequence == seen[0]:
                     return clone(seen[1])
                 return DuplicateRequestError(
@@ -233,15 +267,41 @@ class DocstoreStateMachine:
         except InvalidCommandError as exc:
             result = exc.to_result()
         if cid:
-            self._remember(cid, e.sequence, result)
-            fx.append(["sess", cid, e.sequence, result])
+            self._set_session(cid, (e.sequence, result, e.timestamp_ms), fx)
         return result
 
-    def _remember(self, cid: str, seq: int, result: Any) -> None:
-        self._sessions[cid] = (seq, result)
+    def _open_session(self, e: Entry, fx: list[list[Any]]) -> object:
+        """Sequence 0 of a session: register it (idempotent), expiring idle ones first."""
+        try:
+            cmd = decode_command(e.data)
+        except InvalidCommandError as exc:
+            return exc.to_result()
+        if cmd != OPEN_SESSION:
+            return InvalidCommandError(
+                f"sequence 0 of a session is its registration, {OPEN_SESSION}"
+            ).to_result()
+        cid, now = e.client_id, e.timestamp_ms
+        # Sessions are in order of last use: the idle ones are at the front.
+        while self._sessions:
+            oldest, rec = next(iter(self._sessions.items()))
+            if now - rec[2] <= SESSION_TTL_MS or oldest == cid:
+                break
+            self._drop_session(oldest, fx)
+        seen = self._sessions.get(cid)
+        if seen is None:
+            while len(self._sessions) >= self.max_sessions:
+                self._drop_session(next(iter(self._sessions)), fx)
+            self._set_session(cid, (0, None, now), fx)
+        return {"ok": True, "session": cid, "rev": e.index, "opened": seen is None}
+
+    def _set_session(self, cid: str, rec: tuple[int, Any, int], fx: list[list[Any]]) -> None:
+        self._sessions[cid] = rec
         self._sessions.move_to_end(cid)
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        fx.append(["sess", cid, *rec])
+
+    def _drop_session(self, cid: str, fx: list[list[Any]]) -> None:
+        del self._sessions[cid]
+        fx.append(["sess-", cid])
 
     def last_applied(self) -> LogId:
         return self._applied
@@ -286,7 +346,7 @@ class DocstoreStateMachine:
         return h.hexdigest()
 
     def _session_list(self) -> list[list[Any]]:
-        return [[cid, seq, res] for cid, (seq, res) in self._sessions.items()]
+        return [[cid, *rec] for cid, rec in self._sessions.items()]
 
     # ------------------------------------------------------------------
     # snapshots

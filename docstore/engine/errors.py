@@ -80,6 +80,16 @@ class DuplicateRequestError(DocstoreError):
     code = "stale_sequence"
 
 
+class SessionExpiredError(DocstoreError):
+    """The write's session is not open (expired, evicted or never opened).
+
+    The write was not applied now, but an earlier attempt of it may have been:
+    its outcome is unknown.  Open a new session for further writes.
+    """
+
+    code = "session_expired"
+
+
 class ResyncRequired(DocstoreError):
     """A watcher fell behind (or asked for history no longer kept): read again, re-watch."""
 
@@ -132,6 +142,7 @@ _BY_CODE: dict[str, type[DocstoreError]] = {
         ValidationError,
         UnknownCommandError,
         DuplicateRequestError,
+        SessionExpiredError,
         ResyncRequired,
         CorruptionError,
         RegistryError,

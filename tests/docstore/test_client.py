@@ -11,6 +11,7 @@ import trio
 
 import docstore
 from docstore.server import ServerConfig, load_config, serve
+from docstore.state_machine import OPEN_SESSION
 from trioraft.runtime import Node
 
 TOKEN = "test-token"
@@ -127,6 +128,11 @@ async def test_retried_write_is_applied_once(cluster: Cluster) -> None:
         async with docstore.connect(cluster.addresses, token=TOKEN, call_timeout=10) as db:
             ex = db.client
             cmd = docstore.commands.patch("c", "k", {"$inc": {"v": 1}}, upsert=True)
+            # A session is opened through the log first; a write on one that is not
+            # open is not applied (its outcome would be unknown to the writer).
+            r0 = await ex.request("command", cmd, client_id="s.1", sequence=1)
+            assert isinstance(r0, dict) and r0["error"] == "session_expired", r0
+            await ex.request("command", OPEN_SESSION, client_id="s.1")
             r1 = await ex.request("command", cmd, client_id="s.1", sequence=1)
             r2 = await ex.request("command", cmd, client_id="s.1", sequence=1)
             assert r1 == r2

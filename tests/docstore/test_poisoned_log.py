@@ -19,7 +19,7 @@ import pytest
 import trio
 
 from docstore.server import DEFAULT_CLIENT
-from docstore.state_machine import DocstoreStateMachine, encode_command
+from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from tests.docstore.test_client import TOKEN, Cluster
 from trioraft.client.connection import open_client_connection
 from trioraft.core.types import Entry, EntryKind, HardState
@@ -123,18 +123,20 @@ def _poisoned_entries(
     crashers: dict[str, tuple[str, str]] = {}  # session -> (crasher name, outcome now)
     for name, setup, cmd, outcome in crashers_to_log:
         for c in [*setup, cmd]:
-            index = len(entries) + 1
-            entries.append(
-                Entry(
-                    index,
-                    1,
-                    data=bytes(cbor2.dumps(c)),
-                    client_id=f"docstore/legacy-{index}",
-                    sequence=1,
-                    timestamp_ms=1_700_000_000_000 + index,
+            session = f"docstore/legacy-{len(entries)}"
+            for seq, data in ((0, OPEN_SESSION), (1, c)):  # open the session, then write
+                index = len(entries) + 1
+                entries.append(
+                    Entry(
+                        index,
+                        1,
+                        data=bytes(cbor2.dumps(data)),
+                        client_id=session,
+                        sequence=seq,
+                        timestamp_ms=1_700_000_000_000 + index,
+                    )
                 )
-            )
-        crashers[f"docstore/legacy-{len(entries)}"] = (name, outcome)
+        crashers[session] = (name, outcome)
     return entries, crashers
 
 

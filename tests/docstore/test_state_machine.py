@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from docstore import commands as C
-from docstore.state_machine import DocstoreStateMachine, encode_command
+from docstore.state_machine import (
+    OPEN_SESSION,
+    SESSION_TTL_MS,
+    DocstoreStateMachine,
+    encode_command,
+)
 from trioraft.core.types import Entry
 from trioraft.statemachine import SnapshotError, SnapshotInfo
 
@@ -33,21 +38,32 @@ async def get(sm: DocstoreStateMachine, coll: str, key: str) -> Any:
     return res["value"]
 
 
+def opened(index: int, client: str, ts: int = 0) -> Entry:
+    """The entry that opens a session (sequence 0)."""
+    return entry(index, OPEN_SESSION, client=client, seq=0, ts=ts)
+
+
 async def test_retried_write_applies_once(tmp_path: Path) -> None:
     sm = await started(tmp_path)
     inc = C.patch("c", "n", {"$inc": {"v": 1}}, upsert=True)
-    (first,) = await sm.apply([entry(1, inc, client="cl", seq=1)])
-    # The client retries the same request; it is committed again at index 2.
-    (again,) = await sm.apply([entry(2, inc, client="cl", seq=1)])
-    assert again == first and first["rev"] == 1  # type: ignore[index]
+    (opening,) = await sm.apply([opened(1, "cl")])
+    assert opening == {"ok": True, "session": "cl", "rev": 1, "opened": True}
+    (first,) = await sm.apply([entry(2, inc, client="cl", seq=1)])
+    # The client retries the same request; it is committed again at index 3.
+    (again,) = await sm.apply([entry(3, inc, client="cl", seq=1)])
+    assert again == first and first["rev"] == 2  # type: ignore[index]
     assert (await get(sm, "c", "n"))["v"] == 1
-    (stale,) = await sm.apply([entry(3, inc, client="cl", seq=0)])
-    assert stale["error"] == "stale_sequence"  # type: ignore[index]
     await sm.apply([entry(4, inc, client="cl", seq=2)])
+    (stale,) = await sm.apply([entry(5, inc, client="cl", seq=1)])
+    assert stale["error"] == "stale_sequence"  # type: ignore[index]
     assert (await get(sm, "c", "n"))["v"] == 2
     await sm.close()
     sm = await started(tmp_path)  # the table survives a restart (replayed from the log)
-    (again,) = await sm.apply([entry(5, inc, client="cl", seq=2)])
+    (again,) = await sm.apply([entry(6, inc, client="cl", seq=2)])
+    assert again["rev"] == 4  # type: ignore[index]
+    (reopen,) = await sm.apply([opened(7, "cl")])  # a retried registration changes nothing
+    assert reopen["opened"] is False  # type: ignore[index]
+    (again,) = await sm.apply([entry(8, inc, client="cl", seq=2)])
     assert again["rev"] == 4  # type: ignore[index]
     assert (await get(sm, "c", "n"))["v"] == 2
     await sm.close()
@@ -56,17 +72,52 @@ async def test_retried_write_applies_once(tmp_path: Path) -> None:
 async def test_session_table_is_bounded_and_in_snapshots(tmp_path: Path) -> None:
     sm = await started(tmp_path / "a", max_sessions=3)
     for i in range(1, 6):
-        await sm.apply([entry(i, C.put("c", f"k{i}", {}), client=f"cl{i}", seq=1)])
+        await sm.apply([opened(2 * i - 1, f"cl{i}")])
+        await sm.apply([entry(2 * i, C.put("c", f"k{i}", {}), client=f"cl{i}", seq=1)])
     assert (await sm.query({"op": "sessions"}))["value"] == 3  # type: ignore[index]
     info = await sm.write_snapshot(str(tmp_path / "snap"))
     other = await started(tmp_path / "b", max_sessions=3)
     await other.restore_snapshot(str(tmp_path / "snap"), info)
     assert other.digest() == sm.digest()
     # cl5 is remembered by the restored replica: its retry is not re-applied.
-    (res,) = await other.apply([entry(6, C.put("c", "k5", {"x": 1}), client="cl5", seq=1)])
-    assert res["rev"] == 5  # type: ignore[index]
+    (res,) = await other.apply([entry(11, C.put("c", "k5", {"x": 1}), client="cl5", seq=1)])
+    assert res["rev"] == 10  # type: ignore[index]
     await sm.close()
     await other.close()
+
+
+async def test_exactly_once_survives_session_eviction(tmp_path: Path) -> None:
+    # Issue "The guarantees hold at the seams", defect 6: a retry whose session
+    # was evicted used to be applied again as new (a second $inc).
+    sm = await started(tmp_path, max_sessions=2)
+    inc = C.patch("c", "n", {"$inc": {"v": 1}}, upsert=True)
+    await sm.apply([opened(1, "victim"), entry(2, inc, client="victim", seq=1)])
+    for i in range(3, 9, 2):  # other clients open sessions; the victim's is evicted
+        await sm.apply([opened(i, f"other{i}")])
+    assert (await get(sm, "c", "n"))["v"] == 1
+    (retry,) = await sm.apply([entry(9, inc, client="victim", seq=1)])
+    assert retry["error"] == "session_expired"  # type: ignore[index]
+    assert (await get(sm, "c", "n"))["v"] == 1  # not applied twice
+    await sm.close()
+
+
+async def test_sessions_expire_by_leader_time(tmp_path: Path) -> None:
+    sm = await started(tmp_path)
+    put = C.put("c", "k", {})
+    hour = SESSION_TTL_MS
+    await sm.apply([opened(1, "a", ts=1_000), entry(2, put, client="a", seq=1, ts=2_000)])
+    (ok,) = await sm.apply([entry(3, put, client="a", seq=2, ts=2_000 + hour)])
+    assert ok["ok"] is True  # type: ignore[index]
+    (late,) = await sm.apply([entry(4, put, client="a", seq=3, ts=2_001 + 2 * hour)])
+    assert late["error"] == "session_expired"  # type: ignore[index]
+    # A session that is never written again is dropped when another one opens.
+    await sm.apply([opened(5, "b", ts=10_000), opened(6, "c", ts=20_000 + hour)])
+    assert (await sm.query({"op": "sessions"}))["value"] == 1  # type: ignore[index]
+    digest = sm.digest()
+    await sm.close()
+    sm = await started(tmp_path)  # replayed from the apply log: the same table
+    assert sm.digest() == digest
+    await sm.close()
 
 
 async def test_replicas_agree_on_errors_and_state(tmp_path: Path) -> None:

@@ -732,3 +732,20 @@ def test_restart_recovers_term_vote_log_and_replays_committed() -> None:
     c.heartbeat(1)
     c.deliver()
     assert c.applied_data(2) == [b"r0", b"r1", b"r2"]
+
+
+def test_entry_timestamps_never_decrease_across_leaders() -> None:
+    # Time rule: node 1's clock runs ahead; after it fails, node 2 (whose clock
+    # is behind) leads.  State machines judge TTL and session expiry by these
+    # stamps, so the new leader's entries must not go back in time.
+    c = Cluster(3)
+    c.elect(1)
+    c.propose(1, b"early", timestamp_ms=5_000)
+    c.heartbeat(1)
+    c.process()
+    c.crash(1)
+    c.elect(2)
+    index = c.propose(2, b"late", timestamp_ms=1_000)
+    stamps = [e.timestamp_ms for e in c.core(2).log if e.data in (b"early", b"late")]
+    assert stamps == [5_000, 5_000], stamps
+    assert c.core(2).entries_between(index, index + 1)[0].timestamp_ms == 5_000

@@ -288,6 +288,9 @@ class RaftCore:
             if e.kind is EntryKind.CONFIG:
                 self._configs.append((e.index, Membership.decode(e.data)))
             expect += 1
+        # The highest leader timestamp in the log: a leader never stamps below it,
+        # so time as the state machines see it (TTL, session expiry) never runs back.
+        self._stamp = max((e.timestamp_ms for e in self.log), default=0)
         self.membership = self._current_membership()
         self.stable = self.last_index()
         self._unstable_from = self.last_index() + 1
@@ -359,6 +362,8 @@ class RaftCore:
                 self._unstable_from = min(self._unstable_from, e.index)
                 first = False
             self.log.append(e)
+            if e.timestamp_ms > self._stamp:
+                self._stamp = e.timestamp_ms
             if e.kind is EntryKind.CONFIG:
                 self._configs.append((e.index, Membership.decode(e.data)))
                 self._membership_changed()
@@ -1014,7 +1019,9 @@ class RaftCore:
         """Append a command to the leader's log; returns its index.
 
         Raises :class:`NotLeader` on a non-leader, :class:`ProposalRejected`
-        while a leadership transfer is in progress.  The entry is committed
+        while a leadership transfer is in progress.  ``timestamp_ms`` (the
+        leader's clock) is raised to the highest stamp in the log if below it:
+        stamps never decrease along the log, across leaders too.  The entry is committed
         once it shows up in a Ready's ``committed`` with the same term;
         if a different entry commits at that index, the proposal was lost.
         """
@@ -1025,7 +1032,8 @@ class RaftCore:
         if kind is EntryKind.CONFIG:
             raise ValueError("use change_membership() for configuration changes")
         index = self.last_index() + 1
-        self._append([Entry(index, self.term, kind, data, client_id, sequence, timestamp_ms)])
+        stamp = max(timestamp_ms, self._stamp)  # never below an earlier leader's clock
+        self._append([Entry(index, self.term, kind, data, client_id, sequence, stamp)])
         self._broadcast_wanted = True
         return index
 

@@ -513,6 +513,127 @@ def test_lease_is_shorter_than_the_minimum_election_timeout() -> None:
     assert sent < lease_end < sent + c.core(1).cfg.election_timeout_min
 
 
+# The lease argument (dissertation 6.4.1): every voter that acked the round
+# refuses to help elect anyone else for one minimum election timeout.  Two
+# ways around it, each with its guard.
+
+
+def _voter_restarts_inside_the_lease(faults: frozenset[str]) -> Cluster:
+    c = Cluster(3, faults=faults)
+    c.elect(1)
+    c.block(1, 3)  # node 3 cannot reach leader 1 (nor 1 it); 2 hears both
+    c.block(3, 1)
+    while c.core(3).election_deadline - c.now > 0.1:
+        c.advance(0.1)  # node 1's heartbeat rounds: node 2 acks each
+        c.deliver()
+    assert c.core(3).role is Role.FOLLOWER  # its timer has not fired yet
+    c.core(1).read(1, c.now, lease=True)
+    c.process(1)
+    assert [r.request_id for r in c.records[1].reads] == [1]  # node 1 holds a lease
+    c.isolate(1)  # node 1 is cut off
+    c.crash(2)
+    c.restart(2)  # inside the lease: its memory of leader 1 is gone
+    c.fire_election(3)  # node 3 times out and asks node 2
+    c.deliver()
+    return c
+
+
+def test_lease_after_a_voter_restarts() -> None:
+    c = _voter_restarts_inside_the_lease(frozenset())
+    # Node 2 acked node 1's round before it restarted: it refuses the
+    # pre-vote for one minimum election timeout after its start.
+    assert c.core(3).role is not Role.LEADER and c.core(3).term == 1
+    c.core(1).read(2, c.now, lease=True)
+    c.process(1)
+    assert [r.index for r in c.records[1].reads] == [1, 1]  # nothing newer exists
+    # Once node 1's lease has run out, node 3 wins.
+    while c.core(1).lease_valid():
+        c.advance(0.1)
+        c.deliver()
+    c.elect(3)
+    assert c.core(3).term == 2
+
+
+def test_lease_after_a_voter_restarts_without_the_guard_serves_a_stale_read() -> None:
+    c = _voter_restarts_inside_the_lease(frozenset({"restart_votes_at_once"}))
+    assert c.core(3).role is Role.LEADER and c.core(3).term == 2
+    w = c.propose(3, b"W")
+    c.deliver()
+    assert b"W" in c.applied_data(3)  # committed by 3 and 2
+    c.core(1).read(2, c.now, lease=True)
+    c.process(1)
+    assert c.core(1).lease_valid()
+    assert c.records[1].reads[-1].index < w  # served from the lease: stale
+
+
+def _stale_timeout_now(faults: frozenset[str]) -> tuple[Cluster, int]:
+    c = Cluster(3, faults=faults)
+    c.elect(1)
+    c.core(1).transfer_leadership(2)  # node 2 is caught up: TimeoutNow leaves at once
+    c.process(1)
+    stale = c.take(to(2, TimeoutNow))  # ... and is held up (node 2 paused, a slow link)
+    assert stale
+    while c.core(1).transferring_to is not None:
+        c.advance(0.1)  # the transfer times out; rounds go on, 2 and 3 ack
+        c.deliver()
+    c.heartbeat(1)
+    c.deliver()  # a fresh round, acked by node 3 (and 2)
+    c.core(1).read(1, c.now, lease=True)
+    c.process(1)
+    c.isolate(1)  # node 1 is cut off
+    c.inject(stale)  # node 2 acts on the old TimeoutNow: a transfer campaign
+    c.deliver()
+    assert c.core(2).role is Role.LEADER and c.core(2).term == 2
+    w = c.propose(2, b"W")
+    c.deliver()
+    assert b"W" in c.applied_data(2)
+    c.core(1).read(2, c.now, lease=True)
+    c.process(1)
+    return c, w
+
+
+def test_lease_after_a_stale_timeout_now() -> None:
+    c, _ = _stale_timeout_now(frozenset())
+    # Node 1 sent a TimeoutNow in this term: no lease for the rest of it,
+    # so both reads wait for a ReadIndex round a quorum never confirms.
+    assert not c.core(1).lease_valid()
+    assert c.records[1].reads == []
+
+
+def test_lease_after_a_stale_timeout_now_without_the_guard_serves_a_stale_read() -> None:
+    c, w = _stale_timeout_now(frozenset({"lease_after_timeout_now"}))
+    assert c.core(1).lease_valid()
+    assert [r.request_id for r in c.records[1].reads] == [1, 2]
+    assert c.records[1].reads[-1].index < w  # served from the lease: stale
+
+
+@pytest.mark.parametrize("faults", [frozenset(), frozenset({"lease_after_timeout_now"})])
+def test_lease_after_a_stale_timeout_now_from_a_round_sent_during_the_transfer(
+    faults: frozenset[str],
+) -> None:
+    c = Cluster(3, faults=faults)
+    c.elect(1)
+    t_end = c.now + c.core(1).cfg.election_timeout_max  # when the transfer times out
+    c.core(1).transfer_leadership(2)
+    c.process(1)
+    stale = c.take(to(2, TimeoutNow))
+    while c.now + 0.1 < t_end - 0.3:
+        c.advance(0.1)  # rounds during the transfer: confirmed, but no lease
+        c.deliver()
+    c.advance(0.1)  # the last round of the transfer: its acks are held up
+    c.deliver(is_type(Heartbeat))
+    late = c.take(is_type(HeartbeatResponse))
+    while c.core(1).transferring_to is not None:
+        c.advance(0.1)  # the transfer times out; these rounds are lost
+        c.deliver(drop=is_type(Heartbeat))
+    c.inject(late)  # confirms the round sent during the transfer
+    assert c.core(1).lease_valid() == bool(faults)
+    c.isolate(1)
+    c.inject(stale)
+    c.deliver()
+    assert c.core(2).role is Role.LEADER  # while node 1 held that lease, if it had one
+
+
 # ----------------------------------------------------------------- pitfall 13
 
 

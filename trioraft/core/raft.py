@@ -51,7 +51,9 @@ Rules upheld (each has a named scenario test in tests/core/):
   a majority says it could win); check-quorum (a leader that has not heard
   from a quorum within the minimum election timeout steps down); leader
   stickiness (a node that heard from a live leader within the minimum
-  election timeout ignores vote requests, unless a leadership transfer asks);
+  election timeout ignores vote requests, unless a leadership transfer asks;
+  so does a node for the minimum election timeout after it starts, since it
+  may have acked a leader just before it went down);
   learners vote when asked but never campaign and never count;
 * each new leader appends a NOOP and serves no read before it is committed;
 * commitment counts replicas only of an entry of the current term (Figure 8);
@@ -63,7 +65,10 @@ Rules upheld (each has a named scenario test in tests/core/):
   response cannot confirm a newer read;
 * lease reads are served from a lease that starts when the confirming round
   was *sent* and lasts ``lease_ratio`` of the minimum election timeout,
-  shorter than the time any follower waits before voting for another node;
+  shorter than the time any voter that acked the round refuses votes (across
+  its own restart too); a transfer campaign skips that refusal, so a leader
+  holds no lease during a transfer nor, once it sent a ``TimeoutNow``, for
+  the rest of its term (the message may arrive late);
 * membership: one change at a time, only after the leader has committed in
   its term; voter changes go through a joint configuration C(old,new) that
   needs both majorities, left automatically once committed; the latest
@@ -118,6 +123,8 @@ FAULTS = frozenset(
         "learner_in_quorum",  # count learners as voters when committing
         "read_before_commit_in_term",  # serve ReadIndex before the term's first commit
         "stale_append_truncates",  # truncate after prev_index unconditionally
+        "restart_votes_at_once",  # grant (pre-)votes right after a restart
+        "lease_after_timeout_now",  # renew the lease once a transfer that sent TimeoutNow ends
     }
 )
 
@@ -306,6 +313,9 @@ class RaftCore:
         self.leader: NodeId | None = None
         self.now = now
         self.last_leader_contact = -1e18
+        # A restart forgets which leader we heard from, not that a leader we
+        # acked may hold a lease on our word: start as if we just heard one.
+        self._quiet_until = now + config.election_timeout_min
         self.election_deadline = 0.0
         self.heartbeat_deadline = 1e18
         self._reset_election_deadline()
@@ -316,6 +326,7 @@ class RaftCore:
         self._check_quorum_deadline = 1e18
         self._transfer_to: NodeId | None = None
         self._transfer_deadline = 0.0
+        self._timeout_now_sent = False  # in this leadership: no lease until it ends
         self._lease_until = -1e18
         self._round = 0  # read rounds sent
         self._round_sent: dict[int, float] = {}
@@ -559,6 +570,7 @@ class RaftCore:
         self.heartbeat_deadline = self.now + self.cfg.heartbeat_interval
         self.election_deadline = 1e18
         self._transfer_to = None
+        self._timeout_now_sent = False
         self._lease_until = -1e18
         self._round = 0
         self._round_sent = {}
@@ -597,8 +609,17 @@ class RaftCore:
         self._msgs.append(RequestVoteResponse(self.term, self.id, m.src, grant))
 
     def _in_lease(self) -> bool:
-        """True while this node believes a live leader exists (check-quorum stickiness)."""
-        if not self.cfg.check_quorum or self.leader is None:
+        """True while this node believes a live leader exists (check-quorum stickiness).
+
+        Also for one minimum election timeout after the node starts: it may
+        have acked a round just before it went down (``restart_votes_at_once``
+        breaks this guard).
+        """
+        if not self.cfg.check_quorum:
+            return False
+        if self.now < self._quiet_until and "restart_votes_at_once" not in self._faults:
+            return True
+        if self.leader is None:
             return False
         if self.role is Role.LEADER:
             return True  # check-quorum deposes us if we are not live
@@ -837,7 +858,7 @@ class RaftCore:
         if self.role is not Role.LEADER:
             return  # committing our own removal made us step down
         if m.src == self._transfer_to and pr.match == self.last_index():
-            self._msgs.append(TimeoutNow(self.term, self.id, m.src))
+            self._send_timeout_now(m.src)
         # keep the pipe full
         self._send_append(m.src, allow_empty=False)
 
@@ -1088,7 +1109,7 @@ class RaftCore:
         sent = self._round_sent.get(done)
         if sent is not None and self.cfg.check_quorum:
             lease = self.cfg.election_timeout_min * self.cfg.lease_ratio
-            if self._transfer_to is None:
+            if self._transfer_to is None and not self._timeout_now_sent:
                 self._lease_until = max(self._lease_until, sent + lease)
         for r in [r for r in self._round_sent if r < done]:
             del self._round_sent[r]
@@ -1167,9 +1188,19 @@ class RaftCore:
         self._lease_until = -1e18  # the new leader may start before our lease ends
         pr = self.progress[target]
         if pr.match == self.last_index():
-            self._msgs.append(TimeoutNow(self.term, self.id, target))
+            self._send_timeout_now(target)
         else:
             self._send_append(target)
+
+    def _send_timeout_now(self, target: NodeId) -> None:
+        # The target's campaign skips every voter's stickiness, and the
+        # message may arrive late (a paused target, a slow link): after the
+        # transfer has timed out, or to confirm nothing, it still elects a
+        # leader.  So no lease for the rest of this term.
+        if "lease_after_timeout_now" not in self._faults:
+            self._timeout_now_sent = True
+        self._lease_until = -1e18
+        self._msgs.append(TimeoutNow(self.term, self.id, target))
 
     @property
     def transferring_to(self) -> NodeId | None:

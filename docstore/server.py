@@ -44,6 +44,7 @@ import logging
 import os
 import signal
 import ssl
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -385,7 +386,14 @@ class DocstoreService:
                         f"sequence: 0 opens a session and carries {OPEN_SESSION}"
                     )
                 return OPEN_SESSION
-            return validate_command(req.payload, self.sm.limits, self.sm.engine.registry)
+            cmd = validate_command(req.payload, self.sm.limits, self.sm.engine.registry)
+            for i, sub in enumerate(cmd["commands"] if cmd["op"] == "batch" else [cmd]):
+                if sub["op"] == "expire" and "now_ms" in sub:
+                    where = f"commands[{i}]." if sub is not cmd else ""
+                    raise InvalidCommandError(
+                        f"{where}now_ms: a cluster expires by the leader's clock; omit it"
+                    )
+            return cmd
         except DocstoreError as exc:
             raise RequestRefused(exc) from None
 
@@ -681,10 +689,30 @@ async def serve(
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         node: Node = await nursery.start(_serve_node, node_config, sm, service)
         service.attach(node)
+        nursery.start_soon(_expire_while_leading, node, sm)
         log.warning(
             "docstore node %d serving on %s (data %s)", node.id, node.config.address, config.data
         )
         task_status.started(node)
+
+
+#: Seconds between the leader's checks for documents past their ``_expires``.
+EXPIRE_INTERVAL = 1.0
+
+
+async def _expire_while_leading(node: Node, sm: DocstoreStateMachine) -> None:
+    """The leader deletes expired documents: ``{"op": "expire"}`` as of its own (entry)
+    time, whenever a document's ``_expires`` has passed by its clock.  Each such entry
+    also moves the replicated clock that reads judge expiry by."""
+    while True:
+        await trio.sleep(EXPIRE_INTERVAL)
+        due = sm.next_expiry()
+        if not node.is_leader or due is None or due > time.time() * 1000:
+            continue
+        try:
+            await node.propose(encode_command({"op": "expire"}))
+        except Exception as exc:  # lost leadership, overloaded...: the next round retries
+            log.debug("expire round not applied: %r", exc)
 
 
 async def _serve_node(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -119,6 +118,9 @@ class DocstoreStateMachine:
         #: session -> (last sequence, its result, leader time of its last use in ms)
         self._sessions: OrderedDict[str, tuple[int, Any, int]] = OrderedDict()
         self._applied = LogId(0, 0)
+        #: Replicated time: the highest leader timestamp applied.  Reads judge
+        #: expiry by it, as writes do, never by this replica's clock.
+        self._time_ms = 0
         self._gen = 0
         self._log: DataFile | None = None
         self._dirty = False
@@ -171,6 +173,7 @@ class DocstoreStateMachine:
             (rec[0], (rec[1], rec[2], rec[3] if len(rec) > 3 else 0)) for rec in s.sessions
         )
         self._applied = LogId(s.index, s.term)
+        self._time_ms = s.time_ms
         self._gen = max(self._gen, s.gen)  # never reuse a generation a stale log may carry
         self.hub.reset(s.index)
 
@@ -184,6 +187,7 @@ class DocstoreStateMachine:
             elif e[0] == "sess-":
                 self._sessions.pop(e[1], None)
         self._applied = LogId(rec["r"], rec["t"])
+        self._time_ms = max(self._time_ms, rec.get("ms", 0))
 
     def _reset_log(self) -> None:
         assert self._log is not None
@@ -223,12 +227,13 @@ class DocstoreStateMachine:
                 continue
             result: object = None
             if e.kind == EntryKind.NORMAL:
+                self._time_ms = max(self._time_ms, e.timestamp_ms)
                 result = self._apply_one(e, fx, changes)
             self._applied = LogId(e.index, e.term)
             results.append(result)
         if self._applied != before and self._log is not None:
             last = self._applied
-            self._log.write(encode_record(last.index, fx, t=last.term))
+            self._log.write(encode_record(last.index, fx, t=last.term, ms=self._time_ms))
             self._dirty = True
             self._since_base += 1
         self.hub.publish(changes)
@@ -303,6 +308,13 @@ class DocstoreStateMachine:
         del self._sessions[cid]
         fx.append(["sess-", cid])
 
+    def next_expiry(self) -> int | None:
+        """The earliest ``_expires`` (ms) of any document, or None."""
+        due = [
+            c.docs[k]["_expires"] for c in self.engine.colls.values() for k in c.expiring
+        ]
+        return min(due) if due else None
+
     def last_applied(self) -> LogId:
         return self._applied
 
@@ -319,14 +331,14 @@ class DocstoreStateMachine:
             op = q.get("op") if isinstance(q, dict) else None
             if op in ("get_multi", "sessions"):  # the state machine's own queries
                 m = validate_query(q, self.limits)
-                now = _now_ms()
+                now = self._time_ms
                 value: Any = (
                     [clone(self.engine.get(m["coll"], k, now_ms=now)) for k in m["keys"]]
                     if op == "get_multi"
                     else len(self._sessions)
                 )
             else:
-                value = clone(run_query(self.engine, q, _now_ms()))  # validates
+                value = clone(run_query(self.engine, q, self._time_ms))  # validates
         except DocstoreError as exc:
             return exc.to_result()
         except RecursionError:
@@ -354,7 +366,9 @@ class DocstoreStateMachine:
 
     async def write_snapshot(self, path: str) -> SnapshotInfo:
         a = self._applied
-        chunks, checksum, size = snap.encode(self.engine, a.index, a.term, 0, self._session_list())
+        chunks, checksum, size = snap.encode(
+            self.engine, a.index, a.term, 0, self._session_list(), self._time_ms
+        )
         await trio.to_thread.run_sync(write_atomic, path, chunks)
         return SnapshotInfo(a.index, a.term, checksum, size)
 
@@ -382,7 +396,9 @@ class DocstoreStateMachine:
         """Make the in-memory state the new base (a new generation), then reset the log."""
         self._gen += 1
         a = self._applied
-        chunks, _, _ = snap.encode(self.engine, a.index, a.term, self._gen, self._session_list())
+        chunks, _, _ = snap.encode(
+            self.engine, a.index, a.term, self._gen, self._session_list(), self._time_ms
+        )
         base = os.path.join(self.path, _BASE)
 
         def write() -> None:
@@ -397,7 +413,3 @@ class DocstoreStateMachine:
         await trio.to_thread.run_sync(write)
         self._dirty = False
         self._since_base = 0
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

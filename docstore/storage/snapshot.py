@@ -5,7 +5,8 @@ Layout (docs/docstore.md has the byte-level description)::
     b"DSSNAP01"
     record  header   JSON {"format": 1, "index", "term", "gen", "extensions",
                            "collections": [{name, type, type_version, indexes}],
-                           "sessions": [[client_id, sequence, result], ...]}
+                           "sessions": [[client_id, sequence, result, last_used_ms], ...],
+                           "time_ms": the replicated clock (absent in older files)}
     record  document JSON [collection, document]     (collections by name, keys in order)
     ...
     record  trailer  JSON {"end": true, "documents": n, "sha256": hex of all bytes before it}
@@ -46,10 +47,16 @@ class Snapshot:
     gen: int
     engine: Engine
     sessions: list[list[Any]]
+    time_ms: int = 0  # the replicated clock (older snapshots lack it)
 
 
 def encode(
-    engine: Engine, index: int, term: int, gen: int, sessions: list[list[Any]]
+    engine: Engine,
+    index: int,
+    term: int,
+    gen: int,
+    sessions: list[list[Any]],
+    time_ms: int = 0,
 ) -> tuple[list[bytes], str, int]:
     """Serialise the state; returns (chunks, sha256 hex of the whole file, size).
 
@@ -63,6 +70,7 @@ def encode(
         "extensions": engine.extensions,
         "collections": [engine.collection_meta(engine.colls[n]) for n in sorted(engine.colls)],
         "sessions": sessions,
+        "time_ms": time_ms,
     }
     chunks = [MAGIC, frame(_dumps(header).encode())]
     count = 0
@@ -110,9 +118,10 @@ def decode(data: bytes, name: str, registry: Registry | None, limits: Limits) ->
         engine.replay(list(_effects(header, res.records[1:-1])))
         index, term, gen = int(header["index"]), int(header["term"]), int(header["gen"])
         sessions = list(header["sessions"])
+        time_ms = int(header.get("time_ms", 0))
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SnapshotError(f"{name}: malformed snapshot contents: {exc!r}") from None
-    return Snapshot(index, term, gen, engine, sessions)
+    return Snapshot(index, term, gen, engine, sessions, time_ms)
 
 
 def _effects(header: dict[str, Any], docs: list[bytes]) -> Iterator[list[Any]]:

@@ -188,3 +188,16 @@ def test_load_config_layers(tmp_path: pathlib.Path) -> None:
     assert nc.listen == "127.0.0.1:2" and dict(nc.peers) == {1: "127.0.0.1:1"}
     with pytest.raises(ValueError, match="unknown setting"):
         load_config(str(f), bogus=1)
+
+
+async def test_leader_deletes_expired_documents(cluster: Cluster) -> None:
+    with trio.fail_after(20):
+        async with docstore.connect(cluster.addresses, token=TOKEN, call_timeout=10) as db:
+            c = db.collection("ttl")
+            await c.put("gone", {"v": 1}, ttl=0.2)
+            await c.put("stays", {"v": 1})
+            for _ in range(100):  # the leader's expire rounds delete it
+                if await c.count() == 1:
+                    break
+                await trio.sleep(0.1)
+            assert await c.get("gone") is None and await c.get("stays") is not None

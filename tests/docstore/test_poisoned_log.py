@@ -249,3 +249,24 @@ async def test_watch_filter_with_non_ascii_digit_segment_does_not_stop_apply(
             raise AssertionError(f"unexpected change {change}")
     finally:
         await sm.close()
+
+
+async def test_client_cannot_choose_the_time_of_expire(tmp_path: pathlib.Path) -> None:
+    # A client-supplied now_ms would delete every TTL document early.
+    async with trio.open_nursery() as nursery:
+        c = Cluster(tmp_path, nursery)
+        for n in c.addr:
+            await c.start(n)
+        _, address = await _leader_address(c)
+        async with open_client_connection(
+            address, cluster_id="docstore", client_id=DEFAULT_CLIENT, token=TOKEN
+        ) as conn:
+            for cmd in (
+                {"op": "expire", "now_ms": 2**62},
+                {"op": "batch", "commands": [{"op": "expire", "now_ms": 2**62}]},
+            ):
+                resp = await conn.call(ClientRequest(0, "command", cmd))
+                assert resp.error_code == "bad_request" and "now_ms" in resp.error_message
+            resp = await conn.call(ClientRequest(0, "command", {"op": "expire"}))
+            assert resp.ok and resp.result["ok"], resp  # type: ignore[index]
+        nursery.cancel_scope.cancel()

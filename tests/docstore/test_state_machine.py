@@ -229,3 +229,21 @@ async def test_bad_queries_are_error_results(tmp_path: Path) -> None:
         res = await sm.query(q)
         assert isinstance(res, dict) and res["ok"] is False
     await sm.close()
+
+
+async def test_reads_judge_expiry_by_replicated_time(tmp_path: Path) -> None:
+    # Time rule: a read that said "absent" by this replica's clock while a later
+    # write (judged by the leader's entry time) still saw the document present.
+    sm = await started(tmp_path)
+    await sm.apply([entry(1, C.put("c", "t", {"_expires": 1_500}), ts=1_000)])
+    assert await get(sm, "c", "t") is not None  # present as of the replicated time, 1000
+    (write,) = await sm.apply(
+        [entry(2, C.patch("c", "t", {"$set": {"x": 1}}, if_exists=True), ts=1_200)]
+    )
+    assert write["ok"] is True  # type: ignore[index]
+    await sm.apply([entry(3, C.put("c", "other", {}), ts=2_000)])
+    assert await get(sm, "c", "t") is None  # time moved past _expires with the log
+    await sm.close()
+    sm = await started(tmp_path)  # the replicated clock survives a restart
+    assert await get(sm, "c", "t") is None
+    await sm.close()

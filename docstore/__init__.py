@@ -16,7 +16,13 @@ Replicated: :class:`docstore.state_machine.DocstoreStateMachine` is the
 trioraft state machine.  Commands are plain maps (:mod:`docstore.commands`).
 """
 
-from docstore.client import ClusterError, RemoteDatabase, UnavailableError, connect
+from docstore.client import (
+    ClusterError,
+    ForbiddenError,
+    RemoteDatabase,
+    UnavailableError,
+    connect,
+)
 from docstore.database import (
     ChangeStream,
     Collection,
@@ -59,6 +65,7 @@ __all__ = [
     "DocstoreError",
     "DuplicateRequestError",
     "Executor",
+    "ForbiddenError",
     "InvalidCommandError",
     "LimitError",
     "Limits",

@@ -115,6 +115,10 @@ BACKUP_CHUNK = 1 << 20
 MAX_BACKUPS = 2
 #: Watches running per connection; more: ``overloaded``.
 MAX_WATCHES = 64
+
+#: Commands and one-shot requests (queries, status, ...) a connection may have
+#: unanswered at once; more are answered ``overloaded`` at once (no task, no read).
+MAX_IN_FLIGHT = 1024
 #: The largest ``buffer`` of a watch (changes held for a watcher that lags).
 MAX_WATCH_BUFFER = 65_536
 #: The fields a ``watch`` payload may have (``coll`` is required).
@@ -349,17 +353,22 @@ class DocstoreService:
             if found is not None:
                 found.cancel()
             conn.send([ClientResponse(rid, True, found is not None)])
-        elif req.kind == "command":
-            self._command(conn, req)  # answered by callback: no task per write
         else:
-            nursery.start_soon(self._serve, conn, req)
+            if streams.in_flight >= MAX_IN_FLIGHT:
+                raise OverloadedError(f"at most {MAX_IN_FLIGHT} requests in flight per connection")
+            streams.in_flight += 1
+            if req.kind == "command":
+                self._command(conn, req, streams)  # answered by callback: no task per write
+            else:
+                nursery.start_soon(self._serve, conn, req, streams)
 
-    def _command(self, conn: ClientConnection, req: ClientRequest) -> None:
+    def _command(self, conn: ClientConnection, req: ClientRequest, streams: _Streams) -> None:
         node = self._node
         assert node is not None
         rid = req.request_id
 
         def done(result: object, error: BaseException | None) -> None:
+            streams.in_flight -= 1
             conn.send(
                 [ClientResponse(rid, True, result) if error is None else error_response(rid, error)]
             )
@@ -373,7 +382,7 @@ class DocstoreService:
                 sequence=req.sequence,
             )
         except Exception as exc:  # refused before it was appended: answer now
-            conn.send([error_response(rid, exc)])
+            done(None, exc)
 
     def _check_command(self, req: ClientRequest) -> dict[str, Any]:
         """Refuse (``bad_request``) what apply would refuse anyway, before the log sees it.
@@ -401,11 +410,13 @@ class DocstoreService:
     def _session(principal: str, req: ClientRequest) -> str:
         return f"{principal}/{req.client_id}" if req.client_id else ""
 
-    async def _serve(self, conn: ClientConnection, req: ClientRequest) -> None:
+    async def _serve(self, conn: ClientConnection, req: ClientRequest, streams: _Streams) -> None:
         try:
             resp = ClientResponse(req.request_id, True, await self.call(req, conn.client_id))
         except Exception as exc:
             resp = error_response(req.request_id, exc)
+        finally:
+            streams.in_flight -= 1
         conn.send([resp])
 
     async def call(self, req: ClientRequest, principal: str = DEFAULT_CLIENT) -> object:
@@ -522,11 +533,12 @@ class DocstoreService:
 class _Streams:
     """The streams running on one client connection."""
 
-    __slots__ = ("backup", "watches")
+    __slots__ = ("backup", "in_flight", "watches")
 
     def __init__(self) -> None:
         self.watches: dict[int, trio.CancelScope] = {}
         self.backup = False
+        self.in_flight = 0  # commands and one-shot requests not answered yet
 
 
 def _authorize(req: ClientRequest, client_id: str, role: Role) -> None:

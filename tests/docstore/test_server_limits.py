@@ -368,3 +368,23 @@ async def test_forbidden_is_a_typed_client_error(tmp_path: pathlib.Path) -> None
                 await db.collection("c").put("k", {"a": 1})  # not retried
             assert info.value.code == "forbidden"
         nursery.cancel_scope.cancel()
+
+
+async def test_requests_in_flight_are_capped_per_connection(server: Server) -> None:
+    # One frame of 5,000 reads used to start 5,000 tasks at once (and as many
+    # pending reads); a connection gets MAX_IN_FLIGHT, the rest `overloaded`.
+    from docstore.server import MAX_IN_FLIGHT
+
+    n = MAX_IN_FLIGHT + 500
+    q = {"op": "get", "coll": "c", "key": "k"}
+    async with server.client() as conn:
+        conn.request(*(ClientRequest(i, "query", q) for i in range(1, n + 1)))
+        answers: list[ClientResponse] = []
+        with trio.fail_after(20):
+            while len(answers) < n:
+                answers += await conn.responses()
+    codes = [r.error_code for r in answers]
+    assert codes.count("overloaded") == n - MAX_IN_FLIGHT
+    assert codes.count("") == MAX_IN_FLIGHT
+    async with server.client() as conn:  # the slots are given back
+        assert (await call(conn, "query", q)).ok

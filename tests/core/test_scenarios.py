@@ -870,3 +870,28 @@ def test_entry_timestamps_never_decrease_across_leaders() -> None:
     stamps = [e.timestamp_ms for e in c.core(2).log if e.data in (b"early", b"late")]
     assert stamps == [5_000, 5_000], stamps
     assert c.core(2).entries_between(index, index + 1)[0].timestamp_ms == 5_000
+
+
+# ------------------------------------------------------- lost data directories
+
+
+def test_leader_resets_match_when_a_follower_lost_its_log() -> None:
+    c = Cluster(3)
+    c.elect(1)  # term 1, NOOP at 1
+    c.propose(1, b"a")
+    c.propose(1, b"b")
+    c.deliver()
+    assert c.core(1).progress[3].match == 3 == c.core(1).last_index()
+    c.wipe(3)  # node 3 lost its data directory and restarts, same id, empty log
+    c.heartbeat(1)
+    c.deliver()
+    c.propose(1, b"c")  # append at prev 3: node 3 rejects with hint (0, 0)
+    c.deliver()
+    # The hint is below what the leader recorded as matching: the follower
+    # lost entries it had acknowledged.  The leader forgets that match and
+    # probes from the hint instead of taking the rejection for a stale one.
+    assert c.core(3).last_index() == c.core(1).last_index() == 4
+    assert c.core(1).progress[3].match == 4
+    c.heartbeat(1)
+    c.deliver()
+    assert c.applied_data(3) == [b"a", b"b", b"c"]

@@ -864,13 +864,26 @@ class RaftCore:
 
     def _handle_reject(self, peer: NodeId, pr: Progress, m: AppendEntriesResponse) -> None:
         if pr.state is ProgressState.REPLICATE:
-            if m.index <= pr.match:
-                return  # stale
+            if m.index < pr.match:
+                return  # stale: answers an append sent before the match moved past it
         elif pr.state is ProgressState.PROBE:
             if m.index != pr.next - 1:
                 return  # stale
         else:
             return
+        if m.hint_index < pr.match or (
+            m.hint_index == pr.match > 0 and self.term_at(pr.match) != m.hint_term
+        ):
+            # The follower no longer holds entries it acknowledged: its data
+            # directory was lost (or its disk lied).  Were the entries up to
+            # ``match`` still there, its hint search would have stopped at or
+            # above ``match`` with our term.  Forget that match, keep only
+            # what the hint proves (its entry at hint_index has our term
+            # there, so the logs agree up to it), and probe from the hint.
+            proven = m.hint_index if self.term_at(m.hint_index) == m.hint_term else 0
+            pr.match = min(pr.match, proven)
+        elif m.index <= pr.match:
+            return  # stale
         idx, _ = self._find_conflict_by_term(m.hint_index, m.hint_term)
         pr.become_probe()
         pr.next = max(min(m.index, idx + 1), pr.match + 1)

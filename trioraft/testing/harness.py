@@ -123,6 +123,15 @@ class Cluster:
         rec.applied = []  # the state machine replays from the snapshot and the log
         self._boot(node)
 
+    def wipe(self, node: NodeId) -> None:
+        """Lose the node's data directory: it restarts with an empty disk, the same id.
+
+        Messages it sent before are lost with its connections.
+        """
+        self.inflight = [m for m in self.inflight if m.src != node]
+        self.records[node] = NodeRecord()
+        self._boot(node)
+
     def pause(self, node: NodeId) -> None:
         """Freeze the node (a SIGSTOP): no timers, and messages to it wait in flight."""
         self.paused.add(node)

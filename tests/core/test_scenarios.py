@@ -895,3 +895,49 @@ def test_leader_resets_match_when_a_follower_lost_its_log() -> None:
     c.heartbeat(1)
     c.deliver()
     assert c.applied_data(3) == [b"a", b"b", b"c"]
+
+
+def _wiped_voter_campaign(faults: frozenset[str]) -> tuple[Cluster, int]:
+    c = Cluster(3, incarnations=True, faults=faults)
+    c.elect(1)  # term 1; once its NOOP commits node 1 records the three incarnations
+    c.deliver()
+    c.isolate(2)
+    x = c.propose(1, b"x")  # committed by nodes 1 and 3; node 2 never sees it
+    c.deliver()
+    assert c.core(1).commit == x
+    c.crash(1)
+    c.wipe(3)  # node 3 loses its data directory and comes back with the same id
+    c.heal()
+    c.now += 2.0  # past node 3's start-up refusal and node 2's last leader contact
+    c.fire_election(2)  # node 2, missing x, campaigns; node 3 answers from an empty log
+    c.deliver()
+    return c, x
+
+
+def test_wiped_voter_cannot_elect_a_leader_missing_committed_entries() -> None:
+    c, x = _wiped_voter_campaign(frozenset())
+    # Node 3's vote comes from a data directory the cluster does not know
+    # it by: node 2 does not count it, so no leader without x is elected.
+    assert c.core(2).role is not Role.LEADER
+    old = c.core(2).membership.incarnation_of(3)
+    assert old is not None and old != c.records[3].disk.incarnation
+    assert c.core(2).refused_peers() == {3}
+    # Node 1 comes back and leads with x; node 3 gets the log, learns that
+    # the cluster knows another node 3, and refuses to vote or campaign.
+    c.restart(1)
+    c.elect(1)
+    c.deliver()
+    assert c.core(3).term_at(x) == 1
+    assert c.core(1).refused_peers() == {3}
+    assert c.core(3).incarnation_conflict(3) == (old, c.records[3].disk.incarnation)
+    c.crash(1)
+    c.now += 5.0
+    c.fire_election(3)
+    c.deliver()
+    assert c.core(3).role is Role.FOLLOWER and c.core(3).term == c.core(1).term
+
+
+def test_wiped_voter_without_the_guard_elects_a_leader_missing_committed_entries() -> None:
+    c, x = _wiped_voter_campaign(frozenset({"incarnation_unchecked"}))
+    assert c.core(2).role is Role.LEADER
+    assert c.core(2).term_at(x) != 1  # the committed x is gone from the new leader's log

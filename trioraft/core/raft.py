@@ -77,7 +77,15 @@ Rules upheld (each has a named scenario test in tests/core/):
 * flow control: each follower is probed (one append at a time) until its
   match is found, then replicated with a bounded window of appends in flight;
   heartbeat responses unstick a probe and free a slot of a full window; a
-  follower behind the compaction point gets a snapshot.
+  follower behind the compaction point gets a snapshot; a rejection whose
+  hint falls below the recorded match means the follower lost entries it
+  acknowledged: the match is reset and the follower probed from the hint;
+* incarnations: the configuration records each member's data directory
+  (the leader records a voter's at first contact, ``peer_incarnation``); a
+  member speaking from another one is refused as a voter (its votes and
+  acknowledgements are not counted, its appends ignored, its term never
+  moves ours) until it is removed and added again, and a node whose own
+  record differs never votes or campaigns.
 
 Test-only fault switches (``RaftConfig.faults``) break single guards so the
 simulator's tests can prove that it catches each broken guard.
@@ -113,6 +121,7 @@ from trioraft.core.types import (
     SnapshotMeta,
     TimeoutNow,
     check_node_id,
+    is_incarnation,
 )
 
 #: Names accepted in ``RaftConfig.faults``.  Each disables one guard.
@@ -125,6 +134,7 @@ FAULTS = frozenset(
         "stale_append_truncates",  # truncate after prev_index unconditionally
         "restart_votes_at_once",  # grant (pre-)votes right after a restart
         "lease_after_timeout_now",  # renew the lease once a transfer that sent TimeoutNow ends
+        "incarnation_unchecked",  # count a voter whatever data directory it speaks from
     }
 )
 
@@ -262,6 +272,7 @@ class RaftCore:
         entries: Sequence[Entry] = (),
         snapshot: SnapshotMeta | None = None,
         applied: int | None = None,
+        incarnation: str = "",
     ) -> None:
         """Build a core from what storage holds (all empty for a new node).
 
@@ -269,9 +280,15 @@ class RaftCore:
         bootstrap voters of a new cluster.  A snapshot's membership and any
         CONFIG entry in ``entries`` override it.  ``applied`` is the state
         machine's last applied index (defaults to the snapshot index).
+        ``incarnation`` is the id of this node's data directory ("": none,
+        the incarnation rule is then off for this node's own records).
         """
         self.cfg = config
         self.id = config.node_id
+        self.incarnation = incarnation
+        # Incarnation each peer presented with its latest messages (transport news).
+        self._peer_incarnations: dict[NodeId, str] = {}
+        self._refused: tuple[Membership, frozenset[NodeId]] | None = None
         self.rng = rng
         self._faults = config.faults
         hs = hard_state or HardState()
@@ -463,8 +480,8 @@ class RaftCore:
         if self.role is Role.LEADER or self.now < self.election_deadline:
             return
         self._reset_election_deadline()
-        if not self.membership.is_voter(self.id):
-            return  # learners and removed nodes never campaign
+        if not self.membership.is_voter(self.id) or self._self_refused():
+            return  # learners, removed nodes and a wiped voter never campaign
         if self.cfg.pre_vote:
             self._campaign_pre_vote()
         else:
@@ -655,6 +672,16 @@ class RaftCore:
         self.now = max(self.now, now)
         if m.dst != self.id or m.src == self.id:
             return
+        if m.src in self.refused_peers():
+            self._step_refused(m)
+            return
+        if isinstance(m, RequestVote | TimeoutNow) and self._self_refused():
+            # This data directory is not the one the cluster knows us by.
+            if isinstance(m, RequestVote):
+                self._msgs.append(
+                    RequestVoteResponse(self.term, self.id, m.src, False, pre_vote=m.pre_vote)
+                )
+            return
         if isinstance(m, RequestVote):
             if m.term < self.term:
                 self._msgs.append(
@@ -838,7 +865,8 @@ class RaftCore:
         pr = self.progress.get(m.src)
         if pr is None:
             return
-        pr.recent_active = True
+        if m.src not in self.refused_peers():
+            pr.recent_active = True
         if not m.success:
             self._handle_reject(m.src, pr, m)
             return
@@ -893,10 +921,13 @@ class RaftCore:
         pr = self.progress.get(m.src)
         if pr is None:
             return
-        pr.recent_active = True
-        if m.ctx > pr.acked_round:
-            pr.acked_round = m.ctx
-            self._confirm_rounds()
+        # A refused peer is still replicated to, but its acknowledgements
+        # confirm nothing: no read round, no check-quorum.
+        if m.src not in self.refused_peers():
+            pr.recent_active = True
+            if m.ctx > pr.acked_round:
+                pr.acked_round = m.ctx
+                self._confirm_rounds()
         if pr.match < self.last_index():
             if pr.state is ProgressState.PROBE:
                 pr.paused = False
@@ -911,7 +942,8 @@ class RaftCore:
         return m
 
     def _maybe_commit(self) -> None:
-        match = {n: p.match for n, p in self.progress.items()}
+        refused = self.refused_peers()
+        match = {n: p.match for n, p in self.progress.items() if n not in refused}
         match[self.id] = self.stable
         idx = self._quorum_membership().committed_index(match)
         if idx <= self.commit:
@@ -933,10 +965,16 @@ class RaftCore:
             if m.joint:
                 # C(old,new) is committed: move on to C(new) on our own.
                 addr = m.without_bad_addresses().address_map
-                self._append_config(Membership.of(m.voters, m.learners, addresses=addr))
+                self._append_config(
+                    Membership.of(
+                        m.voters, m.learners, addresses=addr, incarnations=m.incarnation_map
+                    )
+                )
             elif not m.is_voter(self.id):
                 # Our removal is committed: stop leading (dissertation 4.2.2).
                 self._become_follower(self.term, None)
+                return
+        self._maybe_record_incarnations()
 
     # ------------------------------------------------------------- advance
 
@@ -1164,7 +1202,12 @@ class RaftCore:
             raise NotLeader(self.leader)
         new_voters, new_learners = frozenset(voters), frozenset(learners)
         addr = {**self.membership.without_bad_addresses().address_map, **(addresses or {})}
-        target = Membership.of(new_voters, new_learners, addresses=addr)  # validates
+        # Members keep their records; a new member is recorded if it has
+        # already presented an incarnation (else the leader records it later).
+        inc = {**self._known_incarnations(), **self.membership.incarnation_map}
+        target = Membership.of(
+            new_voters, new_learners, addresses=addr, incarnations=inc
+        )  # validates
         if self.commit < self._term_start:
             raise ProposalRejected("leader has not committed an entry of its term yet")
         if self.config_index > self.commit or self.membership.joint:
@@ -1175,7 +1218,9 @@ class RaftCore:
         if target.voters == cur.voters:
             return self._append_config(target)
         return self._append_config(
-            Membership.of(new_voters, new_learners, outgoing=cur.voters, addresses=addr)
+            Membership.of(
+                new_voters, new_learners, outgoing=cur.voters, addresses=addr, incarnations=inc
+            )
         )
 
     def _append_config(self, m: Membership) -> int:
@@ -1196,6 +1241,8 @@ class RaftCore:
             return
         if not self.membership.is_voter(target) or target not in self.progress:
             raise ValueError(f"node {target} is not a voter")
+        if target in self.refused_peers():
+            raise ValueError(f"node {target} is refused (unknown data directory)")
         self._transfer_to = target
         self._transfer_deadline = self.now + self.cfg.election_timeout_max
         self._lease_until = -1e18  # the new leader may start before our lease ends
@@ -1256,6 +1303,105 @@ class RaftCore:
             pr.pending_snapshot = 0
         pr.become_probe()
         pr.paused = ok  # on success wait for the follower's answer
+
+    # --------------------------------------------------------- incarnations
+
+    def peer_incarnation(self, peer: NodeId, incarnation: str) -> None:
+        """The messages from ``peer`` that follow come from the data directory ``incarnation``.
+
+        The transport learns it in the handshake; the runtime tells the core
+        before stepping each peer's batch.  A leader that knew another
+        incarnation of ``peer`` forgets what it had acknowledged (a new data
+        directory holds none of it) and probes it from the start; a leader
+        records the incarnation of a voter that has none yet.
+        """
+        old = self._peer_incarnations.get(peer)
+        if old == incarnation:
+            return
+        self._peer_incarnations[peer] = incarnation
+        self._refused = None
+        pr = self.progress.get(peer)
+        if old is not None and pr is not None:
+            pr.become_probe()
+            pr.match = 0
+            pr.next = 1
+        self._maybe_record_incarnations()
+
+    def refused_peers(self) -> frozenset[NodeId]:
+        """Members speaking from another data directory than the one recorded for them.
+
+        The incarnation rule: their votes and acknowledgements are not
+        counted, their appends and heartbeats are ignored, their terms never
+        move ours; the leader still replicates to them.  A member without a
+        record is not refused (the leader records it at first contact).
+        """
+        m = self.membership
+        cached = self._refused
+        if cached is not None and cached[0] is m:
+            return cached[1]
+        out: frozenset[NodeId] = frozenset()
+        if m.incarnations and "incarnation_unchecked" not in self._faults:
+            seen = self._peer_incarnations
+            out = frozenset(n for n, i in m.incarnations if n != self.id and seen.get(n) != i)
+        self._refused = (m, out)
+        return out
+
+    def incarnation_conflict(self, node: NodeId) -> tuple[str, str] | None:
+        """``(recorded, presented)`` if ``node`` (this node too) speaks from another directory."""
+        recorded = self.membership.incarnation_of(node)
+        got = self.incarnation if node == self.id else self._peer_incarnations.get(node)
+        if recorded is None or not got or got == recorded:
+            return None
+        return recorded, got
+
+    def _self_refused(self) -> bool:
+        # The log says the cluster knows this node by another data directory:
+        # ours was lost (or copied).  Never vote or campaign from it.
+        return (
+            "incarnation_unchecked" not in self._faults
+            and self.incarnation_conflict(self.id) is not None
+        )
+
+    def _known_incarnations(self) -> dict[NodeId, str]:
+        known = {n: i for n, i in self._peer_incarnations.items() if is_incarnation(i)}
+        if is_incarnation(self.incarnation):
+            known[self.id] = self.incarnation
+        return known
+
+    def _step_refused(self, m: Message) -> None:
+        """A message from a refused peer: no vote, acknowledgements for its progress only."""
+        if isinstance(m, RequestVote):
+            self._msgs.append(
+                RequestVoteResponse(self.term, self.id, m.src, False, pre_vote=m.pre_vote)
+            )
+        elif self.role is Role.LEADER and m.term == self.term:
+            if isinstance(m, AppendEntriesResponse):
+                self._handle_append_response(m)
+            elif isinstance(m, HeartbeatResponse):
+                self._handle_heartbeat_response(m)
+
+    def _maybe_record_incarnations(self) -> None:
+        """Leader: record the incarnation of voters that have none yet (first contact).
+
+        One CONFIG entry, voters and learners unchanged, when no other
+        change is pending.  Learners are recorded when added or promoted.
+        """
+        if (
+            self.role is not Role.LEADER
+            or self.commit < self._term_start
+            or self.config_index > self.commit
+            or self.membership.joint
+            or self._transfer_to is not None
+        ):
+            return
+        m = self.membership
+        new = {
+            n: i
+            for n, i in self._known_incarnations().items()
+            if n in m.voters and m.incarnation_of(n) is None
+        }
+        if new:
+            self._append_config(m.recording(new))
 
     def report_unreachable(self, peer: NodeId) -> None:
         pr = self.progress.get(peer)

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NodeId = int
 
 MAX_NODE_ID = 2**63 - 1  # ids travel as unsigned integers below 2**63
 MAX_ADDRESS = 256  # characters of a "host:port" (the wire's limit)
+#: A data directory's incarnation: 16 random bytes as 32 lowercase hex digits.
+_INCARNATION_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def check_node_id(node: object, what: str = "node id") -> NodeId:
@@ -61,6 +64,11 @@ def parse_address(address: object) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"address {address!r}: port out of range")
     return host, port
+
+
+def is_incarnation(value: object) -> bool:
+    """True if ``value`` is an incarnation id: 32 lowercase hex digits (16 bytes)."""
+    return isinstance(value, str) and _INCARNATION_RE.fullmatch(value) is not None
 
 
 def is_address(address: object) -> bool:
@@ -132,6 +140,12 @@ class Membership:
     The constructor (and :meth:`decode`) check the structure only, so a
     configuration written by earlier code still loads; :meth:`of` also
     checks every id and address against the wire's rules.
+
+    ``incarnations`` records, per member, the incarnation id of the data
+    directory the cluster knows it by (the incarnation rule,
+    docs/architecture.md): a node presenting another one is not counted as
+    a voter.  A member without a record is recorded by the leader the first
+    time it presents one.
     """
 
     voters: frozenset[NodeId]
@@ -140,6 +154,8 @@ class Membership:
     #: ``(node id, "host:port")`` pairs, sorted: where members listen, so a
     #: node added at run time is reachable by every replica.  Optional.
     addresses: tuple[tuple[NodeId, str], ...] = ()
+    #: ``(node id, incarnation)`` pairs, sorted: each member's data directory.
+    incarnations: tuple[tuple[NodeId, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.voters:
@@ -158,6 +174,13 @@ class Membership:
             seen.add(n)
         if list(self.addresses) != sorted(self.addresses):
             raise ValueError("addresses must be sorted by node id")
+        seen.clear()
+        for n, inc in self.incarnations:
+            if n not in members or n in seen or not is_incarnation(inc):
+                raise ValueError(f"bad incarnation entry ({n!r}, {inc!r})")
+            seen.add(n)
+        if list(self.incarnations) != sorted(self.incarnations):
+            raise ValueError("incarnations must be sorted by node id")
 
     @classmethod
     def of(
@@ -167,8 +190,9 @@ class Membership:
         *,
         outgoing: Iterable[NodeId] = (),
         addresses: Mapping[NodeId, str] | None = None,
+        incarnations: Mapping[NodeId, str] | None = None,
     ) -> Membership:
-        """Build a new membership; ``addresses`` is filtered to its members.
+        """Build a new membership; ``addresses`` and ``incarnations`` are filtered to its members.
 
         Raises ValueError for a node id outside 1..2**63-1 or a member
         address that is not ``host:port`` (:func:`parse_address`), besides
@@ -184,7 +208,8 @@ class Membership:
                 parse_address(a)
             except ValueError as exc:
                 raise ValueError(f"node {n}: {exc}") from None
-        return cls(v, o, lr, addr)
+        inc = tuple(sorted((n, i) for n, i in (incarnations or {}).items() if n in members))
+        return cls(v, o, lr, addr, inc)
 
     def without_bad_addresses(self) -> Membership:
         """This membership minus addresses :func:`parse_address` refuses (``self`` if none).
@@ -195,7 +220,28 @@ class Membership:
         good = tuple((n, a) for n, a in self.addresses if is_address(a))
         if len(good) == len(self.addresses):
             return self
-        return Membership(self.voters, self.voters_outgoing, self.learners, good)
+        return replace(self, addresses=good)
+
+    def incarnation_of(self, node: NodeId) -> str | None:
+        """The incarnation recorded for ``node`` (None: none recorded)."""
+        for n, i in self.incarnations:
+            if n == node:
+                return i
+        return None
+
+    @property
+    def incarnation_map(self) -> dict[NodeId, str]:
+        return dict(self.incarnations)
+
+    def recording(self, incarnations: Mapping[NodeId, str]) -> Membership:
+        """This membership plus records for members that have none (never a change of one)."""
+        got = self.incarnation_map
+        for n, i in incarnations.items():
+            if n in self.members and n not in got:
+                got[n] = i
+        if len(got) == len(self.incarnations):
+            return self
+        return replace(self, incarnations=tuple(sorted(got.items())))
 
     def address_of(self, node: NodeId) -> str | None:
         for n, a in self.addresses:
@@ -254,6 +300,8 @@ class Membership:
         }
         if self.addresses:
             obj["addresses"] = [[n, a] for n, a in self.addresses]
+        if self.incarnations:
+            obj["incarnations"] = [[n, i] for n, i in self.incarnations]
         return json.dumps(obj, separators=(",", ":")).encode()
 
     @classmethod
@@ -285,7 +333,18 @@ class Membership:
         ):
             raise ValueError("membership field 'addresses' must be a list of [id, address]")
         addresses = tuple(sorted((int(n), str(a)) for n, a in raw))
-        return cls(ids("voters"), ids("outgoing"), ids("learners"), addresses)
+        raw = obj.get("incarnations", [])
+        if not isinstance(raw, list) or not all(
+            isinstance(x, list)
+            and len(x) == 2
+            and isinstance(x[0], int)
+            and not isinstance(x[0], bool)
+            and isinstance(x[1], str)
+            for x in raw
+        ):
+            raise ValueError("membership field 'incarnations' must be a list of [id, incarnation]")
+        incarnations = tuple(sorted((int(n), str(i)) for n, i in raw))
+        return cls(ids("voters"), ids("outgoing"), ids("learners"), addresses, incarnations)
 
 
 @dataclass(frozen=True, slots=True)

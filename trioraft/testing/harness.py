@@ -45,11 +45,12 @@ MessageFilter = Callable[[Message], bool]
 
 @dataclass
 class Disk:
-    """What survives a crash: hard state, log and snapshot."""
+    """What survives a crash: hard state, log, snapshot and the disk's incarnation."""
 
     hard_state: HardState = field(default_factory=HardState)
     entries: list[Entry] = field(default_factory=list)
     snapshot: SnapshotMeta | None = None
+    incarnation: str = ""
 
 
 @dataclass
@@ -71,8 +72,12 @@ class Cluster:
         *,
         learners: Iterable[NodeId] = (),
         seed: int = 0,
+        incarnations: bool = False,
         **config: object,
     ) -> None:
+        """``incarnations=True`` gives every disk an incarnation id and tells a
+        node the sender's with every message, as the transport's handshake does."""
+        self.incarnations = incarnations
         ids = list(range(1, voters + 1)) if isinstance(voters, int) else list(voters)
         self.membership = Membership(frozenset(ids), frozenset(), frozenset(learners))
         self.config = config
@@ -93,8 +98,14 @@ class Cluster:
 
     def add_node(self, node: NodeId) -> None:
         """Start a node with an empty disk (it joins with the bootstrap membership)."""
-        self.records[node] = NodeRecord()
+        self.records[node] = self._new_record()
         self._boot(node)
+
+    def _new_record(self) -> NodeRecord:
+        rec = NodeRecord()
+        if self.incarnations:
+            rec.disk.incarnation = f"{self.rng.getrandbits(128):032x}"
+        return rec
 
     def _boot(self, node: NodeId) -> None:
         rec = self.records[node]
@@ -107,6 +118,7 @@ class Cluster:
             hard_state=d.hard_state,
             entries=d.entries,
             snapshot=d.snapshot,
+            incarnation=d.incarnation,
         )
         rec.applied = [e for e in rec.applied if d.snapshot is None or e.index <= d.snapshot.index]
         rec.up = True
@@ -129,7 +141,7 @@ class Cluster:
         Messages it sent before are lost with its connections.
         """
         self.inflight = [m for m in self.inflight if m.src != node]
-        self.records[node] = NodeRecord()
+        self.records[node] = self._new_record()
         self._boot(node)
 
     def pause(self, node: NodeId) -> None:
@@ -223,6 +235,7 @@ class Cluster:
                     continue
                 if m.dst not in self.cores or not self.records[m.dst].up:
                     continue
+                self._introduce(m)
                 self.cores[m.dst].step(m, self.now)
                 delivered.append(m)
                 self.process(m.dst)
@@ -239,8 +252,14 @@ class Cluster:
         """Deliver exactly these messages now (e.g. ones held back with ``take``)."""
         for m in messages:
             if self.records[m.dst].up:
+                self._introduce(m)
                 self.cores[m.dst].step(m, self.now)
                 self.process(m.dst)
+
+    def _introduce(self, m: Message) -> None:
+        # What the transport's handshake tells the receiver: who sent this.
+        if self.incarnations and m.src in self.records:
+            self.cores[m.dst].peer_incarnation(m.src, self.records[m.src].disk.incarnation)
 
     def advance(self, dt: float) -> None:
         """Move the clock on and fire every due timer, without delivering."""

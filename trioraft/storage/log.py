@@ -3,8 +3,13 @@
 Theory of operation
 -------------------
 The log directory holds numbered segment files ``00000000000000000001.log``,
-``...2.log``, a ``hardstate`` file and a ``boundary`` file (the snapshot
-boundary: index and term of the last compacted entry).
+``...2.log``, a ``hardstate`` file, a ``boundary`` file (the snapshot
+boundary: index and term of the last compacted entry) and an ``identity``
+file: the directory's *incarnation*, 16 random bytes written once (atomically,
+synced) when the log is created, never changed.  A node presents it to its
+peers, and the cluster refuses a voter speaking from another incarnation
+than the one it recorded: a node whose directory was lost comes back as a
+new member, never as the old voter with an empty log.
 
 Segments are only ever appended to.  Each ``append`` call writes its entries
 as one frame (several if the batch is over ``FRAME_SOFT_BYTES``) with a single
@@ -105,10 +110,12 @@ _ENT = struct.Struct("<QBqqHI")  # term, kind, sequence, timestamp, cid len, dat
 _SMALL = struct.Struct("<4sBI")  # magic, version, crc of the rest
 _HARD = struct.Struct("<QQQ")  # term, vote (0 = none), commit
 _BOUND = struct.Struct("<QQ")  # index, term
+_INCARNATION_BYTES = 16
 
 _SEGMENT_RE = re.compile(r"^(\d{20})\.log$")
 HARD_STATE_FILE = "hardstate"
 BOUNDARY_FILE = "boundary"
+IDENTITY_FILE = "identity"
 _CACHE_FRAMES = 32
 
 _crc = zlib.crc32
@@ -201,6 +208,7 @@ class FileLogStore:
         self._b_term = 0
         self._last = 0
         self._hard = HardState()
+        self._incarnation = ""
         self._cache: OrderedDict[tuple[int, int], Sequence[Entry]] = OrderedDict()
         self._broken: str | None = None
         self._closed = False
@@ -254,6 +262,16 @@ class FileLogStore:
             payload = _unseal(b"TRHS", read_all(fs, path), path, _HARD.size)
             term, vote, commit = _HARD.unpack(payload)
             self._hard = HardState(term, vote or None, commit)
+        path = self._path(IDENTITY_FILE)
+        if IDENTITY_FILE in names:
+            self._incarnation = _unseal(
+                b"TRID", read_all(fs, path), path, _INCARNATION_BYTES
+            ).hex()
+        else:
+            # A new directory (or one written before incarnations existed).
+            ident = os.urandom(_INCARNATION_BYTES)
+            atomic_write(fs, path, _seal(b"TRID", ident))
+            self._incarnation = ident.hex()
 
         seqs = sorted(int(m.group(1)) for n in names if (m := _SEGMENT_RE.match(n)))
         started = False
@@ -683,6 +701,10 @@ class FileLogStore:
             self._delete_dead_segments()
 
     # ------------------------------------------------------------ hard state
+
+    def incarnation(self) -> str:
+        """This directory's incarnation id: 32 hex digits, fixed when it was created."""
+        return self._incarnation
 
     def hard_state(self) -> HardState:
         """The last saved hard state (``HardState()`` for a fresh log)."""

@@ -11,6 +11,7 @@ modelled by keeping the object and rebuilding everything else around it
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 from trioraft.core.types import Entry, HardState
@@ -34,6 +35,7 @@ class MemoryLogStore:
         self._b_index = 0
         self._b_term = 0
         self._hard = HardState()
+        self._incarnation = secrets.token_hex(16)
         self._closed = False
 
     @classmethod
@@ -128,6 +130,10 @@ class MemoryLogStore:
         else:
             self._entries.clear()
         self._b_index, self._b_term = index, term
+
+    def incarnation(self) -> str:
+        """This store's incarnation id (random, fixed for the object's life)."""
+        return self._incarnation
 
     def hard_state(self) -> HardState:
         return self._hard

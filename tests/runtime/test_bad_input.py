@@ -46,7 +46,10 @@ async def hello_as(address: str, node_id: int, cluster: str, secret: bytes) -> b
         async with dial(address, max_frame=1 << 20, connect_timeout=2) as sock:
             with trio.fail_after(3):
                 await dialer_handshake(
-                    sock, Hello(node_id, cluster, os.urandom(32)), secret, expect_node=None
+                    sock,
+                    Hello(node_id, cluster, os.urandom(32), os.urandom(16)),
+                    secret,
+                    expect_node=None,
                 )
             return True
     except (HandshakeFailed, Closed, OSError, trio.TooSlowError, trio.BrokenResourceError):
@@ -77,7 +80,10 @@ async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
             try:
                 async with dial(addr, max_frame=64 << 20, connect_timeout=2) as sock:
                     await dialer_handshake(
-                        sock, Hello(peer, "trioraft", os.urandom(32)), SECRET, expect_node=target
+                        sock,
+                        Hello(peer, "trioraft", os.urandom(32), os.urandom(16)),
+                        SECRET,
+                        expect_node=target,
                     )
                     await sock.send(b"\x00" * (20 << 20))
                     await sock.send(b"\xff\xfe garbage")
@@ -86,7 +92,10 @@ async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
             try:
                 async with dial(addr, max_frame=1 << 20, connect_timeout=2) as sock:
                     await dialer_handshake(
-                        sock, Hello(peer, "trioraft", os.urandom(32)), SECRET, expect_node=target
+                        sock,
+                        Hello(peer, "trioraft", os.urandom(32), os.urandom(16)),
+                        SECRET,
+                        expect_node=target,
                     )
                     hb = Heartbeat(10**9, peer, target, 10**9, 0)
                     await sock.send(encode_frame([hb])[:-3])  # truncated frame

@@ -147,7 +147,11 @@ def memberships(draw: st.DrawFn) -> Membership:
     members = sorted(voters | outgoing | learners)
     with_addr = draw(st.sets(st.sampled_from(members), max_size=len(members)))
     addresses = tuple(sorted((n, f"host{n}:{7000 + n % 1000}") for n in with_addr))
-    return Membership(frozenset(voters), frozenset(outgoing), frozenset(learners), addresses)
+    with_inc = draw(st.sets(st.sampled_from(members), max_size=len(members)))
+    incarnations = tuple(sorted((n, f"{n:032x}") for n in with_inc))
+    return Membership(
+        frozenset(voters), frozenset(outgoing), frozenset(learners), addresses, incarnations
+    )
 
 
 @st.composite
@@ -221,7 +225,8 @@ def client_responses(draw: st.DrawFn) -> ClientResponse:
 
 
 nonces = st.binary(min_size=16, max_size=64)
-hellos = st.builds(Hello, node_ids, st.text(min_size=1, max_size=20), nonces)
+incarnations = st.binary(min_size=16, max_size=16)
+hellos = st.builds(Hello, node_ids, st.text(min_size=1, max_size=20), nonces, incarnations)
 client_hellos = st.builds(
     ClientHello, st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20), nonces
 )
@@ -265,7 +270,7 @@ SAMPLES: dict[str, AnyMessage] = {
     "SnapshotChunkAck": SnapshotChunkAck(3, 2, 1, 10, 2, 3),
     "ClientRequest": ClientRequest(1, "propose", {"op": "put"}, "c", 1),
     "ClientResponse": ClientResponse(1, False, None, "not_leader", "", 2, "h:1"),
-    "Hello": Hello(1, "c", b"n" * 32),
+    "Hello": Hello(1, "c", b"n" * 32, b"i" * 16),
     "ClientHello": ClientHello("me", "c", b"n" * 32),
     "HelloAuth": HelloAuth(b"m" * 32),
     "HelloReject": HelloReject("bad_mac", "no"),

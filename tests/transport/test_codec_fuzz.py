@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from trioraft.core.types import MESSAGE_TYPES
 from trioraft.transport import messages as wire
-from trioraft.transport.codec import ProtocolError, decode_frame, encode_frame
+from trioraft.transport.codec import PROTOCOL_VERSION, ProtocolError, decode_frame, encode_frame
 from trioraft.transport.messages import AnyMessage
 
 from .strategies import any_message
@@ -62,9 +62,9 @@ cbor_values: st.SearchStrategy[Any] = st.recursive(
 @given(cbor_values, st.integers(0, 40))
 def test_random_cbor_structures(body: Any, tag: int) -> None:
     _check(cbor2.dumps(body))
-    _check(cbor2.dumps({"v": 1, "m": [body]}))
+    _check(cbor2.dumps({"v": PROTOCOL_VERSION, "m": [body]}))
     if isinstance(body, list):
-        _check(cbor2.dumps({"v": 1, "m": [[tag, *body]]}))
+        _check(cbor2.dumps({"v": PROTOCOL_VERSION, "m": [[tag, *body]]}))
 
 
 @st.composite

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import trioraft.core.types as core_types
 from trioraft.transport import messages as wire
-from trioraft.transport.codec import decode_envelope, decode_frame, encode_frame
+from trioraft.transport.codec import PROTOCOL_VERSION, decode_envelope, decode_frame, encode_frame
 from trioraft.transport.messages import AnyMessage
 
 from .strategies import BY_TYPE, SAMPLES, any_message
@@ -38,6 +38,6 @@ def test_round_trip_each_type(name: str) -> None:
 @given(st.lists(any_message, min_size=1, max_size=6), st.none() | st.text(min_size=1, max_size=12))
 def test_round_trip_batched_frames(msgs: list[AnyMessage], cluster: str | None) -> None:
     frame = decode_envelope(encode_frame(msgs, cluster_id=cluster), cluster_id=cluster)
-    assert frame.version == 1
+    assert frame.version == PROTOCOL_VERSION
     assert frame.cluster_id == cluster
     assert list(frame.messages) == msgs

@@ -20,6 +20,7 @@ from trioraft.core.types import (
 from trioraft.transport import codec
 from trioraft.transport.codec import (
     MAX_INT,
+    PROTOCOL_VERSION,
     ProtocolError,
     decode_envelope,
     decode_frame,
@@ -31,7 +32,7 @@ from .strategies import SAMPLES
 
 
 def frame(*messages: Any, **extra: Any) -> bytes:
-    return cbor2.dumps({"v": 1, **extra, "m": list(messages)})
+    return cbor2.dumps({"v": PROTOCOL_VERSION, **extra, "m": list(messages)})
 
 
 def rejects(data: bytes, match: str, **kw: Any) -> None:
@@ -69,7 +70,7 @@ def test_default_size_limit() -> None:
     rejects(b"\x00" * (codec.DEFAULT_MAX_FRAME + 1), "exceeds the limit")
 
 
-@pytest.mark.parametrize("version", [0, 2, True, "1", 1.0, None])
+@pytest.mark.parametrize("version", [0, 1, 3, True, "2", 2.0, None])
 def test_wrong_version(version: Any) -> None:
     rejects(cbor2.dumps({"v": version, "m": [HB]}), "unsupported protocol version")
 
@@ -80,7 +81,7 @@ def test_missing_version() -> None:
 
 def test_frame_shape() -> None:
     rejects(cbor2.dumps([1, [HB]]), "frame: expected a map")
-    rejects(cbor2.dumps({"v": 1}), "frame.m: expected an array")
+    rejects(cbor2.dumps({"v": PROTOCOL_VERSION}), "frame.m: expected an array")
     rejects(frame(), "0 messages")
     rejects(frame(HB, x=1), "unknown keys")
     rejects(frame([]), r"frame.m\[0\]: expected a non-empty array")
@@ -124,7 +125,9 @@ def test_shared_reference_cycle_is_refused() -> None:
     # Tag 28/29 could build a cyclic structure; it must never get that far.
     cyclic: list[Any] = []
     cyclic.append(cyclic)
-    data = cbor2.dumps({"v": 1, "m": [[32, 1, "read", cyclic, "", 0, "local"]]}, value_sharing=True)
+    data = cbor2.dumps(
+        {"v": PROTOCOL_VERSION, "m": [[32, 1, "read", cyclic, "", 0, "local"]]}, value_sharing=True
+    )
     rejects(data, "CBOR tag 2[89]")
 
 
@@ -133,13 +136,13 @@ def test_trailing_bytes() -> None:
 
 
 def test_indefinite_length_is_refused() -> None:
-    # {"v": 1, "m": [_ [5,3,1,2,10,0] ]} with an indefinite-length outer array
-    data = b"\xa2av\x01am\x9f" + cbor2.dumps(HB) + b"\xff"
+    # {"v": 2, "m": [_ [5,3,1,2,10,0] ]} with an indefinite-length outer array
+    data = b"\xa2av\x02am\x9f" + cbor2.dumps(HB) + b"\xff"
     rejects(data, "invalid CBOR")
 
 
 def test_duplicate_keys_are_refused() -> None:
-    data = b"\xa3av\x01av\x01am" + cbor2.dumps([HB])
+    data = b"\xa3av\x02av\x02am" + cbor2.dumps([HB])
     rejects(data, "invalid CBOR")
 
 
@@ -157,12 +160,12 @@ def test_deep_nesting_is_bounded() -> None:
 
 
 def test_huge_declared_lengths_fail_fast() -> None:
-    rejects(b"\xa2av\x01am\x5b\x7f\xff\xff\xff\xff\xff\xff\xff", "invalid CBOR")
-    rejects(b"\xa2av\x01am\x9b\x00\x00\x00\x01\x00\x00\x00\x00", "invalid CBOR")
+    rejects(b"\xa2av\x02am\x5b\x7f\xff\xff\xff\xff\xff\xff\xff", "invalid CBOR")
+    rejects(b"\xa2av\x02am\x9b\x00\x00\x00\x01\x00\x00\x00\x00", "invalid CBOR")
 
 
 def test_invalid_utf8_is_refused() -> None:
-    rejects(b"\xa2av\x01am\x81\x84\x32\x01\x61\xff", "invalid CBOR")
+    rejects(b"\xa2av\x02am\x81\x84\x32\x01\x61\xff", "invalid CBOR")
 
 
 def test_simple_values_and_undefined_are_refused() -> None:
@@ -296,8 +299,12 @@ def test_too_many_messages(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- InstallSnapshot and chunks --------------------------------------------------
 
 
-def snap(voters: Any, outgoing: Any = (), learners: Any = (), addrs: Any = ()) -> list[Any]:
-    return [7, 5, 1, 2, 100, 4, list(voters), list(outgoing), list(learners), list(addrs)]
+def snap(
+    voters: Any, outgoing: Any = (), learners: Any = (), addrs: Any = (), incs: Any = ()
+) -> list[Any]:
+    return [
+        7, 5, 1, 2, 100, 4, list(voters), list(outgoing), list(learners), list(addrs), list(incs)
+    ]  # fmt: skip
 
 
 def test_install_snapshot_membership() -> None:
@@ -310,10 +317,12 @@ def test_install_snapshot_membership() -> None:
     rejects(frame(snap([1, 1])), "duplicate node ids")
     rejects(frame(snap([0])), "InstallSnapshot.voters")
     rejects(frame(snap([True])), "InstallSnapshot.voters")
-    rejects(frame([7, 5, 1, 2, 100, 4, "1,2", [], [], []]), "an array of node ids")
-    rejects(frame([7, 5, 1, 2, 0, 4, [1], [], [], []]), "InstallSnapshot.index")
-    rejects(frame([7, 5, 1, 2, 100, 6, [1], [], [], []]), "snapshot term 6 is newer than term 5")
-    rejects(frame([7, 5, 1, 2, 100, 4, [1], [], []]), "InstallSnapshot")  # old arity
+    rejects(frame([7, 5, 1, 2, 100, 4, "1,2", [], [], [], []]), "an array of node ids")
+    rejects(frame([7, 5, 1, 2, 0, 4, [1], [], [], [], []]), "InstallSnapshot.index")
+    rejects(
+        frame([7, 5, 1, 2, 100, 6, [1], [], [], [], []]), "snapshot term 6 is newer than term 5"
+    )
+    rejects(frame([7, 5, 1, 2, 100, 4, [1], [], [], []]), "InstallSnapshot")  # version 1 arity
 
 
 def test_install_snapshot_addresses() -> None:
@@ -326,7 +335,28 @@ def test_install_snapshot_addresses() -> None:
     rejects(frame(snap([1], [], [], [[1, "a:1", 3]])), r"addresses\[0\]")
     rejects(frame(snap([1], [], [], [[0, "a:1"]])), r"addresses\[0\]\.id")
     rejects(frame(snap([1], [], [], [[1, "a:1"], [1, "b:1"]])), "invalid membership")
-    rejects(frame([7, 5, 1, 2, 100, 4, [1], [], [], "a"]), "addresses")
+    rejects(frame([7, 5, 1, 2, 100, 4, [1], [], [], "a", []]), "addresses")
+
+
+def test_install_snapshot_incarnations() -> None:
+    inc = bytes(range(16))
+    (msg,) = decode_frame(frame(snap([1, 2], [], [3], [], [[1, inc], [3, b"i" * 16]])))
+    assert isinstance(msg, InstallSnapshot)
+    assert msg.meta.membership.incarnation_of(1) == inc.hex()
+    assert msg.meta.membership.incarnation_of(2) is None
+    assert decode_frame(encode_frame([msg])) == [msg]
+    rejects(frame(snap([1], [], [], [], [[2, inc]])), "invalid membership")  # not a member
+    rejects(frame(snap([1], [], [], [], [[1, inc[:15]]])), r"incarnations\[0\]\.incarnation")
+    rejects(frame(snap([1], [], [], [], [[1, inc.hex()]])), r"incarnations\[0\]\.incarnation")
+    rejects(frame(snap([1], [], [], [], [[0, inc]])), r"incarnations\[0\]\.id")
+    rejects(frame(snap([1], [], [], [], [[1, inc], [1, inc]])), "invalid membership")
+    rejects(frame([7, 5, 1, 2, 100, 4, [1], [], [], [], "a"]), "incarnations")
+
+
+def test_hello_carries_a_16_byte_incarnation() -> None:
+    rejects(frame([48, 1, "c", b"n" * 16]), "Hello")  # version 1 arity
+    rejects(frame([48, 1, "c", b"n" * 16, b"i" * 15]), "Hello.incarnation")
+    rejects(frame([48, 1, "c", b"n" * 16, "i" * 16]), "Hello.incarnation")
 
 
 def chunk(offset: int, data: bytes, total: int, done: bool, digest: bytes = b"h" * 32) -> list[Any]:
@@ -388,11 +418,14 @@ def test_oversized_strings_in_free_values(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_hello_rules() -> None:
-    assert decode_frame(frame([48, 1, "c", b"n" * 16])) == [Hello(1, "c", b"n" * 16)]
-    rejects(frame([48, 1, "c", b"n" * 15]), "Hello.nonce: 15 bytes, allowed 16..64")
-    rejects(frame([48, 1, "c", b"n" * 65]), "Hello.nonce")
-    rejects(frame([48, 0, "c", b"n" * 16]), "Hello.node_id")
-    rejects(frame([48, 1, "", b"n" * 16]), "Hello.cluster_id")
+    assert decode_frame(frame([48, 1, "c", b"n" * 16, b"i" * 16])) == [
+        Hello(1, "c", b"n" * 16, b"i" * 16)
+    ]
+    inc = b"i" * 16
+    rejects(frame([48, 1, "c", b"n" * 15, inc]), "Hello.nonce: 15 bytes, allowed 16..64")
+    rejects(frame([48, 1, "c", b"n" * 65, inc]), "Hello.nonce")
+    rejects(frame([48, 0, "c", b"n" * 16, inc]), "Hello.node_id")
+    rejects(frame([48, 1, "", b"n" * 16, inc]), "Hello.cluster_id")
     rejects(frame([49, "", "c", b"n" * 16]), "ClientHello.client_id")
     rejects(frame([50, b"m" * 31]), "HelloAuth.mac: 31 bytes")
     rejects(frame([51, "", ""]), "HelloReject.code")

@@ -249,3 +249,34 @@ async def test_keepalive_notices_a_black_holed_connection() -> None:
             t1.send(2, hb(1, 2, 3))
             await eventually(lambda: 3 in inbox.commits(2))
         nursery.cancel_scope.cancel()
+
+
+async def test_each_batch_is_attributed_to_the_incarnation_its_handshake_presented() -> None:
+    inbox = Inbox()
+    seen: list[tuple[int, int, bytes]] = []  # (receiver, src, incarnation)
+
+    def on_peer(me: int) -> object:
+        return lambda src, inc: seen.append((me, src, inc))
+
+    old, new = b"\x01" * 16, b"\x02" * 16
+    async with node(1, inbox, on_peer=on_peer(1), incarnation=b"\x09" * 16) as t1:
+        async with node(2, inbox, {1: addr(t1)}, on_peer=on_peer(2), incarnation=old) as t2:
+            port2 = t2.port
+            t1.set_peers({2: addr(t2)})
+            t1.send(2, hb(1, 2, 1))
+            t2.send(1, hb(2, 1, 1))
+            await eventually(lambda: inbox.commits(2) == [1] and inbox.commits(1) == [1])
+        # Node 2 comes back from another data directory on the same address.
+        async with node(
+            2,
+            inbox,
+            {1: addr(t1)},
+            listen=f"127.0.0.1:{port2}",
+            on_peer=on_peer(2),
+            incarnation=new,
+        ) as t2:
+            t2.send(1, hb(2, 1, 2))
+            await eventually(lambda: inbox.commits(1) == [1, 2])
+    assert (2, 1, b"\x09" * 16) in seen
+    from_2 = [inc for me, src, inc in seen if me == 1 and src == 2]
+    assert from_2[0] == old and from_2[-1] == new

@@ -99,7 +99,9 @@ async def test_forged_auth_with_pipelined_messages_delivers_nothing() -> None:
     inbox = Inbox()
     async with pair(inbox) as (t1, _):
         async with dial(addr(t1), max_frame=MIN_FRAME, connect_timeout=5) as sock:
-            await sock.send(encode_frame([Hello(STRANGER, CLUSTER, os.urandom(32))]))
+            await sock.send(
+                encode_frame([Hello(STRANGER, CLUSTER, os.urandom(32), os.urandom(16))])
+            )
             await sock.receive()  # the listener's Hello and MAC
             await sock.send(encode_frame([HelloAuth(bytes(32))]))
             await sock.send(encode_frame([hb(STRANGER, 1, 99)]))
@@ -164,7 +166,9 @@ async def test_garbage_instead_of_http_is_refused(caplog: pytest.LogCaptureFixtu
     [
         b"\xff\x00 not cbor",
         encode_frame([hb(STRANGER, 1, 1)]),  # a Raft message before the handshake
-        encode_frame([Hello(STRANGER, CLUSTER, os.urandom(32)), HelloAuth(bytes(32))]),
+        encode_frame(
+            [Hello(STRANGER, CLUSTER, os.urandom(32), os.urandom(16)), HelloAuth(bytes(32))]
+        ),
         bytes(10_000),  # over the handshake frame limit
         "a text message",
     ],
@@ -205,7 +209,7 @@ async def test_silent_connections_time_out() -> None:
         encode_frame([hb(2, 1, 5)]),  # node 3 speaking for node 2
         encode_frame([hb(STRANGER, 2, 5)]),  # addressed to someone else
         encode_frame([hb(STRANGER, 1, 5)], cluster_id="other-cluster"),
-        encode_frame([Hello(STRANGER, CLUSTER, os.urandom(32))]),
+        encode_frame([Hello(STRANGER, CLUSTER, os.urandom(32), os.urandom(16))]),
     ],
     ids=["undecodable", "impersonation", "misaddressed", "other-cluster", "handshake-again"],
 )

@@ -33,6 +33,7 @@ from trioraft.transport.codec import (
     MAX_ENTRY_DATA,
     MAX_ID,
     MAX_SESSION_ID,
+    PROTOCOL_VERSION,
     ProtocolError,
     assemble_frame,
     decode_frame,
@@ -77,7 +78,9 @@ def test_entry_over_the_proposal_limit_from_an_earlier_log_still_decodes() -> No
     # so such a log heals instead of freezing replication.
     old = append(Entry(1, 1, data=b"d" * 10_000_047))
     assert decode_frame(encode_frame([old])) == [old]
-    huge = cbor2.dumps({"v": 1, "m": [[3, 7, 1, 2, 0, 0, 0, [[1, 1, 0, b"", "", 0, 0]]]]})
+    huge = cbor2.dumps(
+        {"v": PROTOCOL_VERSION, "m": [[3, 7, 1, 2, 0, 0, 0, [[1, 1, 0, b"", "", 0, 0]]]]}
+    )
     assert decode_frame(huge)
 
 
@@ -126,7 +129,10 @@ def test_one_address_rule_accepts(address: str, parsed: tuple[str, int]) -> None
 def test_install_snapshot_addresses_must_be_host_port() -> None:
     def snap(address: str) -> bytes:
         return cbor2.dumps(
-            {"v": 1, "m": [[7, 5, 1, 2, 100, 4, [1], [], [2], [[1, "a:1"], [2, address]]]]}
+            {
+                "v": PROTOCOL_VERSION,
+                "m": [[7, 5, 1, 2, 100, 4, [1], [], [2], [[1, "a:1"], [2, address]], []]],
+            }
         )
 
     (msg,) = decode_frame(snap("b:2"))
@@ -175,6 +181,7 @@ async def test_handshake_refuses_frame_of_other_cluster() -> None:
             secret=SECRET,
             is_peer=lambda n: True,
             client_key=None,
+            incarnation=bytes(16),
         )
 
     with trio.fail_after(10):
@@ -182,7 +189,9 @@ async def test_handshake_refuses_frame_of_other_cluster() -> None:
             port = await _listen(listener, refused, listener_done, nursery)
             async with dial(f"127.0.0.1:{port}", max_frame=4096, connect_timeout=5) as sock:
                 await sock.send(
-                    encode_frame([Hello(2, CLUSTER, new_nonce())], cluster_id="other-cluster")
+                    encode_frame(
+                        [Hello(2, CLUSTER, new_nonce(), bytes(16))], cluster_id="other-cluster"
+                    )
                 )
                 answer = decode_frame(await sock.receive())
             assert [type(m) for m in answer] == [HelloReject]
@@ -199,7 +208,7 @@ async def test_handshake_refuses_frame_of_other_cluster() -> None:
     async def impostor(sock: FrameSocket) -> None:
         (opener,) = decode_frame(await sock.receive())
         assert isinstance(opener, Hello)
-        reply = Hello(1, CLUSTER, new_nonce())
+        reply = Hello(1, CLUSTER, new_nonce(), bytes(16))
         mac = handshake_mac(SECRET, LISTENER, opener, reply)
         await sock.send(encode_frame([reply, HelloAuth(mac)], cluster_id="other-cluster"))
         (answer,) = decode_frame(await sock.receive())
@@ -211,7 +220,10 @@ async def test_handshake_refuses_frame_of_other_cluster() -> None:
             async with dial(f"127.0.0.1:{port}", max_frame=4096, connect_timeout=5) as sock:
                 with pytest.raises(HandshakeFailed) as err:
                     await dialer_handshake(
-                        sock, Hello(2, CLUSTER, os.urandom(32)), SECRET, expect_node=1
+                        sock,
+                        Hello(2, CLUSTER, os.urandom(32), os.urandom(16)),
+                        SECRET,
+                        expect_node=1,
                     )
             assert err.value.code == "wrong_cluster" and not err.value.by_peer
             await impostor_done.wait()

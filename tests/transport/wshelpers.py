@@ -114,7 +114,10 @@ async def fake_dialer(
     async with dial(f"{LOCAL}:{port}", max_frame=max_frame, connect_timeout=5) as sock:
         with trio.fail_after(5):
             await dialer_handshake(
-                sock, Hello(node_id, cluster, os.urandom(32)), secret, expect_node=expect
+                sock,
+                Hello(node_id, cluster, os.urandom(32), os.urandom(16)),
+                secret,
+                expect_node=expect,
             )
         yield sock
 
@@ -139,6 +142,7 @@ async def fake_listener(
                     secret=SECRET,
                     is_peer=lambda n: True,
                     client_key=None,
+                    incarnation=os.urandom(16),
                 )
                 await behaviour(sock)
         except* (

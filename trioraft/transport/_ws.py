@@ -473,14 +473,16 @@ async def listener_handshake(
     secret: bytes,
     is_peer: Callable[[NodeId], bool],
     client_key: TokenLookup | None,
+    incarnation: bytes,
 ) -> Hello | ClientHello:
     """Steps 2 and 4 of the handshake; returns the dialer's authenticated opener.
 
-    Peers (``Hello``) prove ``secret``; clients (``ClientHello``) prove the
-    token ``client_key(client_id)`` returns.  An unknown client gets the same
-    treatment as a wrong token (a MAC under a random key), so the handshake
-    does not reveal which client ids exist.  Raises :class:`HandshakeFailed`
-    or :class:`Closed`.
+    Our reply presents ``incarnation`` (our data directory's id); a peer's
+    opener carries its own.  Peers (``Hello``) prove ``secret``; clients
+    (``ClientHello``) prove the token ``client_key(client_id)`` returns.  An
+    unknown client gets the same treatment as a wrong token (a MAC under a
+    random key), so the handshake does not reveal which client ids exist.
+    Raises :class:`HandshakeFailed` or :class:`Closed`.
     """
     messages = await _receive_handshake(sock, cluster_id)
     _peer_rejected(messages)
@@ -501,7 +503,7 @@ async def listener_handshake(
     nonce = new_nonce()
     while nonce == opener.nonce:  # pragma: no cover - 2**-256
         nonce = new_nonce()
-    reply = Hello(node_id, cluster_id, nonce)
+    reply = Hello(node_id, cluster_id, nonce, incarnation)
     # The dialer sends data right behind its HelloAuth, which trio-websocket
     # reads before we have checked the MAC: lift the limit now.  Nothing the
     # dialer sends reaches the application before the MAC verifies.

@@ -15,6 +15,9 @@ between nodes and never makes the Raft loop wait:
   ``send_nowait``); while it runs the receiver does not read the socket.
 * Only authenticated peers' messages reach ``on_messages``, and only
   messages whose ``src`` is the authenticated peer and whose ``dst`` is us.
+* Before each batch, ``on_peer(src, incarnation)`` (when given) names the
+  data directory the peer presented in the handshake of the connection the
+  batch came on, so the runtime attributes every message to an incarnation.
 
 Two implementations exist: :mod:`trioraft.transport.websocket` (real
 sockets) and :mod:`trioraft.transport.memory` (tests, with fault injection).
@@ -33,6 +36,7 @@ __all__ = [
     "ClientConnection",
     "ClientHandler",
     "OnMessages",
+    "OnPeer",
     "PeerStatistics",
     "TokenLookup",
     "Transport",
@@ -41,6 +45,9 @@ __all__ = [
 
 OnMessages = Callable[[NodeId, list[AnyMessage]], None]
 """``on_messages(src, messages)``: called for every received batch.  Must not block."""
+
+OnPeer = Callable[[NodeId, bytes], None]
+"""``on_peer(src, incarnation)``: the next batch from ``src`` comes from this data directory."""
 
 TokenLookup = Callable[[str], bytes | None]
 """``lookup(client_id)`` returns the client's token (the handshake key) or None if unknown."""

@@ -88,6 +88,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "DIALER",
     "FRAME_OVERHEAD",
+    "INCARNATION_SIZE",
     "LISTENER",
     "MAX_ENTRY_DATA",
     "MAX_ENTRY_WIRE_DATA",
@@ -106,7 +107,9 @@ __all__ = [
     "verify_handshake_mac",
 ]
 
-PROTOCOL_VERSION: Final = 1
+#: 2: Hello carries the sender's incarnation (also bound by the handshake
+#: MAC); InstallSnapshot carries the membership's incarnation records.
+PROTOCOL_VERSION: Final = 2
 DEFAULT_MAX_FRAME: Final = 16 * 1024 * 1024
 
 MAX_INT: Final = 2**63 - 1  # terms, indexes, ids, offsets: fit a signed 64-bit integer
@@ -125,6 +128,7 @@ MAX_TEXT: Final = 65_536  # error messages
 MIN_NONCE: Final = 16
 MAX_NONCE: Final = 64
 MAC_SIZE: Final = 32
+INCARNATION_SIZE: Final = 16  # bytes of a data directory's incarnation id
 CONSISTENCY_LEVELS: Final = frozenset({"linearizable", "lease", "local"})
 
 #: Bytes an entry's encoding adds to its data, at most: the array head, four
@@ -248,6 +252,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
         _e_ids(m.meta.membership.voters_outgoing),
         _e_ids(m.meta.membership.learners),
         [[n, a] for n, a in m.meta.membership.addresses],
+        [[n, bytes.fromhex(i)] for n, i in m.meta.membership.incarnations],
     ],
     TimeoutNow: lambda m: [T_TIMEOUT_NOW, m.term, m.src, m.dst],
     SnapshotChunk: lambda m: [
@@ -291,7 +296,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
         m.leader_id,
         m.leader_addr,
     ],
-    Hello: lambda m: [T_HELLO, m.node_id, m.cluster_id, m.nonce],
+    Hello: lambda m: [T_HELLO, m.node_id, m.cluster_id, m.nonce, m.incarnation],
     ClientHello: lambda m: [T_CLIENT_HELLO, m.client_id, m.cluster_id, m.nonce],
     HelloAuth: lambda m: [T_HELLO_AUTH, m.mac],
     HelloReject: lambda m: [T_HELLO_REJECT, m.code, m.message],
@@ -629,8 +634,8 @@ def _d_ids(v: Any, where: str) -> frozenset[int]:
 
 
 def _d_install_snapshot(m: list[Any]) -> InstallSnapshot:
-    _arity(m, 10, "InstallSnapshot")
-    _, term, src, dst, index, sterm, voters, outgoing, learners, addrs = m
+    _arity(m, 11, "InstallSnapshot")
+    _, term, src, dst, index, sterm, voters, outgoing, learners, addrs, incs = m
     _uint(term, "InstallSnapshot.term")
     _peers(src, dst, "InstallSnapshot")
     _pos(index, "InstallSnapshot.index")
@@ -650,12 +655,23 @@ def _d_install_snapshot(m: list[Any]) -> InstallSnapshot:
         except ValueError:
             _fail(f"InstallSnapshot.addresses[{i}].address", "host:port", pair[1])
         addresses.append((pair[0], pair[1]))
+    if type(incs) is not list:
+        _fail("InstallSnapshot.incarnations", "an array of [id, incarnation]", incs)
+    incarnations = []
+    for i, pair in enumerate(incs):
+        if type(pair) is not list or len(pair) != 2:
+            raise ProtocolError(f"InstallSnapshot.incarnations[{i}]: expected [id, incarnation]")
+        _pos(pair[0], f"InstallSnapshot.incarnations[{i}].id")
+        where = f"InstallSnapshot.incarnations[{i}].incarnation"
+        _bytes(pair[1], where, INCARNATION_SIZE, INCARNATION_SIZE)
+        incarnations.append((pair[0], pair[1].hex()))
     try:
         membership = Membership(
             _d_ids(voters, "InstallSnapshot.voters"),
             _d_ids(outgoing, "InstallSnapshot.voters_outgoing"),
             _d_ids(learners, "InstallSnapshot.learners"),
             tuple(sorted(addresses)),
+            tuple(sorted(incarnations)),
         )
     except ValueError as exc:
         if isinstance(exc, ProtocolError):
@@ -745,12 +761,13 @@ def _d_client_response(m: list[Any]) -> ClientResponse:
 
 
 def _d_hello(m: list[Any]) -> Hello:
-    _arity(m, 4, "Hello")
-    _, node_id, cluster_id, nonce = m
+    _arity(m, 5, "Hello")
+    _, node_id, cluster_id, nonce, incarnation = m
     return Hello(
         _pos(node_id, "Hello.node_id"),
         _text(cluster_id, "Hello.cluster_id", MAX_ID, 1),
         _bytes(nonce, "Hello.nonce", MAX_NONCE, MIN_NONCE),
+        _bytes(incarnation, "Hello.incarnation", INCARNATION_SIZE, INCARNATION_SIZE),
     )
 
 
@@ -935,8 +952,10 @@ def _transcript(role: str, opener: Hello | ClientHello, reply: Hello) -> bytes:
         raise ValueError(f"role must be {DIALER!r} or {LISTENER!r}, got {role!r}")
     if isinstance(opener, Hello):
         who: list[Any] = ["node", opener.node_id]
+        opener_incarnation = opener.incarnation
     else:
         who = ["client", opener.client_id]
+        opener_incarnation = b""
     return cbor2.dumps(
         [
             "trioraft-handshake",
@@ -945,9 +964,11 @@ def _transcript(role: str, opener: Hello | ClientHello, reply: Hello) -> bytes:
             *who,
             opener.cluster_id,
             opener.nonce,
+            opener_incarnation,
             reply.node_id,
             reply.cluster_id,
             reply.nonce,
+            reply.incarnation,
         ]
     )
 

@@ -28,9 +28,13 @@ codec); a response counts as written when the client end takes it, so a test
 that does not read is a client that does not read, with no timing involved.
 
 As with TCP, a message sent before a node restarted is never delivered to
-the new incarnation.  Randomness comes from ``seed``, and the clock from
-Trio, so runs under ``trio.testing.MockClock(autojump_threshold=0)`` are
-reproducible and take no wall time.
+the new incarnation.  Each transport has an ``incarnation`` (its node's
+data directory id, random if not given); a batch is delivered after
+``on_peer(src, incarnation)`` with the sender's incarnation when it sent,
+as the WebSocket transport reports what the handshake presented.
+Randomness comes from ``seed``, and the clock from Trio, so runs under
+``trio.testing.MockClock(autojump_threshold=0)`` are reproducible and take
+no wall time.
 
 Mistakes surface loudly: sending an object the codec cannot encode raises
 from :meth:`~MemoryTransport.send`, and a frame that fails to decode (a codec
@@ -55,6 +59,7 @@ import heapq
 import logging
 import math
 import random
+import secrets
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -67,6 +72,7 @@ from trioraft.transport._ws import open_service_nursery
 from trioraft.transport.base import (
     ClientHandler,
     OnMessages,
+    OnPeer,
     PeerStatistics,
     TransportStatistics,
 )
@@ -78,6 +84,7 @@ from trioraft.transport.client_queue import (
 from trioraft.transport.codec import (
     DEFAULT_MAX_FRAME,
     FRAME_OVERHEAD,
+    INCARNATION_SIZE,
     assemble_frame,
     decode_frame,
     encode_frame,
@@ -116,6 +123,7 @@ class _Flight:
     target: MemoryTransport = field(compare=False)
     payload: bytes | AnyMessage = field(compare=False)
     counter: _PeerCounters = field(compare=False)
+    incarnation: bytes = field(compare=False)
 
 
 class _PeerCounters:
@@ -142,10 +150,14 @@ class MemoryTransport:
         node_id: NodeId,
         on_messages: OnMessages,
         peers: Mapping[NodeId, str] | Iterable[NodeId] | None,
+        incarnation: bytes | None = None,
+        on_peer: OnPeer | None = None,
     ) -> None:
         self.node_id = node_id
         self.network = network
         self._on_messages = on_messages
+        self._on_peer = on_peer
+        self.incarnation = incarnation or secrets.token_bytes(INCARNATION_SIZE)
         self._peers: dict[NodeId, str] | None = None
         self._counters: dict[NodeId, _PeerCounters] = {}
         self._closed = False
@@ -298,13 +310,15 @@ class MemoryNetwork:
         on_messages: OnMessages,
         *,
         peers: Mapping[NodeId, str] | Iterable[NodeId] | None = None,
+        incarnation: bytes | None = None,
+        on_peer: OnPeer | None = None,
     ) -> MemoryTransport:
         """Join the network now; :meth:`MemoryTransport.close` leaves it."""
         if not self._running:
             raise RuntimeError("use the network inside `async with MemoryNetwork() as net`")
         if node_id in self._nodes:
             raise ValueError(f"node {node_id} is already on the network")
-        transport = MemoryTransport(self, node_id, on_messages, peers)
+        transport = MemoryTransport(self, node_id, on_messages, peers, incarnation, on_peer)
         self._nodes[node_id] = transport
         return transport
 
@@ -315,6 +329,8 @@ class MemoryNetwork:
         on_messages: OnMessages,
         *,
         peers: Mapping[NodeId, str] | Iterable[NodeId] | None = None,
+        incarnation: bytes | None = None,
+        on_peer: OnPeer | None = None,
     ) -> AsyncIterator[MemoryTransport]:
         """``async with net.open_transport(1, on_messages) as t``: attach, then close on exit.
 
@@ -322,7 +338,9 @@ class MemoryNetwork:
         :func:`~trioraft.transport.websocket.open_websocket_transport`, so a
         runtime can take either.
         """
-        transport = self.attach(node_id, on_messages, peers=peers)
+        transport = self.attach(
+            node_id, on_messages, peers=peers, incarnation=incarnation, on_peer=on_peer
+        )
         try:
             yield transport
         finally:
@@ -434,7 +452,16 @@ class MemoryNetwork:
             self._seq += 1
             heapq.heappush(
                 self._heap,
-                _Flight(now + self._delay(), self._seq, src, dst, target, payload, counter),
+                _Flight(
+                    now + self._delay(),
+                    self._seq,
+                    src,
+                    dst,
+                    target,
+                    payload,
+                    counter,
+                    sender.incarnation,
+                ),
             )
             counter.in_flight += 1
         self._wakeup.set()
@@ -455,12 +482,12 @@ class MemoryNetwork:
 
     def _deliver_due(self) -> None:
         now = trio.current_time()
-        batches: dict[tuple[NodeId, NodeId], list[_Flight]] = {}
+        batches: dict[tuple[NodeId, NodeId, bytes], list[_Flight]] = {}
         while self._heap and self._heap[0].at <= now:
             f = heapq.heappop(self._heap)
             f.counter.in_flight -= 1
-            batches.setdefault((f.src, f.dst), []).append(f)
-        for (src, dst), flights in batches.items():
+            batches.setdefault((f.src, f.dst, f.incarnation), []).append(f)
+        for (src, dst, incarnation), flights in batches.items():
             messages: list[AnyMessage] = []
             target = flights[0].target
             for f in flights:
@@ -481,6 +508,8 @@ class MemoryNetwork:
             self._delivered += len(messages)
             target._frames_in += 1
             target._counter(src).received += len(messages)
+            if target._on_peer is not None:
+                target._on_peer(src, incarnation)
             target._on_messages(src, messages)
 
 

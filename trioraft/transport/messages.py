@@ -109,11 +109,15 @@ class Hello:
     """Handshake opener from a peer node, or the listener's reply to any opener.
 
     ``nonce`` is 16 to 64 fresh random bytes (32 recommended).
+    ``incarnation`` is the 16-byte id of the sender's data directory (the
+    incarnation rule: a voter speaking from another data directory than the
+    one the cluster recorded is not counted).
     """
 
     node_id: NodeId
     cluster_id: str
     nonce: bytes
+    incarnation: bytes
 
 
 @dataclass(frozen=True, slots=True)

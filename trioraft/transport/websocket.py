@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -78,6 +79,7 @@ from trioraft.transport._ws import (
 from trioraft.transport.base import (
     ClientHandler,
     OnMessages,
+    OnPeer,
     PeerStatistics,
     TokenLookup,
     TransportStatistics,
@@ -90,6 +92,7 @@ from trioraft.transport.client_queue import (
 from trioraft.transport.codec import (
     DEFAULT_MAX_FRAME,
     FRAME_OVERHEAD,
+    INCARNATION_SIZE,
     ProtocolError,
     decode_frame,
     encode_message,
@@ -309,6 +312,8 @@ class WebSocketTransport:
         cluster_id: str,
         secret: bytes,
         on_messages: OnMessages,
+        on_peer: OnPeer | None,
+        incarnation: bytes,
         client_handler: ClientHandler | None,
         client_tokens: TokenLookup | None,
         client_ssl_context: ssl.SSLContext | None,
@@ -330,6 +335,8 @@ class WebSocketTransport:
         self._nursery = nursery
         self._secret = secret
         self._on_messages = on_messages
+        self._on_peer = on_peer
+        self.incarnation = incarnation
         self._client_handler = client_handler
         self._client_tokens = client_tokens
         self._client_ssl = client_ssl_context
@@ -464,8 +471,10 @@ class WebSocketTransport:
                 connect_timeout=self._connect_timeout,
             ) as sock:
                 with trio.fail_after(self._handshake_timeout):
-                    opener = Hello(self.node_id, self.cluster_id, new_nonce())
-                    await dialer_handshake(sock, opener, self._secret, expect_node=peer.node_id)
+                    opener = Hello(self.node_id, self.cluster_id, new_nonce(), self.incarnation)
+                    reply = await dialer_handshake(
+                        sock, opener, self._secret, expect_node=peer.node_id
+                    )
                 peer.connected = True
                 peer.connects += 1
                 self.log.info("connected to peer %d at %s", peer.node_id, address)
@@ -473,7 +482,7 @@ class WebSocketTransport:
                     async with trio.open_nursery() as nursery:
 
                         async def receiver() -> None:
-                            await self._receive_loop(sock, peer.node_id)
+                            await self._receive_loop(sock, peer.node_id, reply.incarnation)
                             nursery.cancel_scope.cancel()
 
                         nursery.start_soon(receiver)
@@ -566,8 +575,11 @@ class WebSocketTransport:
     # Receiving from peers (both directions)
     # ------------------------------------------------------------------
 
-    async def _receive_loop(self, sock: FrameSocket, src: NodeId) -> None:
-        """Deliver the peer's frames until the connection ends or misbehaves."""
+    async def _receive_loop(self, sock: FrameSocket, src: NodeId, incarnation: bytes) -> None:
+        """Deliver the peer's frames until the connection ends or misbehaves.
+
+        ``incarnation`` is what the peer presented in this connection's handshake.
+        """
         while True:
             try:
                 data = await sock.receive()
@@ -595,6 +607,8 @@ class WebSocketTransport:
             if peer is not None:
                 peer.received += len(messages)
             try:
+                if self._on_peer is not None:
+                    self._on_peer(src, incarnation)
                 self._on_messages(src, messages)
             except Exception:
                 self.log.exception("on_messages failed for a batch from peer %d", src)
@@ -629,10 +643,11 @@ class WebSocketTransport:
                         secret=self._secret,
                         is_peer=self._peers.__contains__,
                         client_key=self._client_tokens if self._client_handler else None,
+                        incarnation=self.incarnation,
                     )
                 authenticated = True
                 if isinstance(opener, Hello):
-                    await self._serve_peer(sock, opener.node_id)
+                    await self._serve_peer(sock, opener.node_id, opener.incarnation)
                 else:
                     await self._serve_client(sock, opener.client_id)
         except* HandshakeFailed as group:
@@ -655,7 +670,7 @@ class WebSocketTransport:
         level = self._throttle.level((remote.rpartition(":")[0], code))
         self.log.log(level, "refused a connection from %s: %s", remote, text)
 
-    async def _serve_peer(self, sock: FrameSocket, node_id: NodeId) -> None:
+    async def _serve_peer(self, sock: FrameSocket, node_id: NodeId, incarnation: bytes) -> None:
         scope = trio.CancelScope()
         previous = self._inbound.get(node_id)
         if previous is not None:
@@ -665,7 +680,7 @@ class WebSocketTransport:
         self.log.info("peer %d connected from %s", node_id, sock.remote)
         try:
             with scope:
-                await self._receive_loop(sock, node_id)
+                await self._receive_loop(sock, node_id, incarnation)
         finally:
             if self._inbound.get(node_id) is scope:
                 del self._inbound[node_id]
@@ -750,6 +765,8 @@ async def open_websocket_transport(
     cluster_id: str,
     secret: bytes | str,
     on_messages: OnMessages,
+    on_peer: OnPeer | None = None,
+    incarnation: bytes | None = None,
     client_handler: ClientHandler | None = None,
     client_tokens: Mapping[str, bytes | str] | TokenLookup | None = None,
     ssl_context: ssl.SSLContext | None = None,
@@ -775,6 +792,10 @@ async def open_websocket_transport(
         secret: the cluster secret (text is UTF-8 encoded); never sent.
         on_messages: ``on_messages(src, messages)``, called for each frame
             received from an authenticated peer; must not block.
+        on_peer: ``on_peer(src, incarnation)``, called before each such
+            frame with the incarnation the peer presented on that connection.
+        incarnation: this node's data directory id (16 bytes), presented in
+            every handshake; random if not given (a transport without data).
         client_handler: ``await client_handler(conn)`` for each authenticated
             client connection; without one, clients are refused.
         client_tokens: ``{client_id: token}``, or a function returning a
@@ -811,6 +832,10 @@ async def open_websocket_transport(
         raise ValueError(f"node ids are positive integers, got {node_id}")
     if not cluster_id:
         raise ValueError("cluster_id must not be empty")
+    if incarnation is None:
+        incarnation = secrets.token_bytes(INCARNATION_SIZE)
+    if len(incarnation) != INCARNATION_SIZE:
+        raise ValueError(f"incarnation must be {INCARNATION_SIZE} bytes")
     key = secret.encode() if isinstance(secret, str) else bytes(secret)
     if not key:
         raise ValueError("the cluster secret must not be empty")
@@ -843,6 +868,8 @@ async def open_websocket_transport(
             cluster_id=cluster_id,
             secret=key,
             on_messages=on_messages,
+            on_peer=on_peer,
+            incarnation=bytes(incarnation),
             client_handler=client_handler,
             client_tokens=_token_lookup(client_tokens),
             client_ssl_context=client_ssl_context,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import cbor2
@@ -21,7 +23,7 @@ import trio
 from docstore.server import DEFAULT_CLIENT
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from tests.docstore.test_client import TOKEN, Cluster
-from trioraft.client.connection import open_client_connection
+from trioraft.client.connection import Connection, open_client_connection
 from trioraft.core.types import Entry, EntryKind, HardState
 from trioraft.storage import FileLogStore
 from trioraft.transport.messages import ClientRequest
@@ -186,51 +188,59 @@ async def _leader_address(c: Cluster) -> tuple[int, str]:
     return leader, c.addr[leader]
 
 
-async def test_crashing_commands_are_refused_before_they_reach_the_log(
-    tmp_path: pathlib.Path,
-) -> None:
+@asynccontextmanager
+async def _leader_connection(
+    root: pathlib.Path,
+) -> AsyncIterator[tuple[Cluster, int, Connection]]:
+    """A running 3-node cluster, its leader and a raw client connection to it."""
     async with trio.open_nursery() as nursery:
-        c = Cluster(tmp_path, nursery)
+        c = Cluster(root, nursery)
         for n in c.addr:
             await c.start(n)
         leader, address = await _leader_address(c)
         async with open_client_connection(
             address, cluster_id="docstore", client_id=DEFAULT_CLIENT, token=TOKEN
         ) as conn:
-            for name, setup, cmd, outcome in CRASHERS:
-                for s in setup:
-                    resp = await conn.call(ClientRequest(0, "command", s))
-                    if s["op"] == "register":  # no node has the code: refused too
-                        assert resp.error_code == "bad_request", (name, resp)
-                    else:
-                        assert resp.ok and resp.result["ok"], (name, resp)  # type: ignore[index]
-                before = c.nodes[leader].status().last_index
-                resp = await conn.call(ClientRequest(0, "command", cmd))
-                assert isinstance(resp.result, dict), (name, resp)
-                if outcome == REFUSED:
+            yield c, leader, conn
+        nursery.cancel_scope.cancel()
+
+
+async def test_crashing_commands_are_refused_before_they_reach_the_log(
+    tmp_path: pathlib.Path,
+) -> None:
+    async with _leader_connection(tmp_path) as (c, leader, conn):
+        for name, setup, cmd, outcome in CRASHERS:
+            for s in setup:
+                resp = await conn.call(ClientRequest(0, "command", s))
+                if s["op"] == "register":  # no node has the code: refused too
                     assert resp.error_code == "bad_request", (name, resp)
-                    assert 0 < len(resp.error_message) < 1000, (name, resp)
-                    assert resp.result["ok"] is False, (name, resp)
-                    assert c.nodes[leader].status().last_index == before, name
                 else:
-                    assert resp.ok and resp.result["ok"] is (outcome == OK), (name, resp)
-            # Queries with the same defects are refused, never raised on.
-            for q in (
-                {"op": "find", "coll": "c", "filter": {b"k": 1}},
-                {"op": "find", "coll": "c", "filter": {"arr." + "9" * 5000: 1}},
-                {"op": "find", "coll": "c", "sort": [[b"k", 1]]},
-                {"op": "get_multi", "coll": "c", "keys": [b"k"]},
-                {"op": "count", "coll": [], "filter": {}},
-            ):
-                resp = await conn.call(ClientRequest(0, "query", q))
-                assert resp.error_code == "bad_request", (q, resp)
-            resp = await conn.call(
-                ClientRequest(0, "command", {"op": "put", "coll": "c", "key": "ok", "doc": {}})
-            )
-            assert resp.ok and resp.result["ok"], resp  # type: ignore[index]
+                    assert resp.ok and resp.result["ok"], (name, resp)  # type: ignore[index]
+            before = c.nodes[leader].status().last_index
+            resp = await conn.call(ClientRequest(0, "command", cmd))
+            assert isinstance(resp.result, dict), (name, resp)
+            if outcome == REFUSED:
+                assert resp.error_code == "bad_request", (name, resp)
+                assert 0 < len(resp.error_message) < 1000, (name, resp)
+                assert resp.result["ok"] is False, (name, resp)
+                assert c.nodes[leader].status().last_index == before, name
+            else:
+                assert resp.ok and resp.result["ok"] is (outcome == OK), (name, resp)
+        # Queries with the same defects are refused, never raised on.
+        for q in (
+            {"op": "find", "coll": "c", "filter": {b"k": 1}},
+            {"op": "find", "coll": "c", "filter": {"arr." + "9" * 5000: 1}},
+            {"op": "find", "coll": "c", "sort": [[b"k", 1]]},
+            {"op": "get_multi", "coll": "c", "keys": [b"k"]},
+            {"op": "count", "coll": [], "filter": {}},
+        ):
+            resp = await conn.call(ClientRequest(0, "query", q))
+            assert resp.error_code == "bad_request", (q, resp)
+        put = {"op": "put", "coll": "c", "key": "ok", "doc": {}}
+        resp = await conn.call(ClientRequest(0, "command", put))
+        assert resp.ok and resp.result["ok"], resp  # type: ignore[index]
         for node in c.nodes.values():
             assert node.status().role in ("leader", "follower", "candidate")
-        nursery.cancel_scope.cancel()
 
 
 async def test_watch_filter_with_non_ascii_digit_segment_does_not_stop_apply(
@@ -253,20 +263,12 @@ async def test_watch_filter_with_non_ascii_digit_segment_does_not_stop_apply(
 
 async def test_client_cannot_choose_the_time_of_expire(tmp_path: pathlib.Path) -> None:
     # A client-supplied now_ms would delete every TTL document early.
-    async with trio.open_nursery() as nursery:
-        c = Cluster(tmp_path, nursery)
-        for n in c.addr:
-            await c.start(n)
-        _, address = await _leader_address(c)
-        async with open_client_connection(
-            address, cluster_id="docstore", client_id=DEFAULT_CLIENT, token=TOKEN
-        ) as conn:
-            for cmd in (
-                {"op": "expire", "now_ms": 2**62},
-                {"op": "batch", "commands": [{"op": "expire", "now_ms": 2**62}]},
-            ):
-                resp = await conn.call(ClientRequest(0, "command", cmd))
-                assert resp.error_code == "bad_request" and "now_ms" in resp.error_message
-            resp = await conn.call(ClientRequest(0, "command", {"op": "expire"}))
-            assert resp.ok and resp.result["ok"], resp  # type: ignore[index]
-        nursery.cancel_scope.cancel()
+    async with _leader_connection(tmp_path) as (_, _, conn):
+        for cmd in (
+            {"op": "expire", "now_ms": 2**62},
+            {"op": "batch", "commands": [{"op": "expire", "now_ms": 2**62}]},
+        ):
+            resp = await conn.call(ClientRequest(0, "command", cmd))
+            assert resp.error_code == "bad_request" and "now_ms" in resp.error_message
+        resp = await conn.call(ClientRequest(0, "command", {"op": "expire"}))
+        assert resp.ok and resp.result["ok"], resp  # type: ignore[index]

@@ -219,6 +219,15 @@ class _Waiter:
             self.done(None, error)
 
 
+@dataclass(frozen=True, slots=True)
+class _PeerBatch:
+    """Raft messages of one transport batch, with the incarnation they came from."""
+
+    src: NodeId
+    incarnation: str
+    messages: list[Message]
+
+
 class _Read:
     __slots__ = ("deadline", "error", "event", "index")
 
@@ -246,6 +255,11 @@ class Node:
             raise ValueError("NodeConfig.cluster_secret is required: peers authenticate with it")
         self.state_machine = state_machine
         self.id = config.node_id
+        #: This node's data directory incarnation (hex), read from storage at start.
+        self.incarnation = ""
+        # What each peer presented in its connection's handshake (transport news).
+        self._peer_incarnations: dict[NodeId, str] = {}
+        self._incarnations_told: set[tuple[NodeId, str]] = set()
         self.log = logging.getLogger(f"trioraft.node.{config.node_id}")
         self._transport_factory = transport_factory or websocket_transport
         self.transport: Transport | None = None
@@ -311,6 +325,7 @@ class Node:
         self._logstore = await trio.to_thread.run_sync(
             FileLogStore.open, os.path.join(cfg.data_dir, "log")
         )
+        self.incarnation = self._logstore.incarnation()
         self._snaps = await trio.to_thread.run_sync(
             SnapshotStore, os.path.join(cfg.data_dir, "snapshots")
         )
@@ -328,8 +343,9 @@ class Node:
                 nursery.start_soon(self._snapshot_receiver)
                 nursery.start_soon(self._timeout_sweeper)
                 self.log.info(
-                    "node %d started: term %d, log %d..%d, applied %d",
+                    "node %d started: incarnation %s, term %d, log %d..%d, applied %d",
                     self.id,
+                    self.incarnation,
                     self.core.term,
                     self.core.offset,
                     self.core.last_index(),
@@ -383,6 +399,7 @@ class Node:
             entries=entries,
             snapshot=snap_meta,
             applied=applied.index,
+            incarnation=self.incarnation,
         )
         self._applied = applied.index
         return core
@@ -394,6 +411,10 @@ class Node:
             self._kicked = True
             with suppress(trio.WouldBlock):  # a full inbox wakes the loop anyway
                 self._inbox_send.send_nowait(None)
+
+    def _on_peer(self, src: NodeId, incarnation: bytes) -> None:
+        """Transport callback: the batches from ``src`` that follow come from ``incarnation``."""
+        self._peer_incarnations[src] = incarnation.hex()
 
     def _on_messages(self, src: NodeId, messages: list[AnyMessage]) -> None:
         """Transport callback: never blocks."""
@@ -418,7 +439,8 @@ class Node:
                 raft.append(m)  # type: ignore[arg-type]
         if raft:
             try:
-                self._inbox_send.send_nowait(raft)
+                batch = _PeerBatch(src, self._peer_incarnations.get(src, ""), raft)
+                self._inbox_send.send_nowait(batch)
             except trio.WouldBlock:
                 self._stats["inbox_dropped"] += len(raft)
 
@@ -450,8 +472,36 @@ class Node:
         if isinstance(item, InstallSnapshot):
             core.step(item, now)
             return
-        for m in item:
+        if item.incarnation:
+            core.peer_incarnation(item.src, item.incarnation)
+            self._tell_incarnation(core, item.src)
+        for m in item.messages:
             core.step(m, now)
+
+    def _tell_incarnation(self, core: RaftCore, node: NodeId) -> None:
+        """One warning per node and incarnation the cluster does not know it by."""
+        conflict = core.incarnation_conflict(node)
+        if conflict is None or (node, conflict[1]) in self._incarnations_told:
+            return
+        self._incarnations_told.add((node, conflict[1]))
+        old, new = conflict
+        if node == self.id:
+            self.log.warning(
+                "node %(n)d: this data directory is incarnation %(new)s but the cluster knows"
+                " node %(n)d as incarnation %(old)s (its data was lost or replaced): it will"
+                " not vote or campaign; an operator must remove node %(n)d and add it back as"
+                " a new member (docstore remove-node %(n)d, then docstore add-node %(n)d %(a)s)",
+                {"n": node, "new": new, "old": old, "a": self.config.address},
+            )
+        else:
+            self.log.warning(
+                "node %(me)d: node %(n)d presents incarnation %(new)s but the cluster knows it"
+                " as incarnation %(old)s (its data directory was lost or replaced): its votes"
+                " and acknowledgements are not counted until an operator removes it and adds"
+                " it back as a new member (docstore remove-node %(n)d, then docstore add-node"
+                " %(n)d ADDRESS)",
+                {"me": self.id, "n": node, "new": new, "old": old},
+            )
 
     async def _drain_ready(self, core: RaftCore) -> None:
         while core.has_ready():
@@ -528,6 +578,8 @@ class Node:
         if core.membership is not self._membership_seen:
             self._membership_seen = core.membership
             self._update_peers()  # followers learn new members' addresses from the log
+            for n in [self.id, *self._peer_incarnations]:
+                self._tell_incarnation(core, n)
         now = (core.role, core.term, core.leader)
         if now == self._observed:
             return
@@ -809,6 +861,13 @@ class Node:
         addresses: dict[NodeId, str],
     ) -> None:
         core = self._check_open()
+        # A change in progress (the leader may be recording an incarnation on
+        # its own) is waited for rather than refused.
+        with trio.move_on_after(self.config.proposal_timeout):
+            while core.role is Role.LEADER and (
+                core.membership.joint or core.commit < core.config_index
+            ):
+                await self._changed.wait()
         try:
             index = core.change_membership(voters, learners, addresses)
         except NotLeader as exc:
@@ -845,6 +904,12 @@ class Node:
         m = core.membership
         if node_id not in m.learners:
             raise ValueError(f"node {node_id} is not a learner")
+        conflict = core.incarnation_conflict(node_id)
+        if conflict is not None:
+            raise ValueError(
+                f"node {node_id} presents incarnation {conflict[1]}, not the {conflict[0]}"
+                " it was added with: remove it and add it again"
+            )
         pr = core.progress.get(node_id)
         lag = core.last_index() - (pr.match if pr else 0)
         if lag > self.config.promote_max_lag:
@@ -871,8 +936,11 @@ class Node:
         if core.role is not Role.LEADER:
             raise self._not_leader_error(core.leader)
         if target is None:
+            refused = core.refused_peers()
             candidates = [
-                (p.match, n) for n, p in core.progress.items() if core.membership.is_voter(n)
+                (p.match, n)
+                for n, p in core.progress.items()
+                if core.membership.is_voter(n) and n not in refused
             ]
             if not candidates:
                 raise ValueError("no other voter to transfer to")
@@ -1330,6 +1398,8 @@ def websocket_transport(node: Node) -> AbstractAsyncContextManager[Transport]:
         cluster_id=cfg.cluster_id,
         secret=cfg.cluster_secret,
         on_messages=node._on_messages,
+        on_peer=node._on_peer,
+        incarnation=bytes.fromhex(node.incarnation),
         client_handler=node.client_handler,
         client_tokens=dict(cfg.client_tokens),
         ssl_context=cfg.ssl_context,

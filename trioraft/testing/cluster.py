@@ -44,7 +44,12 @@ def memory_transport(
     """A ``transport_factory`` that puts nodes on ``network``."""
 
     def factory(node: Node) -> AbstractAsyncContextManager[Transport]:
-        return network.open_transport(node.id, node._on_messages)
+        return network.open_transport(
+            node.id,
+            node._on_messages,
+            incarnation=bytes.fromhex(node.incarnation),
+            on_peer=node._on_peer,
+        )
 
     return factory
 

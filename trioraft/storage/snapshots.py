@@ -10,18 +10,29 @@ checksummed) with tmp + sync + rename + sync dir.  The meta file's presence
 is the commit point: a body without meta is a leftover and is deleted when
 the store is opened, as are temp files.
 
-The previous snapshot survives until the new one's meta is durable; then all
-but the newest ``keep`` (2) are deleted, meta first, so a half-deleted
-snapshot is never taken for a whole one.
+Order is by log index, never by commit sequence: "latest" is the readable
+snapshot with the highest index.  Two writers race here (the node's own
+snapshot task and the receiver of a leader's snapshot), so ``commit`` refuses
+a snapshot below the newest readable one with :class:`StaleSnapshotError`
+(deleting its body); the same snapshot committed again is a no-op.  The
+sequence number only keeps file names unique.
 
-``latest()`` walks committed snapshots newest first and returns the first
-whose meta parses and whose body has the recorded size and sha256 over the
-whole file.  A damaged newest snapshot is skipped with a warning; the older
-one is still a valid state (the log still holds the entries after it unless
-it was compacted past, which the runtime checks against the log boundary).
+The previous snapshot survives until the new one's meta is durable; then all
+but the ``keep`` (2) readable snapshots with the highest indexes are deleted,
+meta first, so a half-deleted snapshot is never taken for a whole one.
+
+``latest()`` walks committed snapshots from the highest index down and
+returns the first whose meta parses and whose body has the recorded size and
+sha256 over the whole file.  A damaged newest snapshot is skipped with a
+warning and the older one is used, which works only if the log still holds
+the entries after the older one: :meth:`SnapshotStore.fallback_index` is how
+far the runtime may compact its log for that to stay true (see
+``trioraft.storage.recovery``).
 
 Snapshots a leader streams in chunks go through :class:`SnapshotReceiver`:
 written to a temp file, hashed as they arrive, verified, then committed.
+
+Every method may be called from any worker thread; one lock serializes them.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import os
 import re
 import secrets
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,7 +54,13 @@ from trioraft.statemachine import SnapshotError
 from trioraft.storage.errors import StorageCorruption, StorageFatalError
 from trioraft.storage.fs import FileHandle, FileSystem, OsFileSystem, atomic_write, read_all
 
-__all__ = ["SnapshotReader", "SnapshotReceiver", "SnapshotStore", "StoredSnapshot"]
+__all__ = [
+    "SnapshotReader",
+    "SnapshotReceiver",
+    "SnapshotStore",
+    "StaleSnapshotError",
+    "StoredSnapshot",
+]
 
 log = logging.getLogger("trioraft.storage")
 
@@ -52,6 +70,10 @@ _VERSION = 1
 _META_RE = re.compile(r"^snap-(\d{10})\.meta$")
 _BODY_RE = re.compile(r"^snap-(\d{10})\.body$")
 _CHUNK = 1 << 20
+
+
+class StaleSnapshotError(SnapshotError):
+    """A snapshot below the newest one stored was refused: committing it would go backwards."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,12 +149,20 @@ class SnapshotStore:
         self._dir = directory
         self._fs = fs or OsFileSystem()
         self._keep = keep
+        self._lock = threading.RLock()
+        self._metas: dict[int, tuple[SnapshotMeta, str, int]] = {}
         self._verified: dict[int, StoredSnapshot] = {}
+        self._damaged: dict[int, str] = {}
         try:
             self._fs.makedirs(directory)
             self._cleanup()
         except OSError as exc:
             raise StorageFatalError(f"cannot open snapshot store {directory}: {exc}") from exc
+
+    @property
+    def keep(self) -> int:
+        """How many readable snapshots survive a commit."""
+        return self._keep
 
     def _path(self, name: str) -> str:
         return os.path.join(self._dir, name)
@@ -166,64 +196,90 @@ class SnapshotStore:
         *,
         verify: bool = True,
     ) -> StoredSnapshot:
-        """Durably record the body at ``path`` as the newest snapshot.
+        """Durably record the body at ``path`` as a snapshot (the latest, unless refused).
 
         With ``verify`` (the default) the body's size and sha256 are checked
         first, so a state machine bug cannot replace a good snapshot with a
-        bad one.
+        bad one.  The snapshot already stored at the same index and term is
+        returned as is (the body at ``path`` is deleted): the same log
+        position is the same state.
 
         Raises:
+            StaleSnapshotError: a readable snapshot with a higher index (or
+                another term at this index) is stored; ``path`` is deleted.
             SnapshotError: the body does not match ``size``/``info_checksum``.
             StorageFatalError: an I/O error; stop the node.
         """
         if os.path.dirname(os.path.abspath(path)) != os.path.abspath(self._dir):
             raise ValueError(f"{path} is not in the snapshot directory {self._dir}")
         checksum = info_checksum.lower()
-        try:
-            handle = self._fs.open(path)
+        with self._lock:
             try:
-                actual = handle.size()
-                if actual != size:
-                    raise SnapshotError(f"{path}: size {actual}, expected {size}")
-                if verify and _sha256(handle, size) != checksum:
-                    raise SnapshotError(f"{path}: sha256 does not match {checksum}")
-                handle.sync()
-            finally:
-                handle.close()
-            seqs = self._seqs()
-            seq = (seqs[-1] + 1) if seqs else 1
-            body = self._path(f"snap-{seq:010d}.body")
-            self._fs.rename(path, body)
-            # The body's name must be durable before the meta that points at it.
-            self._fs.sync_dir(self._dir)
-            atomic_write(
-                self._fs, self._path(f"snap-{seq:010d}.meta"), _encode_meta(meta, checksum, size)
-            )
-            stored = StoredSnapshot(meta, body, checksum, size, seq)
-            self._verified[seq] = stored
-            self._prune([*seqs, seq])
-        except OSError as exc:
-            raise StorageFatalError(f"committing snapshot in {self._dir}: {exc}") from exc
+                newest = self._latest()
+                if newest is not None and newest.meta.index >= meta.index:
+                    self._fs.unlink(path)
+                    if (newest.meta.index, newest.meta.term) == (meta.index, meta.term):
+                        return newest  # the same state, whatever its bytes
+                    raise StaleSnapshotError(
+                        f"snapshot {meta.index} (term {meta.term}) refused: snapshot "
+                        f"{newest.meta.index} (term {newest.meta.term}) is stored"
+                    )
+                handle = self._fs.open(path)
+                try:
+                    actual = handle.size()
+                    if actual != size:
+                        raise SnapshotError(f"{path}: size {actual}, expected {size}")
+                    if verify and _sha256(handle, size) != checksum:
+                        raise SnapshotError(f"{path}: sha256 does not match {checksum}")
+                    handle.sync()
+                finally:
+                    handle.close()
+                seqs = self._seqs()
+                seq = (seqs[-1] + 1) if seqs else 1
+                body = self._path(f"snap-{seq:010d}.body")
+                self._fs.rename(path, body)
+                # The body's name must be durable before the meta that points at it.
+                self._fs.sync_dir(self._dir)
+                meta_path = self._path(f"snap-{seq:010d}.meta")
+                atomic_write(self._fs, meta_path, _encode_meta(meta, checksum, size))
+                stored = StoredSnapshot(meta, body, checksum, size, seq)
+                self._metas[seq] = (meta, checksum, size)
+                self._verified[seq] = stored
+                self._prune()
+            except OSError as exc:
+                raise StorageFatalError(f"committing snapshot in {self._dir}: {exc}") from exc
         return stored
 
-    def _prune(self, seqs: list[int]) -> None:
-        old = seqs[: -self._keep]
+    def _prune(self) -> None:
+        """Keep the ``keep`` readable snapshots with the highest indexes; delete the rest."""
+        kept = {s.seq for s in self._valid()[-self._keep :]}
+        old = [seq for seq in self._seqs() if seq not in kept]
         for seq in old:
+            if seq in self._damaged:
+                log.warning("deleting damaged snapshot %d: %s", seq, self._damaged.pop(seq))
             # Meta first: without it the body is an orphan, never a snapshot.
             for suffix in ("meta", "body"):
                 p = self._path(f"snap-{seq:010d}.{suffix}")
                 if self._fs.exists(p):
                     self._fs.unlink(p)
+            self._metas.pop(seq, None)
             self._verified.pop(seq, None)
         if old:
             self._fs.sync_dir(self._dir)
 
+    def _meta(self, seq: int) -> tuple[SnapshotMeta, str, int]:
+        got = self._metas.get(seq)
+        if got is None:
+            meta_path = self._path(f"snap-{seq:010d}.meta")
+            got = _decode_meta(read_all(self._fs, meta_path), meta_path)
+            self._metas[seq] = got
+        return got
+
     def _load(self, seq: int) -> StoredSnapshot:
         if seq in self._verified:
             return self._verified[seq]
-        meta_path = self._path(f"snap-{seq:010d}.meta")
+        meta, checksum, size = self._meta(seq)
         body = self._path(f"snap-{seq:010d}.body")
-        meta, checksum, size = _decode_meta(read_all(self._fs, meta_path), meta_path)
         if not self._fs.exists(body):
             raise StorageCorruption("snapshot body is missing", body)
         handle = self._fs.open(body)
@@ -239,33 +295,90 @@ class SnapshotStore:
         self._verified[seq] = stored
         return stored
 
-    def latest_stored(self) -> StoredSnapshot | None:
-        """The newest snapshot that verifies, or None.  Damaged ones are skipped."""
-        try:
-            for seq in reversed(self._seqs()):
-                try:
-                    return self._load(seq)
-                except StorageCorruption as exc:
+    def _by_index(self) -> list[int]:
+        """Committed sequence numbers, highest index first (damaged metas last)."""
+        keyed: list[tuple[int, int]] = []
+        for seq in self._seqs():
+            try:
+                keyed.append((self._meta(seq)[0].index, seq))
+            except StorageCorruption as exc:
+                if seq not in self._damaged:
                     log.warning("skipping damaged snapshot %d: %s", seq, exc)
-        except OSError as exc:
-            raise StorageFatalError(f"reading snapshots in {self._dir}: {exc}") from exc
+                    self._damaged[seq] = str(exc)
+                keyed.append((-1, seq))
+        return [seq for _, seq in sorted(keyed, reverse=True)]
+
+    def _try_load(self, seq: int) -> StoredSnapshot | None:
+        if seq in self._damaged:
+            return None
+        try:
+            return self._load(seq)
+        except StorageCorruption as exc:
+            log.warning("skipping damaged snapshot %d: %s", seq, exc)
+            self._damaged[seq] = str(exc)
+            return None
+
+    def _latest(self) -> StoredSnapshot | None:
+        for seq in self._by_index():
+            stored = self._try_load(seq)
+            if stored is not None:
+                return stored
         return None
+
+    def _valid(self) -> list[StoredSnapshot]:
+        out = [s for seq in self._by_index() if (s := self._try_load(seq)) is not None]
+        return out[::-1]
+
+    def latest_stored(self) -> StoredSnapshot | None:
+        """The readable snapshot with the highest index, or None.  Damaged ones are skipped."""
+        with self._lock:
+            try:
+                return self._latest()
+            except OSError as exc:
+                raise StorageFatalError(f"reading snapshots in {self._dir}: {exc}") from exc
 
     def latest(self) -> tuple[SnapshotMeta, str, str] | None:
         """``(meta, body path, sha256 hex)`` of the newest valid snapshot, or None."""
         s = self.latest_stored()
         return None if s is None else (s.meta, s.path, s.checksum)
 
+    def snapshots(self) -> list[StoredSnapshot]:
+        """Every readable committed snapshot, lowest index first."""
+        with self._lock:
+            try:
+                return self._valid()
+            except OSError as exc:
+                raise StorageFatalError(f"reading snapshots in {self._dir}: {exc}") from exc
+
+    def damaged(self) -> list[str]:
+        """Why each committed snapshot found unreadable so far is (file name: reason)."""
+        with self._lock:
+            return [f"snap-{seq:010d}: {why}" for seq, why in sorted(self._damaged.items())]
+
+    def fallback_index(self) -> int:
+        """How far the log may be compacted so that any one damaged snapshot can be done without.
+
+        The index of the oldest snapshot kept once ``keep`` readable ones are
+        stored, else 0 (with fewer, the newest has nothing older to fall back
+        on but the log itself).  With ``keep=1`` it is the newest index: no
+        fallback is kept.
+        """
+        valid = self.snapshots()
+        return valid[0].meta.index if len(valid) >= self._keep else 0
+
+    def find(self, meta: SnapshotMeta) -> StoredSnapshot | None:
+        """The readable snapshot with ``meta``'s index and term, or None."""
+        for s in reversed(self.snapshots()):
+            if s.meta.index == meta.index and s.meta.term == meta.term:
+                return s
+        return None
+
     def open_for_read(self, meta: SnapshotMeta) -> SnapshotReader:
         """A reader over the committed snapshot with ``meta``'s index and term."""
-        for seq in reversed(self._seqs()):
-            try:
-                s = self._load(seq)
-            except StorageCorruption:
-                continue
-            if s.meta.index == meta.index and s.meta.term == meta.term:
-                return SnapshotReader(self._fs.open(s.path), s)
-        raise SnapshotError(f"no snapshot at index {meta.index} term {meta.term}")
+        s = self.find(meta)
+        if s is None:
+            raise SnapshotError(f"no snapshot at index {meta.index} term {meta.term}")
+        return SnapshotReader(self._fs.open(s.path), s)
 
     def receive(self, meta: SnapshotMeta, checksum: str, size: int) -> SnapshotReceiver:
         """Start receiving a snapshot streamed in chunks (see :class:`SnapshotReceiver`)."""

@@ -4,11 +4,18 @@ Theory of operation
 ===================
 
 One seed fixes everything: the network's latencies, drops, duplicates and
-reorderings, the partitions (asymmetric ones too), crashes and restarts,
-pauses (a SIGSTOPped process), client proposals and reads, membership
-changes, leadership transfers and snapshots.  Events sit in one priority
-queue ordered by simulated time; a *step* handles one event.  Nothing reads
-a real clock, so a seed replays exactly.
+reorderings, slow links (every message across one held up past an election
+timeout), the partitions (asymmetric and partial ones too: a node cut off
+from some of the others only), crashes and restarts (quick ones too, inside
+a leader's lease), pauses (a SIGSTOPped process, or a short stall), client
+proposals and reads (ReadIndex and lease), membership changes, leadership
+transfers, snapshots, and scripted attacks on a leader's lease (a voter
+restarting inside it; a TimeoutNow arriving after its transfer timed out).
+Events sit in one priority queue ordered by simulated time; a *step* handles
+one event.  Nothing reads a real clock, so a seed replays exactly.  It is one
+file because the network, the fault schedule and the checker share that
+queue, the nodes' state and one random stream, whose order of draws is what
+makes a seed replay.
 
 Each node follows the runtime's contract: it takes a Ready, the write
 reaches "disk" after a simulated latency (a crash before then loses it:
@@ -79,6 +86,13 @@ class SimConfig:
     crash_rate: float = 0.01  # chance per step that a node crashes
     partition_rate: float = 0.01
     pause_rate: float = 0.003
+    #: Chance per step that the slow links change: all recover, or one more
+    #: link (often one of the leader's) holds every message across it for
+    #: 0.5-2 maximum election timeouts.
+    slow_link_rate: float = 0.003
+    #: Chance per step of a scripted attack on a leader's lease
+    #: (``Simulation._attack_lease``).
+    lease_attack_rate: float = 0.001
     propose_rate: float = 0.15
     read_rate: float = 0.05
     membership_rate: float = 0.005
@@ -154,6 +168,9 @@ class Simulation:
         self.queue: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self.blocked: set[tuple[NodeId, NodeId]] = set()
+        self.slow: dict[tuple[NodeId, NodeId], float] = {}  # link -> extra delay
+        self.attack_until = 0.0  # a scripted attack runs: no other faults, clients only read
+        self.healed = False  # the fault phase is over
         ids = list(range(1, cfg.nodes + 1))
         n_learn = min(cfg.learners, cfg.nodes - 1)
         self.bootstrap = Membership(
@@ -393,7 +410,8 @@ class Simulation:
             attach = n.durable_snap[1]
         copies = 2 if r.random() < self.dup else 1
         for _ in range(copies):
-            self._push(self.now + r.uniform(0.0002, self.latency), 0, (m, attach))
+            delay = r.uniform(0.0002, self.latency) + self.slow.get((n.id, m.dst), 0.0)
+            self._push(self.now + delay, 0, (m, attach))
 
     def _deliver(self, m: Message, attach: int | None) -> None:
         n = self.nodes[m.dst]
@@ -418,13 +436,15 @@ class Simulation:
         c, r = self.cfg, self.rng
         x = r.random()
         ids = list(self.nodes)
+        attacked = self.now < self.attack_until
+        if attacked:  # no other fault meanwhile: skip their branches
+            x += c.crash_rate + c.partition_rate + c.pause_rate
+            x += c.slow_link_rate + c.lease_attack_rate
         if x < c.crash_rate:
-            n = self.nodes[r.choice(ids)]
-            if n.core is not None:
-                n.core = None  # the pending write, if any, is lost
-                n.pending = None
-                n.timer_at = -1.0
-                self._push(self.now + r.uniform(0.05, 1.0), 3, n.id)
+            # Half the restarts are quick (a supervisor restarting the
+            # process), often inside the lease of a leader the node acked.
+            quick = r.random() < 0.5
+            self._crash(self.nodes[r.choice(ids)], r.uniform(0.005, 0.1 if quick else 1.0))
             return
         x -= c.crash_rate
         if x < c.partition_rate:
@@ -433,9 +453,19 @@ class Simulation:
         x -= c.partition_rate
         if x < c.pause_rate:
             n = self.nodes[r.choice(ids)]
-            n.paused_until = max(n.paused_until, self.now + r.uniform(0.2, 1.5))
+            # Half are short stalls (a GC pause), shorter than a lease.
+            pause = r.uniform(0.01, 0.2) if r.random() < 0.5 else r.uniform(0.2, 1.5)
+            n.paused_until = max(n.paused_until, self.now + pause)
             return
         x -= c.pause_rate
+        if x < c.slow_link_rate:
+            self._slow_link()
+            return
+        x -= c.slow_link_rate
+        if x < c.lease_attack_rate:
+            self._attack_lease()
+            return
+        x -= c.lease_attack_rate
         leaders = [
             n
             for n in self.nodes.values()
@@ -446,14 +476,14 @@ class Simulation:
         n = r.choice(leaders)
         core = n.core
         assert core is not None
+        if attacked and not c.propose_rate <= x < c.propose_rate + c.read_rate:
+            return  # clients only read while an attack runs
         if x < c.propose_rate:
             self._next_cmd += 1
             with contextlib.suppress(NotLeader, ProposalRejected):
                 core.propose(b"c%d" % self._next_cmd, client_id="sim", sequence=self._next_cmd)
         elif x < c.propose_rate + c.read_rate:
-            self._next_read += 1
-            n.reads[self._next_read] = (self.max_commit, self._next_read)
-            core.read(self._next_read, self.now, lease=r.random() < 0.5)
+            self._read(n, lease=r.random() < 0.5)
         elif x < c.propose_rate + c.read_rate + c.membership_rate:
             self._change_membership(core)
         elif x < c.propose_rate + c.read_rate + c.membership_rate + c.transfer_rate:
@@ -464,6 +494,139 @@ class Simulation:
         else:
             return
         self._after(n)
+
+    def _crash(self, n: _Node, restart_after: float) -> None:
+        if n.core is not None:
+            n.core = None  # the pending write, if any, is lost
+            n.pending = None
+            n.timer_at = -1.0
+            self._push(self.now + restart_after, 3, n.id)
+
+    def _read(self, n: _Node, *, lease: bool) -> None:
+        """A client asks ``n`` for a read; the check bounds it by what was committed."""
+        assert n.core is not None
+        self._next_read += 1
+        n.reads[self._next_read] = (self.max_commit, self._next_read)
+        n.core.read(self._next_read, self.now, lease=lease)
+
+    def _at(self, delay: float, action: Callable[[], None]) -> None:
+        """Run a scripted fault's next move ``delay`` seconds from now."""
+        self._push(self.now + delay, 4, action)
+
+    def _attack_lease(self) -> None:
+        """Attack a leader's lease the two ways it was found to break.
+
+        The lease (dissertation 6.4.1) holds because every voter that acked
+        the confirming round refuses to elect anyone else for a minimum
+        election timeout.  A voter that restarts forgets it; a transfer
+        campaign is let through by every voter.  Each attack heals the
+        network, holds the other faults off and lets clients only read while
+        it runs (a read-mostly spell, where leases matter, and the followers
+        stay up to date), and ends with the old leader cut off inside its
+        lease, a client still reading from it, while the others can elect
+        and commit within that lease unless a guard stops them.
+        """
+        r = self.rng
+        held = [
+            n
+            for n in self.nodes.values()
+            if n.core is not None and n.core.lease_valid() and n.paused_until <= self.now
+        ]
+        if not held:
+            return
+        lead = r.choice(held)
+        self.blocked = set()
+        self.slow = {}
+        settle = 3 * self.cfg.heartbeat  # the followers catch up meanwhile
+        self.attack_until = self.now + settle + 0.01
+
+        def start() -> None:
+            core = lead.core
+            if core is None or core.role is not Role.LEADER or lead.paused_until > self.now:
+                return
+            caught_up = [
+                f
+                for f, p in sorted(core.progress.items())
+                if p.match == core.last_index()
+                and core.membership.is_voter(f)
+                and self.nodes[f].core is not None
+            ]
+            if r.random() < 0.5:
+                self._restart_inside_a_lease(lead, caught_up)
+            else:
+                self._late_timeout_now(lead, caught_up)
+
+        self._at(settle, start)
+
+    def _restart_inside_a_lease(self, lead: _Node, caught_up: list[NodeId]) -> None:
+        # A minority of up-to-date followers cannot reach the leader: they
+        # time out and ask the others, who refuse (they hear the leader).
+        # Just before one of them asks again, voters of the leader's quorum
+        # (as many as they need) restart quickly and the leader is cut off.
+        r, core = self.rng, lead.core
+        assert core is not None
+        if core.membership.joint:
+            return
+        followers = sorted(core.membership.voters - {lead.id})
+        deaf = r.sample(caught_up, min(len(caught_up), len(followers) // 2))
+        rest = [f for f in followers if f not in deaf]
+        restarts = len(core.membership.voters) // 2 + 1 - len(deaf)
+        if not deaf or len(rest) < restarts:
+            return
+        self.blocked = {(lead.id, d) for d in deaf} | {(d, lead.id) for d in deaf}
+        lo, hi = self.cfg.election_timeout
+        wait = hi + r.uniform(0.0, lo)  # every one of them has asked once
+        self.attack_until = self.now + wait + 2 * hi
+
+        def restart_and_cut_off() -> None:
+            cores = [c for c in (self.nodes[d].core for d in deaf) if c is not None]
+            if not cores:
+                return
+            ahead = min(c.election_deadline for c in cores) - self.now
+            if ahead <= 0.01:
+                return
+            early = r.uniform(0.01, min(ahead, 0.5 * lo))
+            self._at(ahead - early, lambda: restart(early))
+
+        def restart(early: float) -> None:
+            for victim in r.sample(rest, restarts):
+                self._crash(self.nodes[victim], r.uniform(0.002, early))
+            self._cut_off(lead, deaf=False)
+
+        self._at(wait, restart_and_cut_off)
+
+    def _late_timeout_now(self, lead: _Node, caught_up: list[NodeId]) -> None:
+        # The leader hands over to a caught-up follower over a link that then
+        # turns slow: the TimeoutNow arrives after the transfer timed out and
+        # the leader renewed its lease.  Just before it arrives, the leader
+        # stops hearing the others (it can still send).
+        r, core = self.rng, lead.core
+        assert core is not None
+        if not caught_up:
+            return
+        target = r.choice(caught_up)
+        delay = r.uniform(1.2, 2.0) * self.cfg.election_timeout[1]
+        self.slow[(lead.id, target)] = self.slow[(target, lead.id)] = delay
+        with contextlib.suppress(NotLeader, ValueError):
+            core.transfer_leadership(target)
+        self._after(lead)
+        self.attack_until = self.now + delay + self.cfg.election_timeout[1]
+        self._at(delay - r.uniform(0.0, 0.1), lambda: self._cut_off(lead, deaf=True))
+
+    def _cut_off(self, lead: _Node, *, deaf: bool) -> None:
+        """The leader hears nobody (and, unless ``deaf``, reaches nobody); its client reads on."""
+        others = [y for y in self.nodes if y != lead.id]
+        self.blocked = {(y, lead.id) for y in others}
+        if not deaf:
+            self.blocked |= {(lead.id, y) for y in others}
+
+        def read() -> None:
+            if lead.core is not None and lead.core.role is Role.LEADER:
+                self._read(lead, lease=True)
+
+        longer_than_any_lease = self.cfg.election_timeout[0]
+        for i in range(1, 30):
+            self._at(i * longer_than_any_lease / 30, read)
 
     def _change_membership(self, core: RaftCore) -> None:
         r = self.rng
@@ -486,7 +649,7 @@ class Simulation:
         r = self.rng
         ids = list(self.nodes)
         self.blocked = set()
-        kind = r.randrange(4)
+        kind = r.randrange(5)
         if kind == 0 or len(ids) < 2:
             return  # heal
         if kind == 1:  # split into two sides
@@ -495,13 +658,36 @@ class Simulation:
             a, b = ids[:cut], ids[cut:]
             self.blocked = {(x, y) for x in a for y in b} | {(y, x) for x in a for y in b}
         elif kind == 2:  # one node can send but not receive (or the reverse)
-            x = r.choice(ids)
+            x = self._pick()
             if r.random() < 0.5:
                 self.blocked = {(y, x) for y in ids if y != x}
             else:
                 self.blocked = {(x, y) for y in ids if y != x}
-        else:  # a random set of one-way links
+        elif kind == 3:  # a random set of one-way links
             self.blocked = {(x, y) for x in ids for y in ids if x != y and r.random() < 0.3}
+        else:  # partial: one node and some of the others cannot talk
+            x = self._pick()
+            others = [y for y in ids if y != x]
+            far = r.sample(others, r.randrange(1, len(others) + 1))
+            self.blocked = {(x, y) for y in far} | {(y, x) for y in far}
+
+    def _slow_link(self) -> None:
+        r = self.rng
+        if r.random() < 1 / 3 or len(self.nodes) < 2:
+            self.slow = {}
+            return
+        a = self._pick()
+        b = r.choice([y for y in self.nodes if y != a])
+        delay = r.uniform(0.5, 2.0) * self.cfg.election_timeout[1]
+        self.slow[(a, b)] = self.slow[(b, a)] = delay
+
+    def _pick(self) -> NodeId:
+        """A node to single out: half the time a leader (cut off inside its lease)."""
+        r = self.rng
+        leaders = [n.id for n in self.nodes.values() if n.core and n.core.role is Role.LEADER]
+        if leaders and r.random() < 0.5:
+            return r.choice(leaders)
+        return r.choice(list(self.nodes))
 
     # ----------------------------------------------------------------- run
 
@@ -515,6 +701,12 @@ class Simulation:
                 return
             heapq.heappop(self.queue)
             self.now = max(self.now, at)
+            if kind == 4:  # a scripted fault's next move (none once healed)
+                if not self.healed:
+                    payload()
+                steps += 1
+                yield
+                continue
             target = payload[0].dst if kind == 0 else payload if kind in (1, 3) else payload[0]
             node = self.nodes[target]
             if node.paused_until > self.now and kind != 3:
@@ -549,6 +741,9 @@ class Simulation:
         self.blocked = set()
         self.drop = 0.0
         self.dup = 0.0
+        self.slow = {}
+        self.attack_until = 0.0
+        self.healed = True
         for n in self.nodes.values():
             n.paused_until = 0.0
             if n.core is None:

@@ -89,9 +89,15 @@ from trioraft.runtime.errors import (
     ProposalRejectedError,
     ReadFailedError,
 )
-from trioraft.statemachine import SnapshotInfo, StateMachine
+from trioraft.statemachine import SnapshotError, SnapshotInfo, StateMachine
 from trioraft.storage.log import FileLogStore
-from trioraft.storage.snapshots import SnapshotReceiver, SnapshotStore, StoredSnapshot
+from trioraft.storage.recovery import reconcile
+from trioraft.storage.snapshots import (
+    SnapshotReceiver,
+    SnapshotStore,
+    StaleSnapshotError,
+    StoredSnapshot,
+)
 from trioraft.transport.base import (
     ClientConnection,
     ClientHandler,
@@ -364,10 +370,15 @@ class Node:
                     self._stopped.set()
 
     async def _recover(self) -> RaftCore:
-        """Rebuild the core from disk; bring the state machine up to the log's start."""
+        """Rebuild the core from disk; bring the state machine up to the log's start.
+
+        First the log is made to agree with the newest readable snapshot, durably
+        (``trioraft.storage.recovery.reconcile``): a snapshot committed above the
+        log's boundary gets Raft's discard rule applied to the log.
+        """
         assert self._logstore is not None and self._snaps is not None
-        log, snaps = self._logstore, self._snaps
-        stored = await trio.to_thread.run_sync(snaps.latest_stored)
+        log = self._logstore
+        stored = await trio.to_thread.run_sync(reconcile, log, self._snaps)
         self._current_snapshot = stored
         applied = self.state_machine.last_applied()
         boundary, _ = log.boundary()
@@ -388,8 +399,6 @@ class Node:
             self._last_snapshot_index = snap_meta.index
         first = max(log.first_index(), (snap_meta.index + 1) if snap_meta else 1)
         entries = await trio.to_thread.run_sync(log.entries, first, log.last_index() + 1)
-        if snap_meta is None and boundary > 0:
-            raise RuntimeError(f"node {self.id}: the log was compacted but no snapshot exists")
         core = RaftCore(
             self.config.raft_config(),
             random.Random(),
@@ -656,15 +665,14 @@ class Node:
                     self._bytes_since_snapshot += sum(len(e.data) for e in chunk)
                 elif kind == "snapshot":
                     meta: SnapshotMeta = item
-                    stored = self._current_snapshot
-                    if stored is None or stored.meta.index != meta.index:
-                        raise RuntimeError(f"snapshot {meta.index} to install is not stored")
+                    stored = await self._stored(meta)
                     await sm.restore_snapshot(
                         stored.path,
                         SnapshotInfo(meta.index, meta.term, stored.checksum, stored.size),
                     )
                     self._applied = meta.index
-                    self._last_snapshot_index = meta.index
+                    self._last_snapshot_index = max(self._last_snapshot_index, meta.index)
+                    self._adopt(stored)
                     self._stats["snapshots_installed"] += 1
                     for idx in [i for i in self._waiters if i <= meta.index]:
                         self._waiters.pop(idx).fail(
@@ -743,8 +751,8 @@ class Node:
         """
         core = self._check_open()
         index = self._append_proposal(core, command, client_id, sequence)
-        self._waiters[index] = _Waiter(
-            core.term, trio.current_time() + self.config.proposal_timeout, done
+        self._add_waiter(
+            index, _Waiter(core.term, trio.current_time() + self.config.proposal_timeout, done)
         )
         self._kick()
 
@@ -786,16 +794,30 @@ class Node:
         # No cancel scope per call (it showed up as a fifth of the leader's
         # time under load): the timeout sweeper fails waiters past deadline.
         w = _Waiter(term, trio.current_time() + self.config.proposal_timeout)
-        self._waiters[index] = w
+        self._add_waiter(index, w)
         self._kick()
         try:
             await w.event.wait()
         finally:
-            if not w.event.is_set():  # the caller was cancelled
-                self._waiters.pop(index, None)
+            if not w.event.is_set() and self._waiters.get(index) is w:  # the caller was cancelled
+                del self._waiters[index]
         if w.error is not None:
             raise w.error
         return w.result
+
+    def _add_waiter(self, index: int, w: _Waiter) -> None:
+        """Wait for ``index``; a proposal still waiting there was replaced: fail it.
+
+        A node that leads again after a snapshot install (or a truncation) can
+        append at an index where one of its old proposals waits; that entry
+        is gone, and without this its caller would wait forever.
+        """
+        old = self._waiters.get(index)
+        if old is not None:
+            old.fail(
+                ProposalDroppedError(f"entry {index} was replaced: a new proposal took its index")
+            )
+        self._waiters[index] = w
 
     async def _timeout_sweeper(self) -> None:
         """Fail proposals and reads that outlived ``proposal_timeout``."""
@@ -861,9 +883,13 @@ class Node:
         addresses: dict[NodeId, str],
     ) -> None:
         core = self._check_open()
+        # proposal_timeout bounds the change as a whole: waiting for one in
+        # progress, the entry's apply and, for a voter change, leaving the
+        # joint configuration.
+        deadline = trio.current_time() + self.config.proposal_timeout
         # A change in progress (the leader may be recording an incarnation on
         # its own) is waited for rather than refused.
-        with trio.move_on_after(self.config.proposal_timeout):
+        with trio.move_on_at(deadline):
             while core.role is Role.LEADER and (
                 core.membership.joint or core.commit < core.config_index
             ):
@@ -874,13 +900,17 @@ class Node:
             raise self._not_leader_error(exc.leader) from None
         except ProposalRejected as exc:
             raise ProposalRejectedError(str(exc)) from None
-        await self._wait_index(index, core.term)
-        # A voter change goes through a joint configuration: wait until it is left.
-        with trio.fail_after(self.config.proposal_timeout):
+        with trio.move_on_at(deadline) as scope:
+            await self._wait_index(index, core.term)
             while core.membership.joint or core.commit < core.config_index:
                 if core.role is not Role.LEADER:
                     raise self._not_leader_error(core.leader)
                 await self._changed.wait()
+        if scope.cancelled_caught:
+            raise TimeoutError(
+                f"membership change at entry {index} not done within "
+                f"{self.config.proposal_timeout}s; it may still complete"
+            )
         self._update_peers()
 
     async def add_learner(self, node_id: NodeId, address: str) -> None:
@@ -972,31 +1002,77 @@ class Node:
             self._snapshot_running = False
 
     async def snapshot(self) -> SnapshotMeta:
-        """Snapshot the state machine now and compact the log behind it."""
+        """Snapshot the state machine now and compact the log behind it.
+
+        Returns the newest snapshot's metadata: this one's, or that of a
+        newer snapshot received from the leader while this one was written
+        (an older snapshot is never committed over a newer one).  The log
+        store keeps the entries after the oldest snapshot kept
+        (``SnapshotStore.fallback_index``), so a damaged newest snapshot can
+        fall back to the older one at a restart.
+        """
         core = self._check_open()
         assert self._snaps is not None and self._logstore is not None
+        snaps, logstore = self._snaps, self._logstore
         async with self._snapshot_lock:
-            path = self._snaps.new_path()
+            path = snaps.new_path()
             info = await self.state_machine.write_snapshot(path)
-            if info.index <= self._last_snapshot_index and self._current_snapshot is not None:
-                await trio.to_thread.run_sync(os.unlink, path)
-                return self._current_snapshot.meta
-            meta = SnapshotMeta(info.index, info.term, core.membership_at(info.index))
-            stored = await trio.to_thread.run_sync(
-                self._snaps.commit, path, meta, info.checksum, info.size
+            newest = await trio.to_thread.run_sync(snaps.latest_stored)
+            known = max(
+                self._last_snapshot_index,
+                core.snapshot.index if core.snapshot is not None else 0,
+                newest.meta.index if newest is not None else 0,
             )
+            newer = newest.meta if newest is not None else core.snapshot
+            if info.index <= known and newer is not None:
+                await trio.to_thread.run_sync(os.unlink, path)
+                return self._skip_snapshot(known, newer)
+            meta = SnapshotMeta(info.index, info.term, core.membership_at(info.index))
+            try:
+                stored = await trio.to_thread.run_sync(
+                    snaps.commit, path, meta, info.checksum, info.size
+                )
+            except StaleSnapshotError:  # a received snapshot won the race (path is gone)
+                newest = await trio.to_thread.run_sync(snaps.latest_stored)
+                assert newest is not None
+                return self._skip_snapshot(newest.meta.index, newest.meta)
             await self.state_machine.flush()  # its own state must not lag the log start
-            self._current_snapshot = stored
+            self._adopt(stored)
             self._last_snapshot_index = info.index
             self._bytes_since_snapshot = 0
             core.compact(info.index, self.config.snapshot_keep_entries)
-            start, start_term = core.offset, core.offset_term
-            if start > 0:
-                async with self._storage_lock:
-                    await trio.to_thread.run_sync(self._logstore.compact, start, start_term)
+            floor = await trio.to_thread.run_sync(snaps.fallback_index)
+            start = min(core.offset, floor)
+            async with self._storage_lock:
+                if start > logstore.boundary()[0]:
+                    term = logstore.term(start)  # committed: the log's term is the one
+                    await trio.to_thread.run_sync(logstore.compact, start, term)
             self._stats["snapshots_taken"] += 1
             self.log.info("node %d took snapshot %d, log starts at %d", self.id, info.index, start)
             return meta
+
+    def _skip_snapshot(self, known: int, newer: SnapshotMeta) -> SnapshotMeta:
+        """The snapshot just written is not newer than one stored: drop it."""
+        self._last_snapshot_index = max(self._last_snapshot_index, known)
+        self._bytes_since_snapshot = 0
+        return newer
+
+    def _adopt(self, stored: StoredSnapshot) -> None:
+        """``stored`` is the core's snapshot now (what a leader streams); never go back."""
+        cur = self._current_snapshot
+        if cur is None or stored.meta.index > cur.meta.index:
+            self._current_snapshot = stored
+
+    async def _stored(self, meta: SnapshotMeta) -> StoredSnapshot:
+        """The stored snapshot the core installed (the receiver committed it first)."""
+        assert self._snaps is not None
+        cur = self._current_snapshot
+        if cur is not None and (cur.meta.index, cur.meta.term) == (meta.index, meta.term):
+            return cur
+        stored = await trio.to_thread.run_sync(self._snaps.find, meta)
+        if stored is None:
+            raise RuntimeError(f"snapshot {meta.index} (term {meta.term}) to install is not stored")
+        return stored
 
     def _start_snapshot_send(self, msg: InstallSnapshot) -> None:
         if msg.dst in self._snap_senders or self._nursery is None:
@@ -1109,23 +1185,41 @@ class Node:
                 await trio.to_thread.run_sync(receiver.write, c.data)
                 expect += len(c.data)
                 if c.done:
-                    stored = await trio.to_thread.run_sync(receiver.commit)
+                    install = await self._commit_received(receiver, meta_msg)
                     self._snap_rx.pop(c.src, None)
-                    self._current_snapshot = stored
                     self._ack_chunk(c, expect)
                     self.log.info("node %d received snapshot %d", self.id, c.snapshot_index)
                     try:
-                        self._inbox_send.send_nowait(meta_msg)
+                        self._inbox_send.send_nowait(install)
                     except trio.WouldBlock:
-                        await self._inbox_send.send(meta_msg)
+                        await self._inbox_send.send(install)
                     continue
-            except Exception as exc:  # a bad stream: start over
+            except SnapshotError as exc:  # a bad stream: start over (storage errors are fatal)
                 self.log.warning("node %d: snapshot stream from %d failed: %s", self.id, c.src, exc)
                 self._snap_rx.pop(c.src, None)
                 self._ack_chunk(c, 0)
                 continue
             self._snap_rx[c.src] = (receiver, expect)
             self._ack_chunk(c, expect)
+
+    async def _commit_received(
+        self, receiver: SnapshotReceiver, msg: InstallSnapshot
+    ) -> InstallSnapshot:
+        """Commit a received snapshot; the InstallSnapshot the core should step.
+
+        The core does not see the snapshot before it is durable.  If a newer
+        one is stored already (one the core refused earlier, its term having
+        moved), the core is handed that one instead: any committed snapshot
+        is committed state, whichever leader sent it, and the older one would
+        not even be stored (the store never commits one below its newest).
+        """
+        assert self._snaps is not None
+        with suppress(StaleSnapshotError):
+            await trio.to_thread.run_sync(receiver.commit)
+        newest = await trio.to_thread.run_sync(self._snaps.latest_stored)
+        if newest is not None and newest.meta.index > msg.meta.index:
+            return dataclasses.replace(msg, meta=newest.meta)
+        return msg
 
     def _ack_chunk(self, c: SnapshotChunk, next_offset: int) -> None:
         assert self.transport is not None and self.core is not None

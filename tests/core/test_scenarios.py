@@ -566,6 +566,18 @@ def test_lease_after_a_voter_restarts_without_the_guard_serves_a_stale_read() ->
     assert c.records[1].reads[-1].index < w  # served from the lease: stale
 
 
+def test_a_restarted_voter_still_lets_an_ordered_transfer_through() -> None:
+    """The one exception to the refusal: safe, as the leader then holds no lease."""
+    c = Cluster(3)
+    c.elect(1)
+    c.crash(3)
+    c.restart(3)  # refuses ordinary (pre-)votes for a minimum election timeout
+    c.core(1).transfer_leadership(2)
+    c.deliver(drop=lambda m: m.src == 2 and m.dst == 1)  # 2 must win with 3's vote
+    assert c.core(2).role is Role.LEADER and c.core(2).term == 2
+    assert c.core(3).vote == 2
+
+
 def _stale_timeout_now(faults: frozenset[str]) -> tuple[Cluster, int]:
     c = Cluster(3, faults=faults)
     c.elect(1)

@@ -1162,6 +1162,13 @@ class Node:
                 self._ack_chunk(c, 0)
                 continue
             rx = self._snap_rx.get(c.src)
+            if rx is None and meta_msg.meta.index <= core.commit:
+                # We hold all of it already (a leader restarting a stream it
+                # lost track of): no bytes needed; the core answers with our commit.
+                self._ack_chunk(c, c.total_size)
+                if c.offset == 0:
+                    await self._inbox_send.send(meta_msg)
+                continue
             if rx is not None and (rx[0].meta.index, rx[0].meta.term) != (
                 c.snapshot_index,
                 c.snapshot_term,

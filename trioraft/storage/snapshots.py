@@ -159,11 +159,6 @@ class SnapshotStore:
         except OSError as exc:
             raise StorageFatalError(f"cannot open snapshot store {directory}: {exc}") from exc
 
-    @property
-    def keep(self) -> int:
-        """How many readable snapshots survive a commit."""
-        return self._keep
-
     def _path(self, name: str) -> str:
         return os.path.join(self._dir, name)
 

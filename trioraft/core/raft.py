@@ -1333,7 +1333,9 @@ class RaftCore:
         The incarnation rule: their votes and acknowledgements are not
         counted, their appends and heartbeats are ignored, their terms never
         move ours; the leader still replicates to them.  A member without a
-        record is not refused (the leader records it at first contact).
+        record is not refused (the leader records it at first contact), nor
+        one that has not presented an incarnation (a transport that does not
+        report them; the runtime's transports report one with every batch).
         """
         m = self.membership
         cached = self._refused
@@ -1342,7 +1344,7 @@ class RaftCore:
         out: frozenset[NodeId] = frozenset()
         if m.incarnations and "incarnation_unchecked" not in self._faults:
             seen = self._peer_incarnations
-            out = frozenset(n for n, i in m.incarnations if n != self.id and seen.get(n) != i)
+            out = frozenset(n for n, i in m.incarnations if n != self.id and seen.get(n, i) != i)
         self._refused = (m, out)
         return out
 

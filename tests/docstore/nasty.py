@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,9 @@ COMMAND_CLASSES = (
     "index",
     "arbitrary",
 )
+#: ``NASTY_SKIP=ttl,arith`` leaves classes out (to look past a known bug by hand).
+SKIP = frozenset(filter(None, os.environ.get("NASTY_SKIP", "").split(",")))
+ACTIVE_COMMAND_CLASSES = tuple(c for c in COMMAND_CLASSES if c not in SKIP) or COMMAND_CLASSES
 QUERY_CLASSES = (
     "valid",
     "bytes-key",
@@ -511,7 +515,7 @@ class Nasty:
 
     def command(self, label: str | None = None) -> Case:
         """A command of class ``label`` (default: a class picked at random)."""
-        label = label or self.pick(COMMAND_CLASSES)
+        label = label or self.pick(ACTIVE_COMMAND_CLASSES)
         make: Callable[[], Any] = getattr(self, "_c_" + label.replace("-", "_"))
         return Case(label, make())
 

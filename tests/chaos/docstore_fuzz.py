@@ -340,7 +340,7 @@ class Links:
         with trio.fail_after(REQUEST_TIMEOUT):
             return await conn.call(req)
 
-    async def find_leader(self, limit: float = 30.0) -> int:
+    async def find_leader(self, limit: float = 20.0) -> int:
         with trio.fail_after(limit):
             while True:
                 for n in NODES:
@@ -712,7 +712,7 @@ class Fuzzer:
             watches.cancel_scope.cancel()
 
 
-async def digests_agree(links: Links, limit: float = 30.0) -> tuple[bool, str]:
+async def digests_agree(links: Links, limit: float = 15.0) -> tuple[bool, str]:
     """Poll every node's ``digest`` until all report the same applied index; compare."""
     last = "no answer"
     with trio.move_on_after(limit):
@@ -741,7 +741,7 @@ async def normal_use(cluster: FuzzCluster, tag: str) -> str | None:
             list(cluster.addresses.values()),
             token=cluster.token,
             cluster_id=CLUSTER_ID,
-            call_timeout=20,
+            call_timeout=10,
         ) as db:
             coll = db.collection("fuzz_check")
             await coll.put(tag, {"tag": tag, "n": 1})
@@ -774,7 +774,9 @@ async def run_fuzz(opts: FuzzOptions) -> FuzzReport:
             fuzzer = Fuzzer(cluster, links, report, rng, opts.kinds, opts.skip)
             await fuzzer.run(opts.requests, opts.progress)
             fuzzer.check_alive("after the last request")
-            await after_run(cluster, links, report, "after the requests")
+            if len(cluster.dead()) < len(NODES):
+                await after_run(cluster, links, report, "after the requests")
+                fuzzer.check_alive("during the checks after the requests")
         report.findings += cluster.stop_all()
         for n in NODES:
             rc = cluster.procs[n].returncode

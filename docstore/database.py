@@ -33,7 +33,14 @@ from docstore.engine.errors import (
 from docstore.engine.queries import run_query
 from docstore.engine.registry import Registry
 from docstore.engine.state import Change, Engine
-from docstore.engine.values import DEFAULT_LIMITS, Limits, check_key, check_name, clone
+from docstore.engine.values import (
+    DEFAULT_LIMITS,
+    Limits,
+    check_key,
+    check_name,
+    clone,
+    expires_at,
+)
 from docstore.storage.datafile import DataFile, encode_record
 from docstore.watch import Hub, Watcher
 
@@ -184,7 +191,7 @@ class LocalExecutor:
         if c is None:
             return None
         d = c.docs.get(key)
-        if d is None or ("_expires" in d and d["_expires"] <= now_ms()):
+        if d is None or ((exp := expires_at(d)) is not None and exp <= now_ms()):
             return None
         return clone(d)  # type: ignore[no-any-return]
 

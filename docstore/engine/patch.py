@@ -20,6 +20,7 @@ from docstore.engine.values import (
     INT_MIN,
     MISSING,
     RESERVED,
+    check_expires,
     check_value,
     clone,
     get_path,
@@ -137,9 +138,7 @@ def apply_patch(doc: dict[str, Any], ops: dict[str, dict[str, Any]]) -> dict[str
                     cur[:] = [x for x in cur if not pred({"x": x})]
                 else:
                     cur[:] = [x for x in cur if not json_equal(x, arg)]
-    exp = out.get("_expires")
-    if exp is not None and (not isinstance(exp, int) or isinstance(exp, bool)):
-        raise InvalidCommandError("_expires must be an integer (ms since the epoch)")
+    check_expires(out)
     for r in RESERVED[:2]:
         if r in out and not isinstance(out[r], (str, int)):
             raise InvalidCommandError(f"{r} is set by the database")

@@ -49,6 +49,7 @@ from docstore.engine.values import (
     check_name,
     check_size,
     check_value,
+    expires_at,
     get_path,
     index_key,
     normalize_sort,
@@ -196,7 +197,7 @@ class Applied:
 
 
 def _expired(doc: dict[str, Any], now_ms: int) -> bool:
-    exp = doc.get("_expires")
+    exp = expires_at(doc)
     return exp is not None and exp <= now_ms
 
 
@@ -237,7 +238,7 @@ class Engine:
         if c is None:
             return None
         d = c.docs.get(key)
-        if d is None or ("_expires" in d and now_ms and d["_expires"] <= now_ms):
+        if d is None or (now_ms and "_expires" in d and _expired(d, now_ms)):
             return None
         return d
 
@@ -261,7 +262,7 @@ class Engine:
         computed = c.ctype is not None and c.ctype.has_computed
         for k in keys:
             d = c.docs[k]
-            if now_ms and "_expires" in d and d["_expires"] <= now_ms:
+            if now_ms and "_expires" in d and _expired(d, now_ms):
                 continue
             if pred(c.view(d) if computed else d):
                 out.append(d)
@@ -309,7 +310,7 @@ class Engine:
             if prefix is not None and not k.startswith(prefix):
                 break
             d = c.docs[k]
-            if now_ms and "_expires" in d and d["_expires"] <= now_ms:
+            if now_ms and "_expires" in d and _expired(d, now_ms):
                 continue
             out.append(d)
         return out
@@ -449,7 +450,7 @@ class Engine:
             if old is None:
                 c.sorted_keys = None
             c.docs[key] = new
-            if "_expires" in new:
+            if "_expires" in new and expires_at(new) is not None:
                 c.expiring.add(key)
             if c.indexes:
                 v = c.view(new)

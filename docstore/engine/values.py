@@ -143,10 +143,21 @@ def check_document(
     check_value(doc, limits)
     if size:
         check_size(doc, limits)
-    exp = doc.get("_expires")
-    if exp is not None and (not isinstance(exp, int) or isinstance(exp, bool)):
-        raise InvalidCommandError("_expires must be an integer (ms since the epoch)")
+    check_expires(doc)
     return doc
+
+
+def check_expires(doc: dict[str, Any]) -> None:
+    """``_expires``, when present, is an integer (ms since the epoch); ``null`` is not."""
+    if "_expires" in doc and type(doc["_expires"]) is not int:
+        raise InvalidCommandError("_expires must be an integer (ms since the epoch)")
+
+
+def expires_at(doc: dict[str, Any]) -> int | None:
+    """When ``doc`` expires, or None.  A non-integer ``_expires`` (kept by a version
+    that did not refuse it) means never, so reads and expiry never trip on it."""
+    exp = doc.get("_expires")
+    return exp if type(exp) is int else None
 
 
 _dumps_fast = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

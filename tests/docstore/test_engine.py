@@ -250,3 +250,22 @@ def test_replicas_answer_alike_after_a_snapshot_unique_index_order() -> None:
     ra, rb = a.apply(clash, 6).result, b.apply(clash, 6).result
     assert ra["error"] == "unique_violation"
     assert ra == rb
+
+
+def test_expires_must_be_an_integer_and_reads_survive_old_null_expiry() -> None:
+    # Found by the docstore fuzz: {"_expires": null} was accepted, and every read
+    # with a clock (and the leader's expiry round) then raised a TypeError.
+    e = Engine()
+    for doc in ({"_expires": None}, {"_expires": "soon"}, {"_expires": True}):
+        r = e.apply(C.put("c", "x", doc), 1, 1_000).result
+        assert r["error"] == "invalid", r
+    r = e.apply(C.put("c", "y", {"_expires": 9_000}), 2, 1_000).result
+    assert r["ok"], r
+    r = e.apply(C.patch("c", "y", {"$set": {"_expires": None}}), 3, 1_000).result
+    assert r["error"] == "invalid", r
+    # A state written before this rule (replayed effects) still reads and expires.
+    e.replay([["put", "c", "old", {"_expires": None, "_key": "old", "_rev": 1}]])
+    e.apply(C.put("c", "t", {"_expires": 2_000}), 4, 1_000)
+    assert e.get("c", "old", now_ms=3_000) is not None
+    assert [d["_key"] for d in e.find("c", now_ms=3_000)] == ["old", "y"]
+    assert e.apply(C.expire(), 5, 3_000).result["expired"] == 1  # t, not old

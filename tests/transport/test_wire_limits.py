@@ -104,6 +104,8 @@ def test_entry_over_the_proposal_limit_from_an_earlier_log_still_decodes() -> No
         "[::1:7000",
         "h" * 300 + ":1",
         "host:\u0661",
+        "h:1:2",  # found by the docstore fuzz: accepted, a learner no one could reach
+        "::1:7000",
     ],
 )
 def test_one_address_rule_refuses(address: str) -> None:

@@ -41,8 +41,8 @@ def parse_address(address: object) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[v6]:port"`` for IPv6 literals); ValueError if it is not one.
 
     The rule: a string of at most :data:`MAX_ADDRESS` characters; a non-empty
-    host without whitespace or control characters; a port of ASCII digits
-    in 0..65535.
+    host without whitespace or control characters, and without ``:`` unless
+    it is a bracketed IPv6 literal; a port of ASCII digits in 0..65535.
 
     >>> parse_address("127.0.0.1:7000")
     ('127.0.0.1', 7000)
@@ -54,10 +54,13 @@ def parse_address(address: object) -> tuple[str, int]:
     host, sep, port_text = address.rpartition(":")
     if not sep:
         raise ValueError(f"address must be host:port, got {address!r}")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     if not host or not host.isprintable() or any(c.isspace() or c in "[]" for c in host):
         raise ValueError(f"address {address!r} has no valid host")
+    if ":" in host and not bracketed:
+        raise ValueError(f"address {address!r}: an IPv6 host is written in brackets, [v6]:port")
     if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
         raise ValueError(f"address {address!r} has a bad port")
     port = int(port_text)

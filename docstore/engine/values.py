@@ -43,7 +43,9 @@ class Limits:
 
     max_doc_bytes: int = 1024 * 1024
     max_key_bytes: int = 256
-    max_depth: int = 32
+    #: 28 leaves room for what wraps a document on the wire (a batch of puts, a
+    #: find's answer, a watch change), whose values nest at most 32 levels.
+    max_depth: int = 28
     max_indexes: int = 16
     max_batch: int = 1000
     max_name_bytes: int = 128

@@ -269,3 +269,32 @@ def test_expires_must_be_an_integer_and_reads_survive_old_null_expiry() -> None:
     assert e.get("c", "old", now_ms=3_000) is not None
     assert [d["_key"] for d in e.find("c", now_ms=3_000)] == ["old", "y"]
     assert e.apply(C.expire(), 5, 3_000).result["expired"] == 1  # t, not old
+
+
+def _deepest_document(limits: Limits) -> dict[str, Any]:
+    """The most deeply nested document the limits accept (an empty map at the bottom)."""
+    doc: dict[str, Any] = {}
+    for _ in range(limits.max_depth):
+        doc = {"d": doc}
+    from docstore.engine.values import check_document
+
+    check_document(doc, limits)
+    return doc
+
+
+def test_a_document_at_the_depth_limit_fits_every_request_and_response() -> None:
+    # Found by the docstore fuzz: a document accepted at the nesting limit came
+    # back from find as "ClientResponse.result: nested deeper than 32".
+    from trioraft.transport.codec import decode_frame, encode_frame
+    from trioraft.transport.messages import ClientRequest, ClientResponse
+
+    doc = _deepest_document(Limits())
+    put = C.put("c", "k", doc)
+    for msg in (
+        ClientRequest(1, "command", put),
+        ClientRequest(1, "command", C.batch([put])),
+        ClientResponse(1, True, {"ok": True, "value": doc}),  # get
+        ClientResponse(1, True, {"ok": True, "value": [doc]}),  # find, get_multi
+        ClientResponse(1, True, {"change": {"rev": 1, "coll": "c", "key": "k", "doc": doc}}),
+    ):
+        assert decode_frame(encode_frame([msg])) == [msg]

@@ -701,30 +701,42 @@ async def serve(
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         node: Node = await nursery.start(_serve_node, node_config, sm, service)
         service.attach(node)
-        nursery.start_soon(_expire_while_leading, node, sm)
+        nursery.start_soon(_leader_duties, node, sm)
         log.warning(
             "docstore node %d serving on %s (data %s)", node.id, node.config.address, config.data
         )
         task_status.started(node)
 
 
-#: Seconds between the leader's checks for documents past their ``_expires``.
-EXPIRE_INTERVAL = 1.0
+#: Seconds between the leader's rounds of duties (settings record, expiry).
+DUTY_INTERVAL = 1.0
 
 
-async def _expire_while_leading(node: Node, sm: DocstoreStateMachine) -> None:
-    """The leader deletes expired documents: ``{"op": "expire"}`` as of its own (entry)
-    time, whenever a document's ``_expires`` has passed by its clock.  Each such entry
-    also moves the replicated clock that reads judge expiry by."""
+async def _leader_duties(node: Node, sm: DocstoreStateMachine) -> None:
+    """What the leader proposes on its own, about once a second.
+
+    * The cluster's settings, when none are recorded: the first leader records
+      its own, and from that entry on every replica applies with them, whatever
+      it was configured with (:meth:`DocstoreStateMachine.settings_command`).
+    * ``{"op": "expire"}`` as of its own (entry) time, whenever a document's
+      ``_expires`` has passed by its clock.  Each such entry also moves the
+      replicated clock that reads judge expiry by.
+    """
     while True:
-        await trio.sleep(EXPIRE_INTERVAL)
-        due = sm.next_expiry()
-        if not node.is_leader or due is None or due > time.time() * 1000:
+        await trio.sleep(DUTY_INTERVAL)
+        if not node.is_leader:
             continue
-        try:
-            await node.propose(encode_command({"op": "expire"}))
-        except Exception as exc:  # lost leadership, overloaded...: the next round retries
-            log.debug("expire round not applied: %r", exc)
+        due = sm.next_expiry()
+        for wanted, cmd in (
+            (not sm.settings_recorded, sm.settings_command()),
+            (due is not None and due <= time.time() * 1000, {"op": "expire"}),
+        ):
+            if not wanted:
+                continue
+            try:
+                await node.propose(encode_command(cmd))
+            except Exception as exc:  # lost leadership, overloaded...: the next round retries
+                log.debug("%s round not applied: %r", cmd["op"], exc)
 
 
 async def _serve_node(

@@ -28,6 +28,7 @@ directory; the old base becomes ``.prev``), then starts a new log.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import OrderedDict
@@ -121,6 +122,8 @@ class DocstoreStateMachine:
         #: Replicated time: the highest leader timestamp applied.  Reads judge
         #: expiry by it, as writes do, never by this replica's clock.
         self._time_ms = 0
+        #: The settings the cluster recorded (the first leader's), or None before.
+        self._settings: dict[str, Any] | None = None
         self._gen = 0
         self._log: DataFile | None = None
         self._dirty = False
@@ -174,11 +177,12 @@ class DocstoreStateMachine:
         )
         self._applied = LogId(s.index, s.term)
         self._time_ms = s.time_ms
+        self._adopt_settings(s.settings)
         self._gen = max(self._gen, s.gen)  # never reuse a generation a stale log may carry
         self.hub.reset(s.index)
 
     def _replay_record(self, rec: dict[str, Any]) -> None:
-        fx = [e for e in rec["fx"] if e[0] not in ("sess", "sess-")]
+        fx = [e for e in rec["fx"] if e[0] not in ("sess", "sess-", "settings")]
         self.engine.replay(fx)
         for e in rec["fx"]:
             if e[0] == "sess":  # [sess, cid, seq, result, last used ms]; older logs lack the time
@@ -186,6 +190,8 @@ class DocstoreStateMachine:
                 self._sessions.move_to_end(e[1])
             elif e[0] == "sess-":
                 self._sessions.pop(e[1], None)
+            elif e[0] == "settings":
+                self._adopt_settings(e[1])
         self._applied = LogId(rec["r"], rec["t"])
         self._time_ms = max(self._time_ms, rec.get("ms", 0))
 
@@ -265,6 +271,8 @@ class DocstoreStateMachine:
                 ).to_result()
         try:
             cmd = decode_command(e.data)
+            if not cid and isinstance(cmd, dict) and cmd.get("op") == "settings":
+                return self._record_settings(cmd, e, fx)
             applied = self.engine.apply(cmd, e.index, e.timestamp_ms)  # total: never raises
             result = applied.result
             fx.extend(applied.effects)
@@ -274,6 +282,45 @@ class DocstoreStateMachine:
         if cid:
             self._set_session(cid, (e.sequence, result, e.timestamp_ms), fx)
         return result
+
+    # ------------------------------------------------------------------
+    # settings that change apply results: replicated, the same everywhere
+    # ------------------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that change apply results, as this replica uses them."""
+        return {"limits": dataclasses.asdict(self.limits), "max_sessions": self.max_sessions}
+
+    def settings_command(self) -> dict[str, Any]:
+        """The command that records this replica's settings as the cluster's (the
+        docstore server's leader proposes it when none is recorded yet)."""
+        return {"op": "settings", **self.settings()}
+
+    @property
+    def settings_recorded(self) -> bool:
+        return self._settings is not None
+
+    def _record_settings(self, cmd: dict[str, Any], e: Entry, fx: list[list[Any]]) -> object:
+        proposed = {k: v for k, v in cmd.items() if k != "op"}
+        try:
+            _check_settings(proposed)
+        except InvalidCommandError as exc:
+            return exc.to_result()
+        changed = proposed != self._settings
+        if changed:
+            self._adopt_settings(proposed)
+            fx.append(["settings", proposed])
+        return {"ok": True, "rev": e.index, "changed": changed}
+
+    def _adopt_settings(self, record: dict[str, Any] | None) -> None:
+        """From this entry on, apply with the recorded settings, whatever this replica
+        was configured with: every replica switches at the same log index."""
+        self._settings = record
+        if record is None:
+            return
+        self.limits = Limits(**record["limits"])
+        self.engine.limits = self.limits
+        self.max_sessions = record["max_sessions"]
 
     def _open_session(self, e: Entry, fx: list[list[Any]]) -> object:
         """Sequence 0 of a session: register it (idempotent), expiring idle ones first."""
@@ -352,9 +399,10 @@ class DocstoreStateMachine:
         return self.hub.watch(coll, flt, since_rev, self._applied.index, buffer)
 
     def digest(self) -> str:
-        """Hash of the replicated state: documents, extensions and the session table."""
+        """Hash of the replicated state: documents, extensions, sessions and settings."""
         h = hashlib.sha256(self.engine.digest().encode())
         h.update(snap._dumps(self._session_list()).encode())
+        h.update(snap._dumps(self._settings).encode())
         return h.hexdigest()
 
     def _session_list(self) -> list[list[Any]]:
@@ -367,7 +415,7 @@ class DocstoreStateMachine:
     async def write_snapshot(self, path: str) -> SnapshotInfo:
         a = self._applied
         chunks, checksum, size = snap.encode(
-            self.engine, a.index, a.term, 0, self._session_list(), self._time_ms
+            self.engine, a.index, a.term, 0, self._session_list(), self._time_ms, self._settings
         )
         await trio.to_thread.run_sync(write_atomic, path, chunks)
         return SnapshotInfo(a.index, a.term, checksum, size)
@@ -397,7 +445,8 @@ class DocstoreStateMachine:
         self._gen += 1
         a = self._applied
         chunks, _, _ = snap.encode(
-            self.engine, a.index, a.term, self._gen, self._session_list(), self._time_ms
+            self.engine, a.index, a.term, self._gen, self._session_list(), self._time_ms,
+            self._settings,
         )
         base = os.path.join(self.path, _BASE)
 
@@ -413,3 +462,17 @@ class DocstoreStateMachine:
         await trio.to_thread.run_sync(write)
         self._dirty = False
         self._since_base = 0
+
+
+def _check_settings(record: dict[str, Any]) -> None:
+    """A settings record: ``limits`` (every field of :class:`Limits`, positive
+    integers) and ``max_sessions`` (a positive integer)."""
+    if set(record) != {"limits", "max_sessions"}:
+        raise InvalidCommandError("settings: limits and max_sessions, nothing else")
+    limits, sessions = record["limits"], record["max_sessions"]
+    names = {f.name for f in dataclasses.fields(Limits)}
+    if not isinstance(limits, dict) or set(limits) != names:
+        raise InvalidCommandError(f"settings.limits: the fields {sorted(names)}")
+    for name, value in [*limits.items(), ("max_sessions", sessions)]:
+        if type(value) is not int or not 1 <= value <= 2**31:
+            raise InvalidCommandError(f"settings: {name} is a positive integer")

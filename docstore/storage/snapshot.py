@@ -48,6 +48,7 @@ class Snapshot:
     engine: Engine
     sessions: list[list[Any]]
     time_ms: int = 0  # the replicated clock (older snapshots lack it)
+    settings: dict[str, Any] | None = None  # the cluster's recorded settings, if any
 
 
 def encode(
@@ -57,6 +58,7 @@ def encode(
     gen: int,
     sessions: list[list[Any]],
     time_ms: int = 0,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[list[bytes], str, int]:
     """Serialise the state; returns (chunks, sha256 hex of the whole file, size).
 
@@ -71,6 +73,7 @@ def encode(
         "collections": [engine.collection_meta(engine.colls[n]) for n in sorted(engine.colls)],
         "sessions": sessions,
         "time_ms": time_ms,
+        "settings": settings,
     }
     chunks = [MAGIC, frame(_dumps(header).encode())]
     count = 0
@@ -119,9 +122,12 @@ def decode(data: bytes, name: str, registry: Registry | None, limits: Limits) ->
         index, term, gen = int(header["index"]), int(header["term"]), int(header["gen"])
         sessions = list(header["sessions"])
         time_ms = int(header.get("time_ms", 0))
+        settings = header.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise TypeError("settings is a map")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise SnapshotError(f"{name}: malformed snapshot contents: {exc!r}") from None
-    return Snapshot(index, term, gen, engine, sessions, time_ms)
+    return Snapshot(index, term, gen, engine, sessions, time_ms, settings)
 
 
 def _effects(header: dict[str, Any], docs: list[bytes]) -> Iterator[list[Any]]:

@@ -201,3 +201,10 @@ async def test_leader_deletes_expired_documents(cluster: Cluster) -> None:
                     break
                 await trio.sleep(0.1)
             assert await c.get("gone") is None and await c.get("stays") is not None
+
+
+async def test_the_first_leader_records_the_cluster_settings(cluster: Cluster) -> None:
+    with trio.fail_after(20):
+        for node in cluster.nodes.values():
+            while not node.state_machine.settings_recorded:  # type: ignore[attr-defined]  # noqa: ASYNC110
+                await trio.sleep(0.05)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from docstore import commands as C
+from docstore.engine import Limits
 from docstore.state_machine import (
     OPEN_SESSION,
     SESSION_TTL_MS,
@@ -247,3 +248,34 @@ async def test_reads_judge_expiry_by_replicated_time(tmp_path: Path) -> None:
     sm = await started(tmp_path)  # the replicated clock survives a restart
     assert await get(sm, "c", "t") is None
     await sm.close()
+
+
+async def test_replicas_apply_with_the_cluster_settings(tmp_path: Path) -> None:
+    # Settings that change apply results (limits, max_sessions) were local: two
+    # replicas configured differently answered the same command differently.
+    # The first leader records its settings through the log; from that entry on
+    # every replica applies with them, whatever it was configured with.
+    a = await started(tmp_path / "a")
+    b = await started(tmp_path / "b", limits=Limits(max_doc_bytes=64))
+    record = entry(1, a.settings_command())
+    big = entry(2, C.put("c", "k", {"pad": "x" * 100}))
+    ra = await a.apply([record, big])
+    rb = await b.apply([record, big])
+    assert ra == rb and ra[1]["ok"] is True, (ra, rb)  # type: ignore[index]
+    assert a.digest() == b.digest()
+    await b.close()
+    b = await started(tmp_path / "b", limits=Limits(max_doc_bytes=64))  # replayed
+    assert b.limits == Limits() and b.digest() == a.digest()
+    # A later record changes them everywhere at once; a malformed one changes nothing.
+    tight = DocstoreStateMachine(str(tmp_path / "t"), max_sessions=7).settings_command()
+    (bad,) = await a.apply([entry(3, {"op": "settings", "limits": {}, "max_sessions": 0})])
+    assert bad["error"] == "invalid"  # type: ignore[index]
+    (ok,) = await a.apply([entry(4, tight)])
+    assert ok["changed"] is True and a.max_sessions == 7  # type: ignore[index]
+    # The record travels in snapshots.
+    info = await a.write_snapshot(str(tmp_path / "snap"))
+    d = await started(tmp_path / "d", max_sessions=99)
+    await d.restore_snapshot(str(tmp_path / "snap"), info)
+    assert d.max_sessions == 7 and d.digest() == a.digest()
+    for sm in (a, b, d):
+        await sm.close()

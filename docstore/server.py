@@ -726,7 +726,7 @@ async def _leader_duties(node: Node, sm: DocstoreStateMachine) -> None:
         await trio.sleep(DUTY_INTERVAL)
         if not node.is_leader:
             continue
-        due = sm.next_expiry()
+        due = sm.next_expiry()  # O(documents with _expires), once a second
         for wanted, cmd in (
             (not sm.settings_recorded, sm.settings_command()),
             (due is not None and due <= time.time() * 1000, {"op": "expire"}),

@@ -399,10 +399,9 @@ class DocstoreStateMachine:
         return self.hub.watch(coll, flt, since_rev, self._applied.index, buffer)
 
     def digest(self) -> str:
-        """Hash of the replicated state: documents, extensions, sessions and settings."""
+        """Hash of the replicated state: documents, extensions and the session table."""
         h = hashlib.sha256(self.engine.digest().encode())
         h.update(snap._dumps(self._session_list()).encode())
-        h.update(snap._dumps(self._settings).encode())
         return h.hexdigest()
 
     def _session_list(self) -> list[list[Any]]:

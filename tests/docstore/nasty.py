@@ -35,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 import cbor2
 from hypothesis import strategies as st
 
+from docstore.engine.validate import COMMAND_FIELDS
 from trioraft.transport.codec import ProtocolError, decode_frame, encode_frame
 from trioraft.transport.messages import ClientResponse
 
@@ -520,24 +521,7 @@ class Nasty:
         return Case(label, make())
 
     def any_op(self) -> str:
-        return self.pick(
-            (
-                "put",
-                "patch",
-                "update_many",
-                "delete_many",
-                "insert",
-                "delete",
-                "batch",
-                "create_collection",
-                "drop_collection",
-                "create_index",
-                "drop_index",
-                "expire",
-                "register",
-                "call",
-            )
-        )
+        return self.pick(COMMAND_OPS)
 
     def _c_valid(self) -> Any:
         return self.plausible(self.any_op())
@@ -1264,22 +1248,8 @@ def arbitrary_commands(draw: Callable[[st.SearchStrategy[Any]], Any]) -> Case:
     return Case("arbitrary", {"op": op, **fields})
 
 
-COMMAND_OPS = (
-    "put",
-    "insert",
-    "patch",
-    "delete",
-    "update_many",
-    "delete_many",
-    "batch",
-    "create_collection",
-    "drop_collection",
-    "create_index",
-    "drop_index",
-    "expire",
-    "register",
-    "call",
-)
+#: Every command op, in the validator's order (stable, so seeds replay).
+COMMAND_OPS = tuple(COMMAND_FIELDS)
 ALL_FIELDS = (
     "coll",
     "key",

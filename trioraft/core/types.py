@@ -325,29 +325,26 @@ class Membership:
                 raise ValueError(f"membership field {key!r} must be a list of node ids")
             return frozenset(v)
 
-        raw = obj.get("addresses", [])
-        if not isinstance(raw, list) or not all(
-            isinstance(x, list)
-            and len(x) == 2
-            and isinstance(x[0], int)
-            and not isinstance(x[0], bool)
-            and isinstance(x[1], str)
-            for x in raw
-        ):
-            raise ValueError("membership field 'addresses' must be a list of [id, address]")
-        addresses = tuple(sorted((int(n), str(a)) for n, a in raw))
-        raw = obj.get("incarnations", [])
-        if not isinstance(raw, list) or not all(
-            isinstance(x, list)
-            and len(x) == 2
-            and isinstance(x[0], int)
-            and not isinstance(x[0], bool)
-            and isinstance(x[1], str)
-            for x in raw
-        ):
-            raise ValueError("membership field 'incarnations' must be a list of [id, incarnation]")
-        incarnations = tuple(sorted((int(n), str(i)) for n, i in raw))
-        return cls(ids("voters"), ids("outgoing"), ids("learners"), addresses, incarnations)
+        def pairs(key: str, what: str) -> tuple[tuple[int, str], ...]:
+            raw = obj.get(key, [])
+            if not isinstance(raw, list) or not all(
+                isinstance(x, list)
+                and len(x) == 2
+                and isinstance(x[0], int)
+                and not isinstance(x[0], bool)
+                and isinstance(x[1], str)
+                for x in raw
+            ):
+                raise ValueError(f"membership field {key!r} must be a list of [id, {what}]")
+            return tuple(sorted((int(n), str(v)) for n, v in raw))
+
+        return cls(
+            ids("voters"),
+            ids("outgoing"),
+            ids("learners"),
+            pairs("addresses", "address"),
+            pairs("incarnations", "incarnation"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,7 @@ from trioraft.storage.snapshots import (
     StaleSnapshotError,
     StoredSnapshot,
 )
+from trioraft.transport._ws import open_service_nursery
 from trioraft.transport.base import (
     ClientConnection,
     ClientHandler,
@@ -1536,8 +1537,12 @@ async def open_node(
         async with trioraft.open_node(config, MyStateMachine(path)) as node:
             await node.wait_for_leader()
             result = await node.propose(b"...")
+
+    An exception out of the block, or out of starting the node (a data dir
+    that cannot be created, a port in use), propagates as itself rather than
+    inside an ExceptionGroup, so ``except TimeoutError`` around it works.
     """
-    async with trio.open_nursery() as nursery:
+    async with open_service_nursery() as nursery:
         node: Node = await nursery.start(
             functools.partial(
                 serve_node, transport_factory=transport_factory, client_handler=client_handler

@@ -524,8 +524,8 @@ def _new_cluster_info(nodes: int, base_port: int) -> dict[str, Any]:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     directory = args.dir
-    os.makedirs(directory, exist_ok=True)
     info = _read_cluster_file(directory)
+    changed = False
     if (
         info is None
         or (args.base_port is not None)
@@ -545,14 +545,18 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 )
             fresh["secret"], fresh["token"] = info["secret"], info["token"]
         info = fresh
-        _write_cluster_file(directory, info)
+        changed = True
     nodes = {int(n): str(a) for n, a in info["nodes"].items()}
+    # Before anything is written: a failed start leaves no new secret or token behind.
     busy = [f"{a} (node {n})" for n, a in sorted(nodes.items()) if not _port_free(a)]
     if busy:
         raise CliError(
             f"port in use: {', '.join(busy)}; is a cluster already running on {directory}? "
             "Stop it, or pick other ports with --base-port"
         )
+    if changed:
+        os.makedirs(directory, exist_ok=True)
+        _write_cluster_file(directory, info)
     config = os.path.join(directory, CLUSTER_FILE)
     extra: list[str] = []
     for flag in (

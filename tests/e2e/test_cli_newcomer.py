@@ -1,4 +1,4 @@
-"""The ``docstore`` command as a newcomer meets it (issue 13): what goes wrong fails fast and plain."""
+"""The ``docstore`` command as a newcomer meets it (issue 13): failures are fast and plain."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import socket
 import time
 
 from tests.e2e.test_cluster_cli import TIMING, free_base_port, run_cli
+
 
 def test_cluster_on_a_busy_port_fails_at_once_and_writes_nothing(tmp_path: pathlib.Path) -> None:
     base = free_base_port()

@@ -51,6 +51,7 @@ from trioraft.client.connection import (
     ClientConnectionError,
     Connection,
     HandshakeError,
+    NoListenerError,
     open_client_connection,
 )
 from trioraft.transport.messages import ClientRequest, ClientResponse
@@ -232,17 +233,30 @@ class RemoteExecutor:
         delay = 0.02
         last = "no answer"
         req = ClientRequest(0, kind, payload, client_id, sequence, consistency)
+        # Addresses that refused since a node last answered: once that is all
+        # of them no cluster is running, and waiting out ``limit`` helps nobody.
+        refused: set[str] = set()
         with trio.move_on_after(limit):
             while True:
                 try:
                     link = await self._get_link()
                 except HandshakeError as exc:
                     raise ClusterError("unauthorized", str(exc)) from None
+                except NoListenerError as exc:
+                    refused.add(exc.address)
+                    if refused.issuperset(self.addresses):
+                        raise UnavailableError(
+                            f"no node at {', '.join(self.addresses)}: "
+                            "is `docstore cluster` running?"
+                        ) from None
+                    last = str(exc)
+                    continue
                 except (ClientConnectionError, OSError) as exc:
                     last = str(exc)
                     await trio.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
+                refused.clear()
                 try:
                     resp = await link.conn.call(req)
                 except ClientConnectionError as exc:
@@ -337,21 +351,29 @@ class RemoteExecutor:
         return result
 
     async def status(self) -> list[dict[str, Any]]:
-        """Every member's status (``role: "unreachable"`` for a node that does not answer)."""
+        """Every member's status (``role: "unreachable"`` for a node that does not answer).
+
+        Raises :class:`UnavailableError` if no node listens at any address.
+        """
+        unavailable: UnavailableError | None = None
         try:
             members = await self.members()
             addresses = {int(n): a for n, a in members["addresses"].items() if a}
-        except UnavailableError:
+        except UnavailableError as exc:
+            unavailable = exc
             addresses = dict(enumerate(self.addresses, 1))
             members = None
         out: list[dict[str, Any]] = []
+        refused = 0
 
         async def one(n: int, address: str) -> None:
+            nonlocal refused
             try:
                 st = await self.request_node(address, "status")
                 assert isinstance(st, dict)
                 out.append(st)
             except (Exception, trio.TooSlowError) as exc:
+                refused += isinstance(exc, NoListenerError)
                 out.append(
                     {
                         "node_id": n if members else None,
@@ -364,6 +386,8 @@ class RemoteExecutor:
         async with trio.open_nursery() as nursery:
             for n, a in addresses.items():
                 nursery.start_soon(one, n, a)
+        if unavailable is not None and refused == len(addresses):
+            raise unavailable  # no cluster is running: a table of refusals says less
         out.sort(key=lambda s: (s.get("node_id") or 0, s.get("address", "")))
         return out
 

@@ -65,6 +65,7 @@ __all__ = [
     "Connection",
     "ConnectionClosedError",
     "HandshakeError",
+    "NoListenerError",
     "open_client_connection",
 ]
 
@@ -91,6 +92,24 @@ class HandshakeError(ClientConnectionError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class NoListenerError(ClientConnectionError):
+    """Nothing listens at ``address``: the connection was refused, not timed out."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"nothing listens at {address} (connection refused)")
+        self.address = address
+
+
+def _refused(exc: BaseException) -> bool:
+    # trio.open_tcp_stream raises one OSError whose cause groups the attempts.
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return all(_refused(e) for e in cause.exceptions)
+    return False
 
 
 class ConnectionClosedError(ClientConnectionError):
@@ -391,8 +410,9 @@ async def open_client_connection(
 
     Raises:
         HandshakeError: the node refused us, or is not a node of ``cluster_id``.
-        ClientConnectionError: cannot connect (refused, timed out, not a
-            trioraft node).
+        NoListenerError: every connection attempt was refused.
+        ClientConnectionError: cannot connect (timed out, not a trioraft
+            node...).
     """
     key = token.encode() if isinstance(token, str) else bytes(token)
     async with AsyncExitStack() as stack:
@@ -414,6 +434,8 @@ async def open_client_connection(
         except trio.TooSlowError:
             raise ClientConnectionError(f"connecting to {address} timed out") from None
         except Exception as exc:
+            if _refused(exc):
+                raise NoListenerError(address) from exc
             raise ClientConnectionError(f"cannot connect to {address}: {exc!r}") from exc
         conn = Connection(
             sock,

@@ -1,0 +1,54 @@
+"""What a newcomer meets first (issue 13): documented commands work, failures are fast and plain.
+
+A client pointed at a cluster that is not running says so at once; a wrong
+token says "token rejected"; ``connect`` finds its token by itself.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+import docstore
+from tests.docstore.test_client import TOKEN, Cluster, free_ports
+
+
+@pytest.fixture
+async def one_node(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
+    async with trio.open_nursery() as nursery:
+        c = Cluster(tmp_path, nursery, size=1)
+        await c.start(1)
+        yield c
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_node_listening_fails_at_once_and_says_so() -> None:
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    start = trio.current_time()
+    with pytest.raises(docstore.UnavailableError) as info:
+        async with docstore.connect(addresses, token=TOKEN) as db:
+            await db.collection("users").get("ann")
+    assert trio.current_time() - start < 2
+    assert str(info.value).endswith(
+        f"no node at {addresses[0]}, {addresses[1]}: is `docstore cluster` running?"
+    )
+
+
+async def test_one_node_down_of_several_is_still_retried(one_node: Cluster) -> None:
+    down = f"127.0.0.1:{free_ports(1)[0]}"
+    async with docstore.connect([down, *one_node.addresses], token=TOKEN) as db:
+        await db.collection("users").put("ann", {"age": 31})
+        ann = await db.collection("users").get("ann")
+        assert ann is not None and ann["age"] == 31
+
+
+async def test_status_with_no_cluster_running_fails_at_once() -> None:
+    addresses = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    start = trio.current_time()
+    with pytest.raises(docstore.UnavailableError, match="is `docstore cluster` running"):
+        async with docstore.connect(addresses, token=TOKEN) as db:
+            await db.status()
+    assert trio.current_time() - start < 2

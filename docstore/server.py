@@ -702,7 +702,8 @@ async def serve(
         node: Node = await nursery.start(_serve_node, node_config, sm, service)
         service.attach(node)
         nursery.start_soon(_leader_duties, node, sm)
-        log.warning(
+        # Info, not warning: `docstore serve` prints this line itself.
+        log.info(
             "docstore node %d serving on %s (data %s)", node.id, node.config.address, config.data
         )
         task_status.started(node)

@@ -6,6 +6,7 @@ token says "token rejected"; ``connect`` finds its token by itself.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import AsyncIterator
 
@@ -52,3 +53,28 @@ async def test_status_with_no_cluster_running_fails_at_once() -> None:
         async with docstore.connect(addresses, token=TOKEN) as db:
             await db.status()
     assert trio.current_time() - start < 2
+
+
+async def test_a_wrong_token_reads_token_rejected(
+    one_node: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trioraft")
+    with pytest.raises(docstore.ClusterError, match="token rejected"):
+        async with docstore.connect(one_node.addresses, token="not-the-token") as db:
+            await db.collection("users").get("ann")
+    # The client refused the node (its proof did not verify under the wrong
+    # token); the node's log says so, not that the node refused a connection.
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("trioraft.transport")]
+    assert any("the dialer at 127.0.0.1" in m and "refused a connection to" in m for m in logged)
+    assert not any("refused a connection from" in m for m in logged), logged
+
+
+async def test_serve_logs_its_start_line_below_warning(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `docstore serve` prints the line itself; logged at WARNING it showed twice.
+    caplog.set_level(logging.WARNING)
+    async with trio.open_nursery() as nursery:
+        await Cluster(tmp_path, nursery, size=1).start(1)
+        nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if "serving on" in r.getMessage()]

@@ -98,7 +98,7 @@ class NoListenerError(ClientConnectionError):
     """Nothing listens at ``address``: the connection was refused, not timed out."""
 
     def __init__(self, address: str) -> None:
-        super().__init__(f"nothing listens at {address} (connection refused)")
+        super().__init__(f"cannot connect to {address}: connection refused")
         self.address = address
 
 
@@ -430,6 +430,12 @@ async def open_client_connection(
                     sock, ClientHello(client_id, cluster_id, new_nonce()), key, expect_node=None
                 )
         except HandshakeFailed as exc:
+            if exc.code == "bad_mac":
+                # Whichever side noticed, the keys differ; the node does not
+                # tell a wrong token from an unknown client id.
+                raise HandshakeError(
+                    exc.code, f"token rejected by {address} (wrong token or client id)"
+                ) from None
             raise HandshakeError(exc.code, exc.message) from None
         except trio.TooSlowError:
             raise ClientConnectionError(f"connecting to {address} timed out") from None

@@ -457,7 +457,11 @@ async def dialer_handshake(
             sock, "unknown_node", f"dialled node {expect_node} but reached node {reply.node_id}"
         )
     if not verify_handshake_mac(key, LISTENER, opener, reply, auth.mac):
-        await _reject(sock, "bad_mac", "the listener's MAC does not verify")
+        await _reject(
+            sock,
+            "bad_mac",
+            "the listener's proof does not verify: the two sides hold different keys",
+        )
     # The listener is proven: accept full-size frames from here on (before
     # sending, since its first data frame may follow our HelloAuth at once).
     sock.authenticated()

@@ -652,8 +652,7 @@ class WebSocketTransport:
                     await self._serve_client(sock, opener.client_id)
         except* HandshakeFailed as group:
             for exc in _exceptions(group, HandshakeFailed):
-                suffix = " (it refused us)" if exc.by_peer else ""
-                self._refused(remote, exc.code, f"{exc}{suffix}")
+                self._refused(remote, exc.code, str(exc), by_dialer=exc.by_peer)
         except* trio.TooSlowError:
             self._refused(remote, "timeout", "handshake timed out")
         except* _NETWORK_ERRORS as group:
@@ -665,10 +664,15 @@ class WebSocketTransport:
         except* Exception as group:
             self.log.error("connection from %s: unexpected error", remote, exc_info=group)
 
-    def _refused(self, remote: str, code: str, text: str) -> None:
+    def _refused(self, remote: str, code: str, text: str, *, by_dialer: bool = False) -> None:
         self._handshakes_rejected += 1
         level = self._throttle.level((remote.rpartition(":")[0], code))
-        self.log.log(level, "refused a connection from %s: %s", remote, text)
+        if by_dialer:
+            self.log.log(
+                level, "the dialer at %s refused a connection to this node: %s", remote, text
+            )
+        else:
+            self.log.log(level, "refused a connection from %s: %s", remote, text)
 
     async def _serve_peer(self, sock: FrameSocket, node_id: NodeId, incarnation: bytes) -> None:
         scope = trio.CancelScope()

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import trio
 
@@ -32,6 +32,7 @@ EXIT_UNAVAILABLE = 3
 DEFAULT_DIR = "docstore-data"
 DEFAULT_BASE_PORT = 7101
 CLUSTER_FILE = "cluster.toml"
+SUPERVISOR_PID = "cluster.pid"  # the running `docstore cluster`, for restart-node
 
 
 class CliError(Exception):
@@ -570,47 +571,52 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         if v is not None:
             extra += [f"--{flag.replace('_', '-')}", str(v)]
     procs: dict[int, subprocess.Popen[bytes]] = {}
-    logs = []
+    logs: dict[int, BinaryIO] = {}
     stopping = False
+
+    def start(n: int) -> None:
+        procs[n] = subprocess.Popen(
+            [sys.executable, "-m", "docstore", "serve", "--config", config, "--id", str(n), *extra],
+            stdout=logs[n],
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
+        )
+        with open(os.path.join(directory, f"node{n}.pid"), "w") as f:
+            f.write(f"{procs[n].pid}\n")
 
     def on_term(signum: int, frame: object) -> NoReturn:
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, on_term)
+    supervisor_pid = os.path.join(directory, SUPERVISOR_PID)
     try:
         for n in sorted(nodes):
-            log = open(os.path.join(directory, f"node{n}.log"), "ab")  # noqa: SIM115
-            logs.append(log)
-            procs[n] = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "docstore",
-                    "serve",
-                    "--config",
-                    config,
-                    "--id",
-                    str(n),
-                    *extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order
-            )
-            with open(os.path.join(directory, f"node{n}.pid"), "w") as f:
-                f.write(f"{procs[n].pid}\n")
+            logs[n] = open(os.path.join(directory, f"node{n}.log"), "ab")  # noqa: SIM115
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, f"node{n}.restart"))  # a stale request
+            start(n)
+        with open(supervisor_pid, "w") as f:
+            f.write(f"{os.getpid()}\n")
         leader = _wait_for_leader(nodes, info, procs, directory, args.ready_timeout)
         _print_banner(directory, nodes, info, leader)
         reported: set[int] = set()
         while True:
             time.sleep(0.2)
             for n, p in procs.items():
-                if n not in reported and p.poll() is not None:
+                request = os.path.join(directory, f"node{n}.restart")
+                if os.path.exists(request):  # from `docstore restart-node N`
+                    _stop_all({n: p}, directory)
+                    start(n)
+                    reported.discard(n)
+                    os.unlink(request)
+                    print(f"docstore cluster: node {n} restarted", flush=True)
+                elif n not in reported and p.poll() is not None:
                     reported.add(n)
                     print(
                         f"docstore cluster: node {n} exited with code {p.returncode} "
-                        f"(see {os.path.join(directory, f'node{n}.log')})",
+                        f"(see {os.path.join(directory, f'node{n}.log')}); "
+                        f"`docstore restart-node {n}{_dir_flag(directory)}` starts it again",
                         flush=True,
                     )
     except KeyboardInterrupt:
@@ -620,7 +626,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
         with contextlib.suppress(KeyboardInterrupt):
             _stop_all(procs, directory)
-        for log in logs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(supervisor_pid)
+        for log in logs.values():
             log.close()
         if stopping:
             print(
@@ -628,6 +636,53 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                 f"{directory} (run `docstore cluster --dir {directory}` again to resume)",
                 flush=True,
             )
+
+
+def _dir_flag(directory: str) -> str:
+    return "" if os.path.normpath(directory) == DEFAULT_DIR else f" --dir {directory}"
+
+
+def cmd_restart_node(args: argparse.Namespace) -> int:
+    """Ask the `docstore cluster` running on --dir to (re)start node N as its child."""
+    directory = args.dir
+    info = _read_cluster_file(directory)
+    if info is None:
+        raise CliError(
+            f"no {os.path.join(directory, CLUSTER_FILE)}: restart-node works on a "
+            "`docstore cluster` directory (--dir)",
+            EXIT_USAGE,
+        )
+    if str(args.id) not in info["nodes"]:
+        have = ", ".join(sorted(info["nodes"], key=int))
+        raise CliError(f"no node {args.id} in {directory} (nodes: {have})", EXIT_USAGE)
+    try:
+        with open(os.path.join(directory, SUPERVISOR_PID)) as f:
+            pid = int(f.read())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        raise CliError(
+            f"no `docstore cluster` is running on {directory}: start it with "
+            f"`docstore cluster{_dir_flag(directory)}` (it starts every node)",
+            EXIT_USAGE,
+        ) from None
+    request = os.path.join(directory, f"node{args.id}.restart")
+    with open(request, "w"):
+        pass
+    deadline = time.monotonic() + args.timeout
+    while os.path.exists(request):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(request)
+            raise CliError(
+                f"the `docstore cluster` on {directory} (pid {pid}) did not restart node "
+                f"{args.id} within {args.timeout}s",
+                EXIT_UNAVAILABLE,
+            )
+        time.sleep(0.05)
+    with open(os.path.join(directory, f"node{args.id}.pid")) as f:
+        node_pid = int(f.read())
+    _out({"restarted": args.id, "pid": node_pid})
+    return 0
 
 
 def _stop_all(procs: dict[int, subprocess.Popen[bytes]], directory: str) -> None:
@@ -656,15 +711,23 @@ def _wait_for_leader(
     from docstore.client import UnavailableError
 
     async def ask() -> int | None:
-        async with docstore.connect(
-            list(nodes.values()),
-            token=info["token"],
-            cluster_id=info["cluster_id"],
-            call_timeout=limit,
-            connect_timeout=1.0,
-        ) as db:
-            m = await db.members()
-            return int(m["leader_id"]) if m.get("leader_id") else None
+        deadline = trio.current_time() + limit
+        while True:
+            # Until a node listens, connect() gives up at once (no node at ...): ask again.
+            try:
+                async with docstore.connect(
+                    list(nodes.values()),
+                    token=info["token"],
+                    cluster_id=info["cluster_id"],
+                    call_timeout=max(0.5, deadline - trio.current_time()),
+                    connect_timeout=1.0,
+                ) as db:
+                    m = await db.members()
+                    return int(m["leader_id"]) if m.get("leader_id") else None
+            except UnavailableError:
+                if trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(0.1)
 
     async def main() -> int | None:
         async with trio.open_nursery() as nursery:
@@ -686,15 +749,15 @@ def _wait_for_leader(
 
     try:
         return trio.run(main)
-    except UnavailableError:
-        raise CliError(
-            f"the cluster elected no leader within {limit}s; see the node logs in {directory}",
-            EXIT_UNAVAILABLE,
-        ) from None
     except BaseExceptionGroup as eg:
         cli = eg.subgroup(CliError)
         if cli is not None:
             raise cli.exceptions[0] from None
+        if eg.subgroup(UnavailableError) is not None:
+            raise CliError(
+                f"the cluster elected no leader within {limit}s; see the node logs in {directory}",
+                EXIT_UNAVAILABLE,
+            ) from None
         raise
 
 
@@ -707,7 +770,7 @@ def _print_banner(
     for n in sorted(nodes):
         mark = "  (leader)" if n == leader else ""
         lines.append(f"  node {n}  {nodes[n]}  log {os.path.join(d, f'node{n}.log')}{mark}")
-    dir_flag = "" if os.path.normpath(d) == DEFAULT_DIR else f" --dir {d}"
+    dir_flag = _dir_flag(d)
     lines += [
         "",
         "Try, from another terminal in this directory:",
@@ -783,6 +846,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"node N listens on 127.0.0.1:BASE+N-1 (default {DEFAULT_BASE_PORT})",
     )
     sp.add_argument("--ready-timeout", type=float, default=30.0)
+
+    sp = add(
+        "restart-node",
+        cmd_restart_node,
+        "stop node N of the `docstore cluster` running on --dir if it runs, and start it "
+        "again as that cluster's child (after a crash or kill -9)",
+    )
+    sp.add_argument("id", type=int)
+    sp.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory (default {DEFAULT_DIR})")
+    sp.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for it (default 30)"
+    )
 
     sp = add("serve", cmd_serve, "run one node (peers and clients on one port)", tuning)
     sp.add_argument("--config", help="TOML file (same keys as the flags, with _)")

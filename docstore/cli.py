@@ -626,8 +626,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, old)
         with contextlib.suppress(KeyboardInterrupt):
             _stop_all(procs, directory)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(supervisor_pid)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(supervisor_pid)
         for log in logs.values():
             log.close()
         if stopping:

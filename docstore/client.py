@@ -28,11 +28,13 @@ below it.
 
 from __future__ import annotations
 
+import os
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
+from urllib.parse import unquote
 
 import trio
 
@@ -607,13 +609,57 @@ class RemoteDatabase(Database):
         return out
 
 
+#: ``docstore://TOKEN@host:port,host:port`` (the token part is optional).
+URI_SCHEME = "docstore://"
+
+
+def _target(
+    addresses: Sequence[str] | str | None,
+    token: str | bytes | None,
+    cluster: str | os.PathLike[str] | None,
+    cluster_id: str | None,
+) -> tuple[list[str], str | bytes, str]:
+    """(addresses, token, cluster_id) as :func:`connect` documents, in the CLI's order."""
+    if isinstance(addresses, str) and addresses.startswith(URI_SCHEME):
+        rest = addresses[len(URI_SCHEME) :]
+        uri_token, at, rest = rest.rpartition("@")
+        if at:
+            if token is not None and token != unquote(uri_token):
+                raise ValueError("connect: two different tokens (the URI's and token=)")
+            token = unquote(uri_token)
+        addresses = rest
+    if isinstance(addresses, str):
+        addresses = [a for a in addresses.split(",") if a]
+    found = list(addresses or [])
+    token = token or os.environ.get("DOCSTORE_TOKEN")
+    if cluster is not None:
+        from docstore.cli import CLUSTER_FILE, _read_cluster_file  # no argument parsing
+
+        info = _read_cluster_file(os.fspath(cluster))
+        if info is None:
+            where = os.path.join(os.fspath(cluster), CLUSTER_FILE)
+            raise ValueError(f"no {where}: is it the --dir of a `docstore cluster`?")
+        found = found or [str(a) for _, a in sorted(info.get("nodes", {}).items())]
+        token = token or info.get("token")
+        cluster_id = cluster_id or info.get("cluster_id")
+    if not found:
+        raise ValueError("connect needs addresses, a docstore:// URI or cluster=DIR")
+    if not token:
+        raise ValueError(
+            "connect needs a token: token=, a docstore://TOKEN@... URI, "
+            "DOCSTORE_TOKEN in the environment, or cluster=DIR"
+        )
+    return found, token, str(cluster_id or "docstore")
+
+
 @asynccontextmanager
 async def connect(
-    addresses: Sequence[str] | str,
+    addresses: Sequence[str] | str | None = None,
     *,
-    token: str | bytes,
+    token: str | bytes | None = None,
+    cluster: str | os.PathLike[str] | None = None,
     client: str = DEFAULT_CLIENT,
-    cluster_id: str = "docstore",
+    cluster_id: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     call_timeout: float = 30.0,
     connect_timeout: float = 2.0,
@@ -621,15 +667,24 @@ async def connect(
     """Connect to a docstore cluster; the database has the embedded API.
 
     ``addresses`` are some of the nodes (``"host:port"``, a list or a
-    comma-separated string); the client finds the leader.  ``call_timeout`` bounds
-    each call, retries included; it then raises :class:`UnavailableError`.
+    comma-separated string), or a URI ``"docstore://TOKEN@host:port,host:port"``;
+    the client finds the leader.  The token is, first found: ``token``, the
+    URI's, ``DOCSTORE_TOKEN`` in the environment, the ``cluster.toml`` of
+    ``cluster``, the directory of a ``docstore cluster`` (which also gives
+    the addresses and ``cluster_id`` when not passed).  ``call_timeout``
+    bounds each call, retries included; it then raises
+    :class:`UnavailableError`, at once if every address refuses the connection.
 
     Example:
         async with docstore.connect(["127.0.0.1:7101"], token=TOKEN) as db:
             users = db.collection("users")
             rev = await users.put("ann", {"age": 31})
             ann = await users.get("ann", consistency="lease")
+
+        async with docstore.connect(cluster="docstore-data") as db: ...
+        async with docstore.connect("docstore://TOKEN@127.0.0.1:7101,127.0.0.1:7102") as db: ...
     """
+    addresses, token, cluster_id = _target(addresses, token, cluster, cluster_id)
     ex = RemoteExecutor(
         addresses,
         token=token,

@@ -78,3 +78,49 @@ async def test_serve_logs_its_start_line_below_warning(
         await Cluster(tmp_path, nursery, size=1).start(1)
         nursery.cancel_scope.cancel()
     assert not [r for r in caplog.records if "serving on" in r.getMessage()]
+
+
+async def _round_trip(db: docstore.RemoteDatabase) -> None:
+    await db.collection("users").put("ann", {"age": 31})
+    ann = await db.collection("users").get("ann")
+    assert ann is not None and ann["age"] == 31
+
+
+async def test_connect_takes_the_token_from_the_environment(
+    one_node: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCSTORE_TOKEN", TOKEN)
+    async with docstore.connect(one_node.addresses) as db:
+        await _round_trip(db)
+
+
+async def test_connect_reads_a_cluster_directory(
+    one_node: Cluster, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docstore.cli import _write_cluster_file  # the file `docstore cluster` writes
+
+    monkeypatch.delenv("DOCSTORE_TOKEN", raising=False)
+    info = {"cluster_id": "docstore", "secret": "s3cret", "token": TOKEN, "nodes": one_node.addr}
+    (tmp_path / "docstore-data").mkdir()
+    _write_cluster_file(str(tmp_path / "docstore-data"), info)
+    async with docstore.connect(cluster=tmp_path / "docstore-data") as db:
+        await _round_trip(db)
+    with pytest.raises(ValueError, match=r"cluster\.toml"):
+        async with docstore.connect(cluster=tmp_path / "nowhere"):
+            pass
+
+
+async def test_connect_takes_a_uri(one_node: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCSTORE_TOKEN", raising=False)
+    down = f"127.0.0.1:{free_ports(1)[0]}"
+    async with docstore.connect(f"docstore://{TOKEN}@{down},{one_node.addresses[0]}") as db:
+        await _round_trip(db)
+
+
+async def test_connect_without_any_token_says_where_to_put_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DOCSTORE_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="DOCSTORE_TOKEN"):
+        async with docstore.connect("127.0.0.1:1"):
+            pass

@@ -53,9 +53,7 @@ from typing import Any, Final, Literal, get_args
 import trio
 
 from docstore.engine.errors import DocstoreError, InvalidCommandError, ResyncRequired
-from docstore.engine.filters import compile_filter
-from docstore.engine.validate import check_revision, validate_command, validate_query
-from docstore.engine.values import check_name
+from docstore.engine.validate import validate_command, validate_query, validate_watch
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
 from trioraft.runtime import Node, NodeConfig, NotLeaderError, OverloadedError, serve_node
@@ -119,10 +117,6 @@ MAX_WATCHES = 64
 #: Commands and one-shot requests (queries, status, ...) a connection may have
 #: unanswered at once; more are answered ``overloaded`` at once (no task, no read).
 MAX_IN_FLIGHT = 1024
-#: The largest ``buffer`` of a watch (changes held for a watcher that lags).
-MAX_WATCH_BUFFER = 65_536
-#: The fields a ``watch`` payload may have (``coll`` is required).
-WATCH_FIELDS: Final = frozenset({"coll", "filter", "since_rev", "buffer"})
 #: Backup files being streamed, in the data directory; removed when done.
 _BACKUP_FILES = "backup-*.tmp"
 
@@ -578,34 +572,12 @@ class _WatchArgs:
 
 def _watch_args(payload: object, sm: DocstoreStateMachine) -> _WatchArgs:
     """A ``watch`` payload, checked; refused (``bad_request``) naming the field at fault."""
-
-    def refuse(message: str) -> RequestRefused:
-        return RequestRefused(InvalidCommandError(message))
-
-    if not isinstance(payload, dict):
-        raise refuse(f"payload: a watch takes a map of {', '.join(sorted(WATCH_FIELDS))}")
-    unknown = sorted(str(k)[:64] for k in payload if k not in WATCH_FIELDS)
-    if unknown:
-        raise refuse(f"{unknown[0]}: not a field of a watch")
     try:
-        coll = check_name(payload.get("coll"), "collection", sm.limits)
+        w = validate_watch(payload, sm.limits)
     except DocstoreError as exc:
-        raise refuse(f"coll: {exc.message}") from None
-    flt = payload.get("filter")
-    try:
-        compile_filter(flt)
-    except DocstoreError as exc:
-        raise refuse(f"filter: {exc.message}") from None
-    since = payload.get("since_rev")
-    if since is not None:
-        try:
-            check_revision(since, "since_rev")
-        except DocstoreError as exc:
-            raise refuse(exc.message) from None
-    buffer = payload.get("buffer")
-    if buffer is not None and (type(buffer) is not int or not 1 <= buffer <= MAX_WATCH_BUFFER):
-        raise refuse(f"buffer: an integer in 1 .. {MAX_WATCH_BUFFER}, got {str(buffer)[:64]}")
-    return _WatchArgs(coll, flt, since, {} if buffer is None else {"buffer": buffer})
+        raise RequestRefused(exc) from None
+    extra = {} if w.get("buffer") is None else {"buffer": w["buffer"]}
+    return _WatchArgs(w["coll"], w.get("filter"), w.get("since_rev"), extra)
 
 
 async def _stream_file(conn: ClientConnection, rid: int, path: str, info: SnapshotInfo) -> None:

@@ -20,11 +20,10 @@ import trio  # type: ignore[import-untyped, unused-ignore]
 from docstore.engine.errors import DatabaseClosedError, InvalidCommandError, ResyncRequired
 from docstore.engine.filters import Predicate, compile_filter
 from docstore.engine.state import Change
+from docstore.engine.validate import MAX_WATCH_BUFFER
 from docstore.engine.values import check_name, clone
 
 log = logging.getLogger("docstore.watch")
-
-MAX_WATCH_BUFFER = 65_536
 
 
 class Watcher:

@@ -56,10 +56,13 @@ __all__ = [
     "COMMAND_FIELDS",
     "CONSISTENCY",
     "MAX_REVISION",
+    "MAX_WATCH_BUFFER",
     "QUERY_FIELDS",
+    "WATCH_FIELDS",
     "check_revision",
     "validate_command",
     "validate_query",
+    "validate_watch",
 ]
 
 MAX_REVISION = 2**63 - 1
@@ -101,6 +104,11 @@ QUERY_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 MAX_INDEX_FIELDS = 8
 MAX_GET_MULTI = 10_000
+
+#: The fields of a watch request, all optional but ``coll``.
+WATCH_FIELDS = frozenset({"coll", "filter", "since_rev", "buffer"})
+#: A watcher's buffer holds at most this many changes.
+MAX_WATCH_BUFFER = 65_536
 
 
 def _field(where: str, check: Callable[[], object]) -> None:
@@ -338,3 +346,23 @@ def validate_query(q: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]
         got = show(m["consistency"])
         raise InvalidCommandError(f"consistency: one of {CONSISTENCY}, got {got}")
     return m
+
+
+def validate_watch(w: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """``w``, a watch request (``coll``, ``filter``, ``since_rev``, ``buffer``), checked."""
+    if not isinstance(w, dict):
+        fields = ", ".join(sorted(WATCH_FIELDS))
+        raise InvalidCommandError(f"payload: a watch takes a map of {fields}")
+    unknown = sorted(show(k) for k in w if k not in WATCH_FIELDS)
+    if unknown:
+        raise InvalidCommandError(f"{unknown[0]}: not a field of a watch")
+    _field("coll", lambda: check_name(w.get("coll"), "collection", limits))
+    if "filter" in w:
+        _field("filter", lambda: compile_filter(w["filter"]))
+    if w.get("since_rev") is not None:
+        _field("since_rev", lambda: check_revision(w["since_rev"], "since_rev"))
+    buffer = w.get("buffer")
+    if buffer is not None and (type(buffer) is not int or not 1 <= buffer <= MAX_WATCH_BUFFER):
+        got = show(buffer)
+        raise InvalidCommandError(f"buffer: an integer in 1 .. {MAX_WATCH_BUFFER}, got {got}")
+    return w

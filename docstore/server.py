@@ -52,7 +52,7 @@ from typing import Any, Final, Literal, get_args
 
 import trio
 
-from docstore.engine.errors import DocstoreError, InvalidCommandError, ResyncRequired
+from docstore.engine.errors import DocstoreError, InvalidCommandError
 from docstore.engine.validate import validate_command, validate_query, validate_watch
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
@@ -646,14 +646,13 @@ class RequestRefused(DocstoreError):
 
 
 def error_response(rid: int, exc: BaseException) -> ClientResponse:
-    """The ClientResponse for a failure (``not_leader`` carries where to go)."""
+    """The ClientResponse for a failure: the runtime's (codes from the exception
+    classes, messages cut to the protocol's limit), plus the engine's error result
+    for a refused command or query."""
+    resp = runtime_error_response(rid, exc)
     if isinstance(exc, RequestRefused):
-        return ClientResponse(rid, False, exc.result, exc.code, exc.message)
-    if isinstance(exc, ResyncRequired):
-        return ClientResponse(rid, False, None, "resync_required", exc.message)
-    if isinstance(exc, DocstoreError):
-        return ClientResponse(rid, False, None, exc.code, exc.message)
-    return runtime_error_response(rid, exc)
+        return dataclasses.replace(resp, result=exc.result)
+    return resp
 
 
 async def serve(

@@ -388,3 +388,13 @@ async def test_requests_in_flight_are_capped_per_connection(server: Server) -> N
     assert codes.count("") == MAX_IN_FLIGHT
     async with server.client() as conn:  # the slots are given back
         assert (await call(conn, "query", q)).ok
+
+
+def test_docstore_error_messages_are_cut_to_the_protocol_limit() -> None:
+    from docstore.engine.errors import InvalidCommandError, ResyncRequired
+    from docstore.server import error_response
+    from trioraft.transport.codec import MAX_TEXT
+
+    for exc in (ResyncRequired("x" * 1_000_000), InvalidCommandError("y" * 1_000_000)):
+        r = error_response(1, exc)
+        assert r.error_code == exc.code and len(r.error_message) <= MAX_TEXT

@@ -25,13 +25,14 @@ from typing import Any, BinaryIO, NoReturn
 
 import trio
 
+from docstore.clusterfile import CLUSTER_FILE, read_cluster_file, write_cluster_file
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 
 DEFAULT_DIR = "docstore-data"
 DEFAULT_BASE_PORT = 7101
-CLUSTER_FILE = "cluster.toml"
 SUPERVISOR_PID = "cluster.pid"  # the running `docstore cluster`, for restart-node
 
 
@@ -62,51 +63,12 @@ def _json_default(v: object) -> Any:
     raise TypeError(f"{type(v).__name__} is not JSON")
 
 
-def _read_cluster_file(directory: str) -> dict[str, Any] | None:
-    import tomllib
-
-    path = os.path.join(directory, CLUSTER_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, "rb") as f:
-        return tomllib.load(f)
-
-
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-
-def _write_cluster_file(directory: str, data: dict[str, Any]) -> None:
-    lines = [
-        "# Written by `docstore cluster`: shared settings of this local cluster.",
-        "# Each node runs `docstore serve --config THIS_FILE --id N`; clients read",
-        "# the addresses and token from here with `docstore ... --dir DIR`.",
-    ]
-    for k, v in data.items():
-        if k != "nodes":
-            lines.append(f"{k} = {_toml_value(v)}")
-    lines.append("")
-    lines.append("[nodes]")
-    for n, a in sorted(data["nodes"].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"{n} = {_toml_value(a)}")
-    path = os.path.join(directory, CLUSTER_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-
-
 def _target(args: argparse.Namespace) -> tuple[list[str], str, str]:
     """(addresses, token, cluster_id) from --cluster/--token, the environment or --dir."""
     addresses = args.cluster or os.environ.get("DOCSTORE_CLUSTER")
     token = args.token or os.environ.get("DOCSTORE_TOKEN")
     cluster_id = "docstore"
-    info = _read_cluster_file(args.dir)
+    info = read_cluster_file(args.dir)
     if info is not None:
         cluster_id = str(info.get("cluster_id", cluster_id))
         if not addresses:
@@ -420,11 +382,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
         seed_node(args.data, backup, voters)
         _out({"restored": args.data, "index": index, "term": term})
         return 0
-    info = _read_cluster_file(args.dir)
+    info = read_cluster_file(args.dir)
     if info is None:
         info = _new_cluster_info(args.nodes, args.base_port)
         os.makedirs(args.dir, exist_ok=True)
-        _write_cluster_file(args.dir, info)
+        write_cluster_file(args.dir, info)
     voters = {int(n): str(a) for n, a in info["nodes"].items()}
     for n in voters:
         seed_node(os.path.join(args.dir, f"node{n}"), backup, voters)
@@ -525,7 +487,7 @@ def _new_cluster_info(nodes: int, base_port: int) -> dict[str, Any]:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     directory = args.dir
-    info = _read_cluster_file(directory)
+    info = read_cluster_file(directory)
     changed = False
     if (
         info is None
@@ -557,7 +519,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         )
     if changed:
         os.makedirs(directory, exist_ok=True)
-        _write_cluster_file(directory, info)
+        write_cluster_file(directory, info)
     config = os.path.join(directory, CLUSTER_FILE)
     extra: list[str] = []
     for flag in (
@@ -645,7 +607,7 @@ def _dir_flag(directory: str) -> str:
 def cmd_restart_node(args: argparse.Namespace) -> int:
     """Ask the `docstore cluster` running on --dir to (re)start node N as its child."""
     directory = args.dir
-    info = _read_cluster_file(directory)
+    info = read_cluster_file(directory)
     if info is None:
         raise CliError(
             f"no {os.path.join(directory, CLUSTER_FILE)}: restart-node works on a "

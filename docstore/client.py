@@ -633,9 +633,9 @@ def _target(
     found = list(addresses or [])
     token = token or os.environ.get("DOCSTORE_TOKEN")
     if cluster is not None:
-        from docstore.cli import CLUSTER_FILE, _read_cluster_file  # no argument parsing
+        from docstore.clusterfile import CLUSTER_FILE, read_cluster_file
 
-        info = _read_cluster_file(os.fspath(cluster))
+        info = read_cluster_file(os.fspath(cluster))
         if info is None:
             where = os.path.join(os.fspath(cluster), CLUSTER_FILE)
             raise ValueError(f"no {where}: is it the --dir of a `docstore cluster`?")

@@ -97,12 +97,12 @@ async def test_connect_takes_the_token_from_the_environment(
 async def test_connect_reads_a_cluster_directory(
     one_node: Cluster, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from docstore.cli import _write_cluster_file  # the file `docstore cluster` writes
+    from docstore.clusterfile import write_cluster_file  # the file `docstore cluster` writes
 
     monkeypatch.delenv("DOCSTORE_TOKEN", raising=False)
     info = {"cluster_id": "docstore", "secret": "s3cret", "token": TOKEN, "nodes": one_node.addr}
     (tmp_path / "docstore-data").mkdir()
-    _write_cluster_file(str(tmp_path / "docstore-data"), info)
+    write_cluster_file(str(tmp_path / "docstore-data"), info)
     async with docstore.connect(cluster=tmp_path / "docstore-data") as db:
         await _round_trip(db)
     with pytest.raises(ValueError, match=r"cluster\.toml"):

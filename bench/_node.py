@@ -29,9 +29,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib
 
-from trioraft.runtime import Node, NodeConfig, NotLeaderError, serve_node
+from trioraft.runtime import (
+    ClientService,
+    Node,
+    NodeConfig,
+    NotLeaderError,
+    Session,
+    generic_service,
+    serve_node,
+)
 from trioraft.testing.kv import KVStateMachine, encode_command
-from trioraft.transport.base import ClientConnection
 from trioraft.transport.messages import ClientRequest
 
 _profiler: cProfile.Profile | None = None
@@ -100,21 +107,21 @@ def profile_control(spec: dict[str, Any]) -> str:
     return "dumped"
 
 
-def make_handler(holder: list[Node]) -> Any:
-    """The node's own client service plus the bench's ``bench`` and ``profile`` kinds."""
+def bench_service(node: Node) -> ClientService:
+    """The node's generic client service plus the bench's ``bench`` and ``profile`` kinds."""
 
-    async def bench(req: ClientRequest) -> object:
+    async def bench(session: Session, req: ClientRequest) -> object:
         assert isinstance(req.payload, dict)
-        return await run_workload(holder[0], req.payload)
+        return await run_workload(session.node, req.payload)
 
-    async def profile(req: ClientRequest) -> object:
+    async def profile(session: Session, req: ClientRequest) -> object:
         assert isinstance(req.payload, dict)
         return profile_control(req.payload)
 
-    async def handler(conn: ClientConnection) -> None:
-        await holder[0].handle_client(conn, extra_kinds={"bench": bench, "profile": profile})
-
-    return handler
+    service = generic_service(node)
+    service.on_call("bench", bench)
+    service.on_call("profile", profile)
+    return service
 
 
 async def main() -> None:
@@ -139,15 +146,13 @@ async def main() -> None:
         election_timeout_max=2.0,
         snapshot_entries=200_000,
     )
-    holder: list[Node] = []
     sm = KVStateMachine(os.path.join(a.data, "kv"))
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(
+        await nursery.start(
             lambda task_status: serve_node(
-                config, sm, client_handler=make_handler(holder), task_status=task_status
+                config, sm, client_service=bench_service, task_status=task_status
             )
         )
-        holder.append(node)
         print("ready", flush=True)
 
 

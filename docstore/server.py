@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import hashlib
 import itertools
@@ -57,8 +58,8 @@ from docstore.engine.validate import validate_command, validate_query, validate_
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
 from trioraft.runtime import Node, NodeConfig, NotLeaderError, OverloadedError, serve_node
-from trioraft.runtime import error_response as runtime_error_response
 from trioraft.runtime.config import parse_address
+from trioraft.runtime.service import MAX_IN_FLIGHT, ClientService, Done, Session, error_response
 from trioraft.statemachine import SnapshotInfo
 from trioraft.transport.base import ClientConnection
 from trioraft.transport.messages import ClientRequest, ClientResponse
@@ -114,9 +115,9 @@ MAX_BACKUPS = 2
 #: Watches running per connection; more: ``overloaded``.
 MAX_WATCHES = 64
 
-#: Commands and one-shot requests (queries, status, ...) a connection may have
-#: unanswered at once; more are answered ``overloaded`` at once (no task, no read).
-MAX_IN_FLIGHT = 1024
+# MAX_IN_FLIGHT (trioraft.runtime.service): commands and one-shot requests
+# (queries, status, ...) a connection may have unanswered at once; more are
+# answered ``overloaded`` at once (no task, no read).
 #: Backup files being streamed, in the data directory; removed when done.
 _BACKUP_FILES = "backup-*.tmp"
 
@@ -276,107 +277,64 @@ def load_config(path: str | None = None, **overrides: Any) -> ServerConfig:
 
 
 class DocstoreService:
-    """The docstore client service of one node (a trioraft ``ClientHandler``).
+    """The docstore client service: the handlers :meth:`build` registers on a node's
+    :class:`~trioraft.runtime.service.ClientService` (one receive loop per connection).
 
-    ``service.handle`` is given to ``serve_node``; requests that arrive before
-    the node is up wait for :meth:`attach`.
+    ``serve_node(..., client_service=service.build)`` builds it with the node.
+    Commands are proposed by callback (no task per write), one-shot kinds run
+    in a task each (at most :data:`MAX_IN_FLIGHT` per connection), ``watch``,
+    ``backup`` and ``cancel`` are streams of this class's own.
     """
 
     def __init__(self, sm: DocstoreStateMachine, config: ServerConfig | None = None) -> None:
         self.sm = sm
         self.config = config or ServerConfig()
-        self._node: Node | None = None
-        self._ready = trio.Event()
         self._backups = 0  # in progress on this node
         self._backup_ids = itertools.count(1)
 
-    def attach(self, node: Node) -> None:
-        self._node = node
-        self._ready.set()
+    def build(self, node: Node) -> ClientService:
+        """The client service of ``node``, serving :data:`KINDS`."""
+        service = ClientService(
+            node,
+            max_in_flight=MAX_IN_FLIGHT,
+            check=self._authorize,
+            connection_state=lambda conn: _Streams(self.config.role(conn.client_id)),
+        )
+        service.on_write("command", self._command)
+        service.on_call("query", self._query)
+        service.on_call("status", _status)
+        service.on_call("members", _members)
+        service.on_call("digest", self._digest)
+        service.on_call("add_learner", _add_learner)
+        service.on_call("promote", _promote)
+        service.on_call("remove_node", _remove_node)
+        service.on_call("transfer_leader", _transfer_leader)
+        service.on_call("snapshot", _snapshot)
+        service.on_stream("watch", self._start_watch)
+        service.on_stream("backup", self._start_backup)
+        service.on_stream("cancel", _cancel)
+        assert set(service.kinds) == set(KINDS)
+        return service
 
-    async def handle(self, conn: ClientConnection) -> None:
-        await self._ready.wait()
-        streams = _Streams()
-        role = self.config.role(conn.client_id)
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    batch = await conn.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
-                    nursery.cancel_scope.cancel()
-                    return
-                for req in batch:
-                    try:
-                        self._dispatch(conn, req, role, streams, nursery)
-                    except Exception as exc:  # refused before it started
-                        conn.send([error_response(req.request_id, exc)])
+    @staticmethod
+    def _authorize(session: Session, req: ClientRequest) -> None:
+        role: Role = session.state.role
+        needed = required_role(req)
+        if needed is None or ROLES.index(role) >= ROLES.index(needed):
+            return
+        what = repr(req.kind) if needed == KIND_ROLES[req.kind] else "a 'register' command"
+        raise ForbiddenRequest(
+            f"{what} needs the {needed} role; client {session.client_id!r} has the {role} role"
+        )
 
-    def _dispatch(
-        self,
-        conn: ClientConnection,
-        req: ClientRequest,
-        role: Role,
-        streams: _Streams,
-        nursery: trio.Nursery,
-    ) -> None:
-        """Authorize ``req``, then answer it, start its task or refuse it (raises)."""
-        _authorize(req, conn.client_id, role)
-        rid = req.request_id
-        if req.kind == "watch":
-            args = _watch_args(req.payload, self.sm)
-            if rid in streams.watches:
-                raise RequestRefused(
-                    InvalidCommandError(f"request id {rid} is already a running watch")
-                )
-            if len(streams.watches) >= MAX_WATCHES:
-                raise OverloadedError(f"at most {MAX_WATCHES} watches run on one connection")
-            scope = streams.watches[rid] = trio.CancelScope()
-            nursery.start_soon(self._watch, conn, rid, args, scope, streams.watches)
-        elif req.kind == "backup":
-            if streams.backup:
-                raise OverloadedError("a backup is already running on this connection")
-            if self._backups >= MAX_BACKUPS:
-                raise OverloadedError(f"{MAX_BACKUPS} backups are running on this node")
-            streams.backup = True
-            self._backups += 1
-            nursery.start_soon(self._backup, conn, req, streams)
-        elif req.kind == "cancel":
-            p = req.payload
-            target = p.get("request_id") if isinstance(p, dict) else None
-            found = streams.watches.pop(target, None) if isinstance(target, int) else None
-            if found is not None:
-                found.cancel()
-            conn.send([ClientResponse(rid, True, found is not None)])
-        else:
-            if streams.in_flight >= MAX_IN_FLIGHT:
-                raise OverloadedError(f"at most {MAX_IN_FLIGHT} requests in flight per connection")
-            streams.in_flight += 1
-            if req.kind == "command":
-                self._command(conn, req, streams)  # answered by callback: no task per write
-            else:
-                nursery.start_soon(self._serve, conn, req, streams)
-
-    def _command(self, conn: ClientConnection, req: ClientRequest, streams: _Streams) -> None:
-        node = self._node
-        assert node is not None
-        rid = req.request_id
-
-        def done(result: object, error: BaseException | None) -> None:
-            streams.in_flight -= 1
-            conn.send(
-                [ClientResponse(rid, True, result) if error is None else error_response(rid, error)]
-            )
-
-        try:
-            cmd = self._check_command(req)
-            node.propose_nowait(
-                encode_command(cmd),
-                done,
-                client_id=self._session(conn.client_id, req),
-                sequence=req.sequence,
-            )
-        except Exception as exc:  # refused before it was appended: answer now
-            done(None, exc)
+    def _command(self, session: Session, req: ClientRequest, done: Done) -> None:
+        cmd = self._check_command(req)
+        session.node.propose_nowait(
+            encode_command(cmd),
+            done,
+            client_id=self._session(session.client_id, req),
+            sequence=req.sequence,
+        )
 
     def _check_command(self, req: ClientRequest) -> dict[str, Any]:
         """Refuse (``bad_request``) what apply would refuse anyway, before the log sees it.
@@ -404,69 +362,38 @@ class DocstoreService:
     def _session(principal: str, req: ClientRequest) -> str:
         return f"{principal}/{req.client_id}" if req.client_id else ""
 
-    async def _serve(self, conn: ClientConnection, req: ClientRequest, streams: _Streams) -> None:
+    async def _query(self, session: Session, req: ClientRequest) -> object:
         try:
-            resp = ClientResponse(req.request_id, True, await self.call(req, conn.client_id))
-        except Exception as exc:
-            resp = error_response(req.request_id, exc)
-        finally:
-            streams.in_flight -= 1
-        conn.send([resp])
+            validate_query(req.payload, self.sm.limits)
+        except DocstoreError as exc:
+            raise RequestRefused(exc) from None
+        return await session.node.read(req.payload, consistency=req.consistency)
 
-    async def call(self, req: ClientRequest, principal: str = DEFAULT_CLIENT) -> object:
-        """Answer one (non-streaming) request; raises on failure."""
-        node = self._node
-        assert node is not None
-        p = req.payload if isinstance(req.payload, dict) else {}
-        if req.kind == "command":
-            cmd = self._check_command(req)
-            return await node.propose(
-                encode_command(cmd),
-                client_id=self._session(principal, req),
-                sequence=req.sequence,
+    async def _digest(self, session: Session, req: ClientRequest) -> object:
+        return {"digest": self.sm.digest(), "applied_index": self.sm.last_applied().index}
+
+    def _start_watch(self, session: Session, req: ClientRequest) -> None:
+        streams: _Streams = session.state
+        rid = req.request_id
+        args = _watch_args(req.payload, self.sm)
+        if rid in streams.watches:
+            raise RequestRefused(
+                InvalidCommandError(f"request id {rid} is already a running watch")
             )
-        if req.kind == "query":
-            try:
-                validate_query(req.payload, self.sm.limits)
-            except DocstoreError as exc:
-                raise RequestRefused(exc) from None
-            return await node.read(req.payload, consistency=req.consistency)
-        if req.kind == "status":
-            st = node.statistics()
-            return {
-                **node.status().to_dict(),
-                "address": node.config.address,
-                "lag": {str(n): pr.lag for n, pr in st.peers.items()},
-            }
-        if req.kind == "members":
-            if req.consistency != "local" and not node.is_leader:
-                raise _not_leader(node)
-            m = node.membership
-            addresses = {**node.config.peers, **m.address_map, node.id: node.config.address}
-            return {
-                "leader_id": node.status().leader_id,
-                "voters": sorted(m.all_voters),
-                "learners": sorted(m.learners - m.all_voters),
-                "addresses": {str(n): addresses.get(n) for n in sorted(m.members)},
-            }
-        if req.kind == "digest":
-            return {"digest": self.sm.digest(), "applied_index": self.sm.last_applied().index}
-        if req.kind == "add_learner":
-            await node.add_learner(_node_id(p.get("id")), str(p.get("address", "")))
-            return True
-        if req.kind == "promote":
-            await node.promote(_node_id(p.get("id")))
-            return True
-        if req.kind == "remove_node":
-            await node.remove_node(_node_id(p.get("id")))
-            return True
-        if req.kind == "transfer_leader":
-            target = p.get("target")
-            return await node.transfer_leadership(None if target is None else _node_id(target))
-        if req.kind == "snapshot":
-            meta = await node.snapshot()
-            return {"index": meta.index, "term": meta.term}
-        raise ValueError(f"unknown request kind {req.kind!r}")
+        if len(streams.watches) >= MAX_WATCHES:
+            raise OverloadedError(f"at most {MAX_WATCHES} watches run on one connection")
+        scope = streams.watches[rid] = trio.CancelScope()
+        session.nursery.start_soon(self._watch, session.conn, rid, args, scope, streams.watches)
+
+    def _start_backup(self, session: Session, req: ClientRequest) -> None:
+        streams: _Streams = session.state
+        if streams.backup:
+            raise OverloadedError("a backup is already running on this connection")
+        if self._backups >= MAX_BACKUPS:
+            raise OverloadedError(f"{MAX_BACKUPS} backups are running on this node")
+        streams.backup = True
+        self._backups += 1
+        session.nursery.start_soon(self._backup, session, req)
 
     async def _watch(
         self,
@@ -495,17 +422,18 @@ class DocstoreService:
                         conn.send([error_response(rid, exc)])
                         return
                 conn.send([ClientResponse(rid, False, None, "closed", "the node is stopping")])
+            if scope.cancelled_caught:  # by a ``cancel``: its final response
+                conn.send([ClientResponse(rid, False, None, "closed", "cancelled")])
         except trio.BrokenResourceError:
             pass  # the connection is gone
         finally:
             if watches.get(rid) is scope:  # not cancelled and replaced under the same id
                 del watches[rid]
 
-    async def _backup(self, conn: ClientConnection, req: ClientRequest, streams: _Streams) -> None:
+    async def _backup(self, session: Session, req: ClientRequest) -> None:
         """Stream a snapshot of this node's state, current as of a read barrier."""
         rid = req.request_id
-        node = self._node
-        assert node is not None
+        node, conn, streams = session.node, session.conn, session.state
         name = _BACKUP_FILES.replace("*", f"{os.getpid()}-{next(self._backup_ids)}")
         tmp = os.path.join(node.config.data_dir, name)
         try:
@@ -525,24 +453,79 @@ class DocstoreService:
 
 
 class _Streams:
-    """The streams running on one client connection."""
+    """One client connection's role and running streams (``Session.state``)."""
 
-    __slots__ = ("backup", "in_flight", "watches")
+    __slots__ = ("backup", "role", "watches")
 
-    def __init__(self) -> None:
+    def __init__(self, role: Role) -> None:
+        self.role = role
         self.watches: dict[int, trio.CancelScope] = {}
         self.backup = False
-        self.in_flight = 0  # commands and one-shot requests not answered yet
 
 
-def _authorize(req: ClientRequest, client_id: str, role: Role) -> None:
-    needed = required_role(req)
-    if needed is None or ROLES.index(role) >= ROLES.index(needed):
-        return
-    what = repr(req.kind) if needed == KIND_ROLES[req.kind] else "a 'register' command"
-    raise ForbiddenRequest(
-        f"{what} needs the {needed} role; client {client_id!r} has the {role} role"
-    )
+def _cancel(session: Session, req: ClientRequest) -> None:
+    """Stop a running watch: answered ``true``; the watch ends with ``closed`` "cancelled"."""
+    p = req.payload
+    target = p.get("request_id") if isinstance(p, dict) else None
+    found = session.state.watches.pop(target, None) if isinstance(target, int) else None
+    if found is None:
+        raise RequestRefused(InvalidCommandError(f"request_id: {target!r} is not a running watch"))
+    found.cancel()
+    session.conn.send([ClientResponse(req.request_id, True, True)])
+
+
+async def _status(session: Session, req: ClientRequest) -> object:
+    node = session.node
+    st = node.statistics()
+    return {
+        **node.status().to_dict(),
+        "address": node.config.address,
+        "lag": {str(n): pr.lag for n, pr in st.peers.items()},
+    }
+
+
+async def _members(session: Session, req: ClientRequest) -> object:
+    node = session.node
+    if req.consistency != "local" and not node.is_leader:
+        raise _not_leader(node)
+    m = node.membership
+    addresses = {**node.config.peers, **m.address_map, node.id: node.config.address}
+    return {
+        "leader_id": node.status().leader_id,
+        "voters": sorted(m.all_voters),
+        "learners": sorted(m.learners - m.all_voters),
+        "addresses": {str(n): addresses.get(n) for n in sorted(m.members)},
+    }
+
+
+def _args(req: ClientRequest) -> dict[Any, Any]:
+    return req.payload if isinstance(req.payload, dict) else {}
+
+
+async def _add_learner(session: Session, req: ClientRequest) -> object:
+    p = _args(req)
+    await session.node.add_learner(_node_id(p.get("id")), str(p.get("address", "")))
+    return True
+
+
+async def _promote(session: Session, req: ClientRequest) -> object:
+    await session.node.promote(_node_id(_args(req).get("id")))
+    return True
+
+
+async def _remove_node(session: Session, req: ClientRequest) -> object:
+    await session.node.remove_node(_node_id(_args(req).get("id")))
+    return True
+
+
+async def _transfer_leader(session: Session, req: ClientRequest) -> object:
+    target = _args(req).get("target")
+    return await session.node.transfer_leadership(None if target is None else _node_id(target))
+
+
+async def _snapshot(session: Session, req: ClientRequest) -> object:
+    meta = await session.node.snapshot()
+    return {"index": meta.index, "term": meta.term}
 
 
 def required_role(req: ClientRequest) -> Role | None:
@@ -642,17 +625,8 @@ class RequestRefused(DocstoreError):
 
     def __init__(self, exc: DocstoreError) -> None:
         super().__init__(exc.message, rev=exc.rev)
-        self.result = exc.to_result()
-
-
-def error_response(rid: int, exc: BaseException) -> ClientResponse:
-    """The ClientResponse for a failure: the runtime's (codes from the exception
-    classes, messages cut to the protocol's limit), plus the engine's error result
-    for a refused command or query."""
-    resp = runtime_error_response(rid, exc)
-    if isinstance(exc, RequestRefused):
-        return dataclasses.replace(resp, result=exc.result)
-    return resp
+        #: The response's ``result`` (trioraft.runtime.error_response puts it there).
+        self.error_result = exc.to_result()
 
 
 async def serve(
@@ -670,8 +644,9 @@ async def serve(
     async with trio.open_nursery() as nursery:
         if handle_signals:
             nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-        node: Node = await nursery.start(_serve_node, node_config, sm, service)
-        service.attach(node)
+        node: Node = await nursery.start(
+            functools.partial(serve_node, client_service=service.build), node_config, sm
+        )
         nursery.start_soon(_leader_duties, node, sm)
         # Info, not warning: `docstore serve` prints this line itself.
         log.info(
@@ -709,15 +684,6 @@ async def _leader_duties(node: Node, sm: DocstoreStateMachine) -> None:
                 await node.propose(encode_command(cmd))
             except Exception as exc:  # lost leadership, overloaded...: the next round retries
                 log.debug("%s round not applied: %r", cmd["op"], exc)
-
-
-async def _serve_node(
-    cfg: NodeConfig,
-    sm: DocstoreStateMachine,
-    service: DocstoreService,
-    task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve_node(cfg, sm, client_handler=service.handle, task_status=task_status)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

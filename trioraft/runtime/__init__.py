@@ -17,14 +17,23 @@ from trioraft.runtime.node import (
     NodeStatistics,
     NodeStatus,
     PeerProgress,
+    ServiceFactory,
     TransportFactory,
-    error_code,
-    error_response,
     open_node,
     serve_node,
 )
+from trioraft.runtime.service import (
+    BadRequestError,
+    ClientService,
+    Session,
+    error_code,
+    error_response,
+    generic_service,
+)
 
 __all__ = [
+    "BadRequestError",
+    "ClientService",
     "EntryTooLargeError",
     "Node",
     "NodeClosedError",
@@ -39,9 +48,12 @@ __all__ = [
     "ProposalDroppedError",
     "ProposalRejectedError",
     "ReadFailedError",
+    "ServiceFactory",
+    "Session",
     "TransportFactory",
     "error_code",
     "error_response",
+    "generic_service",
     "open_node",
     "serve_node",
 ]

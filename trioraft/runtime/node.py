@@ -55,7 +55,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +89,7 @@ from trioraft.runtime.errors import (
     ProposalRejectedError,
     ReadFailedError,
 )
+from trioraft.runtime.service import ClientService, error_code, error_response, generic_service
 from trioraft.statemachine import SnapshotError, SnapshotInfo, StateMachine
 from trioraft.storage.log import FileLogStore
 from trioraft.storage.recovery import reconcile
@@ -101,12 +102,10 @@ from trioraft.storage.snapshots import (
 from trioraft.transport._ws import open_service_nursery
 from trioraft.transport.base import (
     ClientConnection,
-    ClientHandler,
     Transport,
     TransportStatistics,
 )
-from trioraft.transport.codec import MAX_CODE as _MAX_CODE
-from trioraft.transport.codec import MAX_ENTRY_DATA, MAX_INT, MAX_SESSION_ID, MAX_TEXT
+from trioraft.transport.codec import MAX_ENTRY_DATA, MAX_INT, MAX_SESSION_ID
 from trioraft.transport.messages import (
     AnyMessage,
     ClientRequest,
@@ -120,6 +119,7 @@ __all__ = [
     "NodeStatistics",
     "NodeStatus",
     "PeerProgress",
+    "ServiceFactory",
     "TransportFactory",
     "error_code",
     "error_response",
@@ -131,6 +131,8 @@ CONSISTENCY = ("linearizable", "lease", "local")
 
 #: Builds the node's transport: ``factory(node)`` -> async context manager.
 TransportFactory = Callable[["Node"], AbstractAsyncContextManager[Transport]]
+#: Builds the node's client service: ``factory(node)`` -> ClientService.
+ServiceFactory = Callable[["Node"], ClientService]
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +255,12 @@ class Node:
         config: NodeConfig,
         state_machine: StateMachine,
         transport_factory: TransportFactory | None = None,
-        client_handler: ClientHandler | None = None,
+        client_service: ServiceFactory | None = None,
     ) -> None:
         self.config = config
-        #: Serves client connections; the default offers propose/read/status.
-        self.client_handler: ClientHandler = client_handler or self.handle_client
+        #: Serves client connections (built with the node, so no request
+        #: arrives before it exists); the default offers propose/read/status.
+        self.client_service: ClientService = (client_service or generic_service)(self)
         if transport_factory is None and not config.cluster_secret:
             raise ValueError("NodeConfig.cluster_secret is required: peers authenticate with it")
         self.state_machine = state_machine
@@ -1364,119 +1367,13 @@ class Node:
 
     # ===================================================== client service
 
-    async def handle_client(
-        self,
-        conn: ClientConnection,
-        *,
-        extra_kinds: Mapping[str, Callable[[ClientRequest], Awaitable[object]]] | None = None,
-    ) -> None:
-        """Serve one client connection: ``propose``, ``read`` and ``status`` requests.
-
-        Requests run concurrently (many in flight per connection); each
-        response goes back as soon as it is ready, coalesced into frames by
-        the connection's sender.  ``extra_kinds`` adds request kinds of an
-        application (``kind -> async handler(request) -> result``).
-        """
-        extra = extra_kinds or {}
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    batch = await conn.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
-                    nursery.cancel_scope.cancel()
-                    return
-                for req in batch:
-                    if req.kind == "propose":
-                        self._serve_propose(conn, req)  # no task per write
-                    else:
-                        nursery.start_soon(self._serve_request, conn, req, extra.get(req.kind))
-
-    def _serve_propose(self, conn: ClientConnection, req: ClientRequest) -> None:
-        rid = req.request_id
-
-        def done(result: object, error: BaseException | None) -> None:
-            if error is None:
-                conn.send([ClientResponse(rid, True, result)])
-            else:
-                conn.send([error_response(rid, error)])
-
-        try:
-            if not isinstance(req.payload, bytes):
-                raise TypeError("propose needs a bytes payload")
-            self.propose_nowait(req.payload, done, client_id=req.client_id, sequence=req.sequence)
-        except Exception as exc:  # refused before appending: answer now
-            conn.send([error_response(rid, exc)])
-
-    async def _serve_request(
-        self,
-        conn: ClientConnection,
-        req: ClientRequest,
-        handler: Callable[[ClientRequest], Awaitable[object]] | None = None,
-    ) -> None:
-        try:
-            result = await (handler or self.call)(req)
-            resp = ClientResponse(req.request_id, True, result)
-        except Exception as exc:  # every failure becomes an error response
-            resp = error_response(req.request_id, exc)
-        conn.send([resp])
-
-    async def call(self, req: ClientRequest) -> object:
-        """Execute one client request (the generic service every node offers)."""
-        if req.kind == "propose":
-            if not isinstance(req.payload, bytes):
-                raise TypeError("propose needs a bytes payload")
-            return await self.propose(req.payload, client_id=req.client_id, sequence=req.sequence)
-        if req.kind == "read":
-            return await self.read(req.payload, consistency=req.consistency)
-        if req.kind == "status":
-            return self.status().to_dict()
-        raise ValueError(f"unknown request kind {req.kind!r}")
+    async def handle_client(self, conn: ClientConnection) -> None:
+        """Serve one client connection with :attr:`client_service` (trioraft/runtime/service.py)."""
+        await self.client_service.handle(conn)
 
 
 def _ready_bytes(rd: Ready) -> int:
     return sum(len(e.data) for e in rd.entries) + 64 * len(rd.entries)
-
-
-def error_response(request_id: int, exc: BaseException) -> ClientResponse:
-    """The ClientResponse for a failed call; ``not_leader`` carries where to retry.
-
-    Codes (stable, documented in docs/protocol.md): ``not_leader``,
-    ``overloaded``, ``dropped``, ``rejected``, ``read_failed``, ``closed``,
-    ``timeout``, ``bad_request``, ``not_caught_up``, ``too_large``,
-    ``internal``, ``error``.  The message is cut to the protocol's
-    ``MAX_TEXT`` characters (its start kept, the cut marked).
-    """
-    message = _cut(str(exc) or type(exc).__name__)
-    if isinstance(exc, NotLeaderError):
-        return ClientResponse(
-            request_id, False, None, "not_leader", message, exc.leader_id, exc.leader_address
-        )
-    return ClientResponse(request_id, False, None, error_code(exc), message)
-
-
-def _cut(message: str) -> str:
-    if len(message) <= MAX_TEXT:
-        return message
-    mark = f"... [cut: {len(message)} characters in all]"
-    return message[: MAX_TEXT - len(mark)] + mark
-
-
-def error_code(exc: BaseException) -> str:
-    """The stable error code of an exception (``"error"`` if unknown).
-
-    An exception class names its own in a ``code`` class attribute (the
-    runtime's errors do, see trioraft/runtime/errors.py), inherited by its
-    subclasses; otherwise TimeoutError is ``timeout`` and ValueError and
-    TypeError are ``bad_request``.
-    """
-    code = getattr(type(exc), "code", None)
-    if isinstance(code, str) and 0 < len(code) <= _MAX_CODE:
-        return code
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ValueError | TypeError):
-        return "bad_request"
-    return "error"
 
 
 def _read_at(f: Any, offset: int, size: int) -> bytes:
@@ -1502,7 +1399,7 @@ def websocket_transport(node: Node) -> AbstractAsyncContextManager[Transport]:
         on_messages=node._on_messages,
         on_peer=node._on_peer,
         incarnation=bytes.fromhex(node.incarnation),
-        client_handler=node.client_handler,
+        client_handler=node.handle_client,
         client_tokens=dict(cfg.client_tokens),
         ssl_context=cfg.ssl_context,
         client_ssl_context=cfg.client_ssl_context,
@@ -1514,11 +1411,15 @@ async def serve_node(
     state_machine: StateMachine,
     *,
     transport_factory: TransportFactory | None = None,
-    client_handler: ClientHandler | None = None,
+    client_service: ServiceFactory | None = None,
     task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a node until cancelled; ``await nursery.start(serve_node, config, sm)`` returns it."""
-    node = Node(config, state_machine, transport_factory, client_handler)
+    """Run a node until cancelled; ``await nursery.start(serve_node, config, sm)`` returns it.
+
+    ``client_service(node)`` builds the node's client service (default:
+    :func:`~trioraft.runtime.service.generic_service`).
+    """
+    node = Node(config, state_machine, transport_factory, client_service)
     await node._run(task_status)
 
 
@@ -1528,7 +1429,7 @@ async def open_node(
     state_machine: StateMachine,
     *,
     transport_factory: TransportFactory | None = None,
-    client_handler: ClientHandler | None = None,
+    client_service: ServiceFactory | None = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
 
@@ -1545,7 +1446,7 @@ async def open_node(
     async with open_service_nursery() as nursery:
         node: Node = await nursery.start(
             functools.partial(
-                serve_node, transport_factory=transport_factory, client_handler=client_handler
+                serve_node, transport_factory=transport_factory, client_service=client_service
             ),
             config,
             state_machine,

@@ -83,15 +83,17 @@ from trioraft.client.connection import (
 )
 from trioraft.core.types import Entry, NodeId
 from trioraft.runtime import (
+    ClientService,
     Node,
     NodeConfig,
-    error_response,
+    Session,
+    generic_service,
     serve_node,
 )
 from trioraft.runtime.node import websocket_transport
 from trioraft.testing.kv import KVStateMachine, encode_command
 from trioraft.testing.linearizability import History, Result, check
-from trioraft.transport.base import ClientConnection, Transport, TransportStatistics
+from trioraft.transport.base import Transport, TransportStatistics
 from trioraft.transport.messages import AnyMessage, ClientRequest, ClientResponse
 
 __all__ = ["ChaosOptions", "ChaosReport", "main", "run_chaos"]
@@ -210,44 +212,39 @@ class _StaleKV(KVStateMachine):
         return await super().query(query)
 
 
-async def _admin_call(node: Node, req: ClientRequest) -> object:
+def _chaos_service(node: Node) -> ClientService:
     """The generic service plus the nemesis' kinds: transfer and membership changes."""
-    p = req.payload if isinstance(req.payload, dict) else {}
-    if req.kind == "transfer":
-        target = p.get("target")
-        return await node.transfer_leadership(target if isinstance(target, int) else None)
-    if req.kind == "add_learner":
-        await node.add_learner(int(p["id"]), str(p["addr"]))
-        return None
-    if req.kind == "promote":
-        await node.promote(int(p["id"]))
-        return None
-    if req.kind == "remove":
-        await node.remove_node(int(p["id"]))
-        return None
-    return await node.call(req)
+    service = generic_service(node)
+    service.on_call("transfer", _transfer)
+    service.on_call("add_learner", _add_learner)
+    service.on_call("promote", _promote)
+    service.on_call("remove", _remove)
+    return service
 
 
-async def _serve_request(node: Node, conn: ClientConnection, req: ClientRequest) -> None:
-    try:
-        resp = ClientResponse(req.request_id, True, await _admin_call(node, req))
-    except Exception as exc:  # every failure becomes an error response
-        resp = error_response(req.request_id, exc)
-    conn.send([resp])
+def _args(req: ClientRequest) -> dict[Any, Any]:
+    return req.payload if isinstance(req.payload, dict) else {}
 
 
-async def _handle_client(holder: list[Node], ready: trio.Event, conn: ClientConnection) -> None:
-    await ready.wait()
-    node = holder[0]
-    async with trio.open_nursery() as nursery:
-        while True:
-            try:
-                batch = await conn.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
-                nursery.cancel_scope.cancel()
-                return
-            for req in batch:
-                nursery.start_soon(_serve_request, node, conn, req)
+async def _transfer(session: Session, req: ClientRequest) -> object:
+    target = _args(req).get("target")
+    return await session.node.transfer_leadership(target if isinstance(target, int) else None)
+
+
+async def _add_learner(session: Session, req: ClientRequest) -> object:
+    p = _args(req)
+    await session.node.add_learner(int(p["id"]), str(p["addr"]))
+    return None
+
+
+async def _promote(session: Session, req: ClientRequest) -> object:
+    await session.node.promote(int(_args(req)["id"]))
+    return None
+
+
+async def _remove(session: Session, req: ClientRequest) -> object:
+    await session.node.remove_node(int(_args(req)["id"]))
+    return None
 
 
 async def serve_chaos_node(spec: NodeSpec) -> None:
@@ -258,20 +255,12 @@ async def serve_chaos_node(spec: NodeSpec) -> None:
     )
     if spec.bug not in ("", "stale-reads"):
         raise ValueError(f"unknown bug {spec.bug!r}")
-    holder: list[Node] = []
-    ready = trio.Event()
-    async with trio.open_nursery() as nursery:
-        node: Node = await nursery.start(
-            functools.partial(
-                serve_node,
-                transport_factory=functools.partial(_routed_transport, spec.routes),
-                client_handler=functools.partial(_handle_client, holder, ready),
-            ),
-            spec.config(),
-            sm,
-        )
-        holder.append(node)
-        ready.set()
+    await serve_node(
+        spec.config(),
+        sm,
+        transport_factory=functools.partial(_routed_transport, spec.routes),
+        client_service=_chaos_service,
+    )
 
 
 def node_main(config_path: str) -> None:

@@ -9,7 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from trioraft.runtime import NotLeaderError
+from trioraft.core.types import EntryKind
+from trioraft.runtime import NotLeaderError, ProposalDroppedError, ProposalRejectedError
 from trioraft.testing.cluster import MemoryCluster
 from trioraft.testing.kv import encode_command
 
@@ -25,7 +26,7 @@ async def get(node: object, key: str, consistency: str = "linearizable") -> obje
 
 
 @bounded(120)
-async def test_three_nodes_elect_and_replicate(
+async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     async with MemoryCluster(tmp_path, 3) as c:
@@ -106,7 +107,7 @@ async def test_wiped_follower_catches_up_by_snapshot(
 
 
 @bounded(120)
-async def test_restart_of_every_node_from_disk(
+async def test_every_node_restarted_from_disk_elects_again_and_keeps_the_data(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     async with MemoryCluster(tmp_path, 3, snapshot_entries=30) as c:
@@ -125,7 +126,7 @@ async def test_restart_of_every_node_from_disk(
 
 
 @bounded(120)
-async def test_membership_three_to_five_to_three(
+async def test_cluster_grows_to_five_shrinks_to_three_and_still_elects(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     async with MemoryCluster(tmp_path, 3) as c:
@@ -152,45 +153,101 @@ async def test_membership_three_to_five_to_three(
 
 
 @bounded(120)
-async def test_leadership_transfer(
+async def test_transfer_moves_leadership_and_overlapping_proposals_land_once_or_are_refused(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
+    # Proposals appended before the transfer starts, while it runs and after it:
+    # each one either lands (applied exactly once, at the index its answer
+    # names) or is refused (and is then nowhere in the log); none is lost.
     async with MemoryCluster(tmp_path, 3) as c:
         leader = await c.wait_for_leader()
         target = next(n for n in c.ids if n != leader.id)
+        landed: dict[str, int] = {}
+        refused: set[str] = set()
 
-        async def writer() -> None:
-            for i in range(50):
-                await c.propose(put(f"w{i}", b"%d" % i))
+        async def one(node: object, key: str) -> None:
+            try:
+                res = await node.propose(  # type: ignore[attr-defined]
+                    encode_command("cas", key, expected=None, value=key.encode())
+                )
+            except (NotLeaderError, ProposalRejectedError, ProposalDroppedError):
+                refused.add(key)
+            else:
+                assert isinstance(res, dict) and res["ok"], res
+                landed[key] = res["rev"]
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
-            await trio.sleep(0.05)
-            assert await leader.transfer_leadership(target) == target
+            for i in range(20):
+                nursery.start_soon(one, leader, f"before{i}")
+            await trio.testing.wait_all_tasks_blocked()  # all 20 appended, none committed
+            assert not landed and not refused
+            nursery.start_soon(leader.transfer_leadership, target)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.0)
+            for i in range(20):
+                nursery.start_soon(one, leader, f"during{i}")
         new = c.nodes[target]
-        assert new.is_leader
-        for i in range(50):
-            assert await get(new, f"w{i}") == b"%d" % i
+        assert new.is_leader and not leader.is_leader
+        for i in range(20):
+            await one(new, f"after{i}")
+
+        # The transfer overlapped both kinds: the core refuses while it runs.
+        assert {f"during{i}" for i in range(20)} <= refused
+        assert {f"after{i}" for i in range(20)} <= set(landed)
+        assert len(landed) + len(refused) == 60
+
+        core = new.core
+        assert core is not None and core.offset == 0  # the whole log is still there
+        where: dict[str, list[int]] = {}
+        for e in core.entries_between(1, core.last_index() + 1):
+            if e.kind is EntryKind.NORMAL and e.data:
+                where.setdefault(cbor2.loads(e.data)["key"], []).append(e.index)
+        for key, rev in landed.items():
+            assert where[key] == [rev], (key, where.get(key))
+            assert await get(new, key) == key.encode()
+        for key in refused:
+            assert key not in where
+            assert await get(new, key) is None
 
 
 @bounded(120)
-async def test_lease_and_local_reads(
+async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     async with MemoryCluster(tmp_path, 3) as c:
         leader = await c.wait_for_leader()
         await leader.propose(put("r", b"1"))
-        await trio.sleep(0.2)  # a few heartbeat rounds establish the lease
-        assert await get(leader, "r", "lease") == b"1"
         follower = next(n for n in c.nodes.values() if n is not leader)
+        await follower.wait_applied(leader.status().commit_index)
+        await trio.sleep(0.2)  # a few heartbeat rounds establish the lease
+        # Cut the leader off: a lease read still answers at once, with no
+        # message sent, while a linearizable read waits for a quorum.
+        c.network.isolate(leader.id)
+        t0 = trio.current_time()
+        assert await get(leader, "r", "lease") == b"1"
+        assert trio.current_time() == t0
+        with trio.move_on_after(0.05) as waited:
+            await get(leader, "r")
+        assert waited.cancelled_caught
+        c.network.heal()
+        # A local read answers from the follower's own state, even when that
+        # is behind: cut off, it still returns the old value.
+        c.network.isolate(follower.id)
+        await leader.propose(put("r", b"2"))
+        assert await get(follower, "r", "local") == b"1"
+        assert await get(leader, "r", "local") == b"2"
         with pytest.raises(NotLeaderError):
             await get(follower, "r")
+        with pytest.raises(NotLeaderError):
+            await get(follower, "r", "lease")
+        c.network.heal()
+        await follower.wait_applied(leader.status().commit_index)
+        assert await get(follower, "r", "local") == b"2"
         with pytest.raises(ValueError, match="consistency"):
             await get(leader, "r", "eventual")
 
 
 @bounded(120)
-async def test_statistics_and_status(
+async def test_statistics_count_committed_proposals_and_status_shows_all_applied(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     async with MemoryCluster(tmp_path, 3) as c:
@@ -229,12 +286,12 @@ async def test_proposals_overload_instead_of_growing(
         assert leader.statistics().proposals_pending == 0
 
 
-def test_kv_commands_are_cbor() -> None:
+def test_kv_commands_encode_as_cbor_maps() -> None:
     assert cbor2.loads(put("a", b"1")) == {"op": "put", "key": "a", "value": b"1"}
 
 
 @bounded(120)
-async def test_snapshot_policy_by_bytes(
+async def test_snapshot_is_taken_once_the_bytes_since_the_last_pass_the_limit(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     async with MemoryCluster(tmp_path, 3, snapshot_entries=10**6, snapshot_bytes=4000) as c:

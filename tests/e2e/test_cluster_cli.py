@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Iterator
 from typing import Any
 
+import cbor2
 import pytest
 import trio
 
@@ -194,13 +195,36 @@ async def test_kill_leader_writes_continue_and_it_catches_up(start_cluster: Any)
             assert {s["role"] for s in status} == {"leader", "follower"}
 
 
+def split_ws_frame(buf: bytes) -> tuple[int, bytes, int] | None:
+    """The first unmasked WebSocket frame in ``buf``: (opcode, payload, its length in buf)."""
+    if len(buf) < 2:
+        return None
+    n, at = buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n, at = int.from_bytes(buf[2:4]), 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n, at = int.from_bytes(buf[2:10]), 10
+    if len(buf) < at + n:
+        return None
+    return buf[0] & 0x0F, buf[at : at + n], at + n
+
+
 class LossyProxy:
-    """TCP proxy that can swallow the server's replies, then cut the connection."""
+    """TCP proxy that, once armed, drops the server's next data frame and cuts the connection.
+
+    The request went through whole (the server received it); exactly its
+    reply is lost.  Control frames pass.  Later connections pass untouched.
+    """
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
-        self.swallow = False
-        self.cut = trio.Event()
+        self.armed = False
+        self.dropped: list[bytes] = []  # payloads of the frames dropped
+        self.connections = 0
         self.port = 0
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -210,27 +234,35 @@ class LossyProxy:
         await trio.serve_listeners(self.handle, listeners)
 
     async def handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
         host, _, port = self.upstream.rpartition(":")
         async with client, await trio.open_tcp_stream(host, int(port)) as server:
 
-            async def pump(src: trio.SocketStream, dst: trio.SocketStream, replies: bool) -> None:
-                while data := await src.receive_some(65536):
-                    if replies and self.swallow:
-                        self.cut.set()
-                        continue  # the reply is lost
-                    await dst.send_all(data)
+            async def requests() -> None:
+                while data := await client.receive_some(65536):
+                    await server.send_all(data)
+
+            async def replies(cut: trio.CancelScope) -> None:
+                buf = b""
+                while data := await server.receive_some(65536):
+                    if not self.armed:
+                        await client.send_all(data)
+                        continue
+                    buf += data
+                    while (frame := split_ws_frame(buf)) is not None:
+                        opcode, payload, size = frame
+                        if opcode == 0x2:  # binary: a data frame, the reply
+                            self.armed = False
+                            self.dropped.append(payload)
+                            cut.cancel()  # the connection ends without the reply
+                            return
+                        await client.send_all(buf[:size])
+                        buf = buf[size:]
 
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pump, client, server, False)
-                    nursery.start_soon(pump, server, client, True)
-
-                    async def cutter() -> None:
-                        await self.cut.wait()
-                        await trio.sleep(0.2)
-                        nursery.cancel_scope.cancel()  # connection cut after the request left
-
-                    nursery.start_soon(cutter)
+                    nursery.start_soon(requests)
+                    nursery.start_soon(replies, nursery.cancel_scope)
 
 
 async def test_write_whose_reply_is_lost_applies_once(start_cluster: Any) -> None:
@@ -246,19 +278,15 @@ async def test_write_whose_reply_is_lost_applies_once(start_cluster: Any) -> Non
             async with docstore.connect([proxy_addr], token=c.token, call_timeout=10) as db:
                 counter = db.collection("counter")
                 await counter.put("n", {"v": 0})
-                proxy.swallow = True
-                rev = None
-
-                async def write() -> None:
-                    nonlocal rev
-                    rev = await counter.patch("n", {"$inc": {"v": 1}})
-
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(write)
-                    await proxy.cut.wait()  # the request reached the leader, its reply was lost
-                    await trio.sleep(0.3)
-                    proxy.swallow = False  # the retry's reply gets through
-                assert rev is not None
+                assert proxy.connections == 1
+                proxy.armed = True
+                # The leader applies the increment; its reply is dropped and the
+                # connection cut, so the client retries the same request on a
+                # new connection and must get the first application's answer.
+                rev = await counter.patch("n", {"$inc": {"v": 1}})
+                assert len(proxy.dropped) == 1 and proxy.connections == 2
+                lost = cbor2.loads(proxy.dropped[0])["m"]
+                assert [m[0] for m in lost] == [33]  # one ClientResponse
                 doc = await counter.get("n")
                 assert doc is not None and doc["v"] == 1 and doc["_rev"] == rev
             nursery.cancel_scope.cancel()

@@ -178,26 +178,39 @@ async def test_second_open_of_same_directory_is_refused(tmp_path: Path) -> None:
                 pass
 
 
-async def test_ttl_reads_hide_and_background_expiry_deletes(tmp_path: Path) -> None:
-    async with docstore.open(tmp_path, expire_interval=0.02) as db:
+async def test_ttl_reads_hide_an_expired_document_that_is_still_stored(tmp_path: Path) -> None:
+    # No sweep runs: whatever reads stop returning is hidden, not deleted.
+    async with docstore.open(tmp_path, expire_interval=None) as db:
         c = db.collection("c")
         await c.put("short", {"v": 1}, ttl=0.05)
         await c.put("long", {"v": 2}, ttl=60)
         await c.put("exp", {"_expires": 1})  # already expired: hidden at once
         assert await c.get("exp") is None
         assert await c.get("short") is not None
-        rev = db.rev
         await trio.sleep(0.06)
-        assert await c.get("short") is None  # hidden before the sweep removes it
-        local = c.db._local
-        assert local is not None
+        assert await c.get("short") is None
+        assert [d["_key"] for d in await c.find()] == ["long"]
+        # Both were still there: the first expiry round deletes exactly them.
+        rev = db.rev
+        assert await db.expire() == 2
+        assert await db.expire() == 0
+        async with c.watch(since_rev=rev) as w:
+            deleted = {(await w.__anext__())["key"], (await w.__anext__())["key"]}
+        assert deleted == {"short", "exp"}
+
+
+async def test_ttl_background_sweep_deletes_expired_documents(tmp_path: Path) -> None:
+    async with docstore.open(tmp_path, expire_interval=0.02) as db:
+        c = db.collection("c")
+        rev = db.rev
+        await c.put("short", {"v": 1}, ttl=0.05)
+        await c.put("long", {"v": 2}, ttl=60)
         with trio.fail_after(5):
             async with c.watch(since_rev=rev) as w:
-                async for ch in w:  # the sweep's delete shows up as a change
-                    if ch["key"] == "short":
-                        assert ch["op"] == "delete"
+                async for ch in w:  # only a delete can remove it: the sweep's
+                    if ch["key"] == "short" and ch["op"] == "delete":
                         break
-        assert "short" not in local.engine.colls["c"].docs
+        assert await db.expire() == 0  # nothing was left for a round to delete
         assert [d["_key"] for d in await c.find()] == ["long"]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -11,7 +13,66 @@ import trio.lowlevel
 from trioraft.core.types import AppendEntries, Entry, RequestVote, RequestVoteResponse
 from trioraft.transport.websocket import open_websocket_transport
 
-from .wshelpers import CLUSTER, SECRET, Inbox, addr, eventually, fake_listener, hb, mesh, node
+from .wshelpers import (
+    CLUSTER,
+    LOCAL,
+    SECRET,
+    Inbox,
+    addr,
+    eventually,
+    fake_listener,
+    hb,
+    mesh,
+    node,
+)
+
+
+class Forwarder:
+    """One fixed address for a peer that restarts: TCP forwarded to wherever it listens now.
+
+    A restarted node binds a fresh port (port 0) while the forwarder's listening
+    socket stays open for the whole test, so no test frees a port and binds it
+    again (another process may take it in between).  With no target, the
+    forwarder accepts and closes at once: to the dialer, the peer is down.
+    """
+
+    def __init__(self) -> None:
+        self.target: int | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{LOCAL}:{self.port}"
+
+    async def _handle(self, down: trio.SocketStream) -> None:
+        async with down:
+            if self.target is None:
+                return
+            try:
+                up = await trio.open_tcp_stream(LOCAL, self.target)
+            except OSError:
+                return
+            async with up, trio.open_nursery() as nursery:
+
+                async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        while data := await src.receive_some(65536):
+                            await dst.send_all(data)
+                    nursery.cancel_scope.cancel()  # one side hung up: so does the other
+
+                nursery.start_soon(pump, down, up)
+                nursery.start_soon(pump, up, down)
+
+
+@contextlib.asynccontextmanager
+async def forwarder() -> AsyncIterator[Forwarder]:
+    fwd = Forwarder()
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host=LOCAL)
+        fwd.port = listeners[0].socket.getsockname()[1]
+        await nursery.start(trio.serve_listeners, fwd._handle, listeners)
+        yield fwd
+        nursery.cancel_scope.cancel()
 
 
 async def test_two_nodes_exchange_messages_both_ways() -> None:
@@ -73,15 +134,17 @@ async def test_large_batches_are_split_below_the_frame_limit() -> None:
 
 async def test_reconnects_after_the_peer_restarts() -> None:
     inbox = Inbox()
-    async with node(1, inbox) as t1:
+    async with forwarder() as fwd, node(1, inbox) as t1:
+        t1.set_peers({2: fwd.address})
         async with node(2, inbox, {1: addr(t1)}) as t2:
-            port2 = t2.port
-            t1.set_peers({2: addr(t2)})
+            fwd.target = t2.port
             t1.send(2, hb(1, 2, 1))
             await eventually(lambda: inbox.commits(2) == [1])
+        fwd.target = None
         # Node 2 is down: sends queue up (bounded) or are lost with the connection.
         await eventually(lambda: not t1.statistics().peers[2].connected)
-        async with node(2, inbox, {1: addr(t1)}, listen=f"127.0.0.1:{port2}") as t2:
+        async with node(2, inbox, {1: addr(t1)}) as t2:
+            fwd.target = t2.port
             await eventually(lambda: t1.statistics().peers[2].connected)
             t1.send(2, hb(1, 2, 2))
             t2.send(1, hb(2, 1, 2))
@@ -91,14 +154,13 @@ async def test_reconnects_after_the_peer_restarts() -> None:
 
 async def test_messages_sent_while_the_peer_is_down_are_delivered_later() -> None:
     inbox = Inbox()
-    async with node(1, inbox) as t1:
-        async with node(2, inbox) as probe:
-            port2 = probe.port
-        t1.set_peers({2: f"127.0.0.1:{port2}"})
+    async with forwarder() as fwd, node(1, inbox) as t1:
+        t1.set_peers({2: fwd.address})
         for i in range(5):
             t1.send(2, hb(1, 2, i))
         await trio.sleep(0.05)
-        async with node(2, inbox, {1: addr(t1)}, listen=f"127.0.0.1:{port2}"):
+        async with node(2, inbox, {1: addr(t1)}) as t2:
+            fwd.target = t2.port
             await eventually(lambda: inbox.commits(2) == list(range(5)))
 
 
@@ -259,10 +321,13 @@ async def test_each_batch_is_attributed_to_the_incarnation_its_handshake_present
         return lambda src, inc: seen.append((me, src, inc))
 
     old, new = b"\x01" * 16, b"\x02" * 16
-    async with node(1, inbox, on_peer=on_peer(1), incarnation=b"\x09" * 16) as t1:
+    async with (
+        forwarder() as fwd,
+        node(1, inbox, on_peer=on_peer(1), incarnation=b"\x09" * 16) as t1,
+    ):
+        t1.set_peers({2: fwd.address})
         async with node(2, inbox, {1: addr(t1)}, on_peer=on_peer(2), incarnation=old) as t2:
-            port2 = t2.port
-            t1.set_peers({2: addr(t2)})
+            fwd.target = t2.port
             t1.send(2, hb(1, 2, 1))
             t2.send(1, hb(2, 1, 1))
             await eventually(lambda: inbox.commits(2) == [1] and inbox.commits(1) == [1])
@@ -271,10 +336,10 @@ async def test_each_batch_is_attributed_to_the_incarnation_its_handshake_present
             2,
             inbox,
             {1: addr(t1)},
-            listen=f"127.0.0.1:{port2}",
             on_peer=on_peer(2),
             incarnation=new,
         ) as t2:
+            fwd.target = t2.port
             t2.send(1, hb(2, 1, 2))
             await eventually(lambda: inbox.commits(1) == [1, 2])
     assert (2, 1, b"\x09" * 16) in seen

@@ -52,10 +52,11 @@ from docstore.engine.validate import validate_query
 from docstore.engine.values import DEFAULT_LIMITS, Limits, clone
 from docstore.storage import snapshot as snap
 from docstore.storage.datafile import DataFile, encode_record
-from docstore.storage.records import fsync_dir, write_atomic
+from docstore.storage.records import fsync_dir, read_file, write_atomic
 from docstore.watch import Hub, Watcher
 from trioraft.core.types import Entry, EntryKind
 from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo
+from trioraft.storage.fs import FileSystem, OsFileSystem
 
 __all__ = [
     "OPEN_SESSION",
@@ -108,8 +109,12 @@ class DocstoreStateMachine:
         max_sessions: int = 10_000,
         compact_bytes: int = 64 << 20,
         watch_history: int = 10_000,
+        fs: FileSystem | None = None,
     ) -> None:
         self.path = path
+        #: Every file of the machine goes through it (the whole-node simulator
+        #: passes a model that loses unsynced writes at a crash).
+        self.fs: FileSystem = fs or OsFileSystem()
         self.registry = registry
         self.limits = limits
         self.max_sessions = max_sessions
@@ -137,19 +142,20 @@ class DocstoreStateMachine:
         await trio.to_thread.run_sync(self._open)
 
     def _open(self) -> None:
-        os.makedirs(self.path, exist_ok=True)
+        fs = self.fs
+        fs.makedirs(self.path)
         base = os.path.join(self.path, _BASE)
-        for name in os.listdir(self.path):
+        for name in sorted(fs.listdir(self.path)):
             if name.endswith((".tmp", ".new")):
-                os.unlink(os.path.join(self.path, name))
+                fs.unlink(os.path.join(self.path, name))
         loaded: snap.Snapshot | None = None
         errors = []
         for candidate in (base, base + ".prev"):
-            if not os.path.exists(candidate):
+            if not fs.exists(candidate):
                 continue
             try:
-                with open(candidate, "rb") as f:
-                    loaded = snap.decode(f.read(), candidate, self.registry, self.limits)
+                data = read_file(candidate, fs)
+                loaded = snap.decode(data, candidate, self.registry, self.limits)
                 break
             except SnapshotError as exc:
                 errors.append(str(exc))
@@ -157,7 +163,7 @@ class DocstoreStateMachine:
             raise CorruptionError("no usable base snapshot: " + "; ".join(errors))
         if loaded is not None:
             self._install(loaded)
-        log = DataFile(os.path.join(self.path, _LOG))
+        log = DataFile(os.path.join(self.path, _LOG), fs=fs)
         records = log.load()
         self._log = log
         if not records or records[0].get("gen") != self._gen:
@@ -416,14 +422,13 @@ class DocstoreStateMachine:
         chunks, checksum, size = snap.encode(
             self.engine, a.index, a.term, 0, self._session_list(), self._time_ms, self._settings
         )
-        await trio.to_thread.run_sync(write_atomic, path, chunks)
+        await trio.to_thread.run_sync(write_atomic, path, chunks, self.fs)
         return SnapshotInfo(a.index, a.term, checksum, size)
 
     async def restore_snapshot(self, path: str, info: SnapshotInfo) -> None:
         def read() -> bytes:
             try:
-                with open(path, "rb") as f:
-                    return f.read()
+                return read_file(path, self.fs)
             except OSError as exc:
                 raise SnapshotError(f"cannot read snapshot {path}: {exc}") from None
 
@@ -450,12 +455,13 @@ class DocstoreStateMachine:
         base = os.path.join(self.path, _BASE)
 
         def write() -> None:
+            fs = self.fs
             tmp = base + ".new"
-            write_atomic(tmp, chunks)
-            if os.path.exists(base):
-                os.replace(base, base + ".prev")
-            os.replace(tmp, base)
-            fsync_dir(self.path)
+            write_atomic(tmp, chunks, fs)
+            if fs.exists(base):
+                fs.rename(base, base + ".prev")
+            fs.rename(tmp, base)
+            fsync_dir(self.path, fs)
             self._reset_log()
 
         await trio.to_thread.run_sync(write)

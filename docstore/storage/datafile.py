@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from docstore.engine.errors import CorruptionError
-from docstore.storage.records import frame, fsync_dir, parse, write_atomic
+from docstore.storage.records import frame, fsync_dir, parse, read_file, write_atomic
+from trioraft.storage.fs import FileHandle, FileSystem, OsFileSystem
 
 MAGIC = b"DOCSTOR1"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
@@ -30,21 +31,22 @@ def encode_record(rev: int, effects: list[list[Any]], **extra: Any) -> bytes:
 class DataFile:
     """Blocking file operations; :class:`docstore.Database` calls them from a thread."""
 
-    def __init__(self, path: str, *, sync: bool = True) -> None:
+    def __init__(self, path: str, *, sync: bool = True, fs: FileSystem | None = None) -> None:
         self.path = path
         self.sync = sync
-        self._fd = -1
+        self.fs = fs or OsFileSystem()
+        self._handle: FileHandle | None = None
         self.size = 0
 
     def load(self) -> list[dict[str, Any]]:
         """Open (creating if needed), truncate a torn tail, return the records."""
+        fs = self.fs
         tmp = self.path + ".tmp"
-        if os.path.exists(tmp):  # a compaction that did not finish
-            os.unlink(tmp)
-        if not os.path.exists(self.path):
-            write_atomic(self.path, [MAGIC])
-        with open(self.path, "rb") as f:
-            data = f.read()
+        if fs.exists(tmp):  # a compaction that did not finish
+            fs.unlink(tmp)
+        if not fs.exists(self.path):
+            write_atomic(self.path, [MAGIC], fs)
+        data = read_file(self.path, fs)
         res = parse(data, MAGIC, self.path)
         records: list[dict[str, Any]] = []
         for i, payload in enumerate(res.records):
@@ -57,15 +59,15 @@ class DataFile:
                 records.append(obj)
             except (ValueError, KeyError, TypeError) as exc:
                 raise CorruptionError(f"{self.path}: undecodable record #{i}: {exc}") from None
-        self._fd = os.open(self.path, os.O_RDWR)
+        self._handle = handle = fs.open(self.path)
         if res.good_end < len(MAGIC):
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, MAGIC, 0)
+            handle.truncate(0)
+            handle.pwrite(MAGIC, 0)
             self.size = len(MAGIC)
-            os.fsync(self._fd)
+            handle.sync()
         elif res.torn or res.good_end != len(data):
-            os.ftruncate(self._fd, res.good_end)
-            os.fsync(self._fd)
+            handle.truncate(res.good_end)
+            handle.sync()
             self.size = res.good_end
         else:
             self.size = len(data)
@@ -78,31 +80,29 @@ class DataFile:
 
     def write(self, data: bytes) -> None:
         """Write ``data`` at the end (to the OS; :meth:`flush` makes it durable)."""
-        view = memoryview(data)
-        off = self.size
-        while view:
-            n = os.pwrite(self._fd, view, off)
-            off += n
-            view = view[n:]
-        self.size = off
+        assert self._handle is not None, "load() first"
+        self._handle.pwrite(data, self.size)
+        self.size += len(data)
 
     def flush(self) -> None:
         if self.sync:
-            os.fdatasync(self._fd)
+            assert self._handle is not None, "load() first"
+            self._handle.sync()
 
     def rewrite(self, records: Iterable[bytes]) -> None:
         """Replace the file with ``records`` atomically (compaction)."""
-        write_atomic(self.path, _with_magic(records))
-        old = self._fd
-        self._fd = os.open(self.path, os.O_RDWR)
-        self.size = os.fstat(self._fd).st_size
-        os.close(old)
-        fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+        write_atomic(self.path, _with_magic(records), self.fs)
+        old = self._handle
+        self._handle = self.fs.open(self.path)
+        self.size = self._handle.size()
+        if old is not None:
+            old.close()
+        fsync_dir(os.path.dirname(os.path.abspath(self.path)), self.fs)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
 
 
 def _with_magic(records: Iterable[bytes]) -> Iterable[bytes]:

@@ -16,6 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from docstore.engine.errors import CorruptionError
+from trioraft.storage.fs import FileSystem, OsFileSystem, read_all
+
+_OS = OsFileSystem()
 
 HEADER = struct.Struct("<II")
 MAX_RECORD = 1 << 30
@@ -60,37 +63,38 @@ def parse(data: bytes, magic: bytes, name: str) -> ReadResult:
     return ReadResult(out, pos, False)
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def fsync_dir(path: str, fs: FileSystem | None = None) -> None:
+    (fs or _OS).sync_dir(path or ".")
 
 
-def write_atomic(path: str, chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` to ``path`` via tmp file, fsync, rename, fsync directory."""
+def write_atomic(path: str, chunks: Iterable[bytes], fs: FileSystem | None = None) -> None:
+    """Write ``chunks`` to ``path`` via tmp file, fsync, rename, fsync directory.
+
+    ``fs`` is the file system to use (default: the real one; the whole-node
+    simulator passes a model that loses unsynced writes).
+    """
+    fs = fs or _OS
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    handle = fs.open(tmp, create=True)
     try:
+        handle.truncate(0)
         buf: list[bytes] = []
-        size = 0
+        size = offset = 0
         for c in chunks:
             buf.append(c)
             size += len(c)
             if size >= 1 << 20:
-                _write_all(fd, b"".join(buf))
+                handle.pwrite(b"".join(buf), offset)
+                offset += size
                 buf, size = [], 0
-        _write_all(fd, b"".join(buf))
-        os.fsync(fd)
+        handle.pwrite(b"".join(buf), offset)
+        handle.sync()
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+        handle.close()
+    fs.rename(tmp, path)
+    fs.sync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def read_file(path: str, fs: FileSystem | None = None) -> bytes:
+    """The whole content of ``path``."""
+    return read_all(fs or _OS, path)

@@ -91,6 +91,7 @@ from trioraft.runtime.errors import (
 )
 from trioraft.runtime.service import ClientService, error_code, error_response, generic_service
 from trioraft.statemachine import SnapshotError, SnapshotInfo, StateMachine
+from trioraft.storage.fs import FileSystem, OsFileSystem
 from trioraft.storage.log import FileLogStore
 from trioraft.storage.recovery import reconcile
 from trioraft.storage.snapshots import (
@@ -316,6 +317,15 @@ class Node:
         self._logstore: FileLogStore | None = None
         self._snaps: SnapshotStore | None = None
         self._stopped = trio.Event()
+        # The node's environment, replaced before ``_run`` by the whole-node
+        # simulator (trioraft/testing/simnode.py): the file system storage
+        # and ``snapshot`` go through, the core's random source, the wall
+        # clock entries are stamped with and the source of random bytes
+        # (the data directory's incarnation, temp file names).
+        self.fs: FileSystem = OsFileSystem()
+        self.random = random.Random()
+        self.wall_clock: Callable[[], float] = time.time
+        self.randbytes: Callable[[int], bytes] = os.urandom
         self._changed_event = trio.Event()
 
     @property
@@ -331,13 +341,15 @@ class Node:
 
     async def _run(self, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        os.makedirs(cfg.data_dir, exist_ok=True)
+        self.fs.makedirs(cfg.data_dir)
         self._logstore = await trio.to_thread.run_sync(
-            FileLogStore.open, os.path.join(cfg.data_dir, "log")
+            functools.partial(FileLogStore.open, fs=self.fs, randbytes=self.randbytes),
+            os.path.join(cfg.data_dir, "log"),
         )
         self.incarnation = self._logstore.incarnation()
         self._snaps = await trio.to_thread.run_sync(
-            SnapshotStore, os.path.join(cfg.data_dir, "snapshots")
+            functools.partial(SnapshotStore, fs=self.fs, randbytes=self.randbytes),
+            os.path.join(cfg.data_dir, "snapshots"),
         )
         try:
             await self.state_machine.start()
@@ -405,7 +417,7 @@ class Node:
         entries = await trio.to_thread.run_sync(log.entries, first, log.last_index() + 1)
         core = RaftCore(
             self.config.raft_config(),
-            random.Random(),
+            self.random,
             membership=self.config.bootstrap_membership(),
             now=trio.current_time(),
             hard_state=log.hard_state(),
@@ -787,7 +799,7 @@ class Node:
                 data,
                 client_id=client_id,
                 sequence=sequence,
-                timestamp_ms=int(time.time() * 1000),
+                timestamp_ms=int(self.wall_clock() * 1000),
             )
         except NotLeader as exc:
             raise self._not_leader_error(exc.leader) from None
@@ -1029,7 +1041,7 @@ class Node:
             )
             newer = newest.meta if newest is not None else core.snapshot
             if info.index <= known and newer is not None:
-                await trio.to_thread.run_sync(os.unlink, path)
+                await trio.to_thread.run_sync(self.fs.unlink, path)
                 return self._skip_snapshot(known, newer)
             meta = SnapshotMeta(info.index, info.term, core.membership_at(info.index))
             try:
@@ -1102,14 +1114,15 @@ class Node:
             digest = bytes.fromhex(stored.checksum)
             size, chunk = stored.size, self.config.snapshot_chunk_bytes
             acked, failures = 0, 0
-            with open(stored.path, "rb") as f:  # noqa: ASYNC230 - small reads in a thread below
+            f = await trio.to_thread.run_sync(self.fs.open, stored.path)
+            try:
                 while acked < size or size == 0:
                     self.transport.send(peer, msg)
                     offset = acked
                     for _ in range(4):  # a small window of chunks in flight
                         if offset >= size and size > 0:
                             break
-                        data = await trio.to_thread.run_sync(_read_at, f, offset, chunk)
+                        data = await trio.to_thread.run_sync(f.pread, chunk, offset)
                         done = offset + len(data) >= size
                         self.transport.send(
                             peer,
@@ -1144,6 +1157,8 @@ class Node:
                         ok = True
                         self._stats["snapshots_sent"] += 1
                         return
+            finally:
+                f.close()
         finally:
             del self._snap_senders[peer]
             if not self._closed:
@@ -1374,12 +1389,6 @@ class Node:
 
 def _ready_bytes(rd: Ready) -> int:
     return sum(len(e.data) for e in rd.entries) + 64 * len(rd.entries)
-
-
-def _read_at(f: Any, offset: int, size: int) -> bytes:
-    f.seek(offset)
-    data: bytes = f.read(size)
-    return data
 
 
 # ===================================================================== API

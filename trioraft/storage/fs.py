@@ -52,9 +52,6 @@ class FileSystem(Protocol):
     def sync_dir(self, path: str) -> None: ...
 
 
-_fdatasync = getattr(os, "fdatasync", os.fsync)
-
-
 class OsFileHandle:
     __slots__ = ("_fd",)
 
@@ -84,8 +81,9 @@ class OsFileHandle:
 
     def sync(self) -> None:
         # fdatasync also flushes the size change an append makes, which is all
-        # the metadata a reader needs.
-        _fdatasync(self._fd)
+        # the metadata a reader needs.  Looked up at each call, so a test can
+        # make it fail.
+        getattr(os, "fdatasync", os.fsync)(self._fd)
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size

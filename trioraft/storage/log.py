@@ -75,7 +75,7 @@ import zlib
 from array import array
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -189,9 +189,16 @@ class FileLogStore:
         store.close()
     """
 
-    def __init__(self, directory: str, fs: FileSystem, segment_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        fs: FileSystem,
+        segment_bytes: int,
+        randbytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self._dir = directory
         self._fs = fs
+        self._randbytes = randbytes
         self._segment_bytes = segment_bytes
         self._segments: dict[int, _Segment] = {}
         self._active: _Segment | None = None
@@ -222,8 +229,11 @@ class FileLogStore:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         fs: FileSystem | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
     ) -> FileLogStore:
         """Open (creating if needed) the log in ``directory`` and recover it.
+
+        ``randbytes`` makes a new directory's incarnation (a simulator seeds it).
 
         Raises:
             StorageCorruption: durable data is damaged (names file and offset).
@@ -231,7 +241,7 @@ class FileLogStore:
         """
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
-        store = cls(directory, fs or OsFileSystem(), segment_bytes)
+        store = cls(directory, fs or OsFileSystem(), segment_bytes, randbytes)
         try:
             store._recover()
         except OSError as exc:
@@ -269,7 +279,7 @@ class FileLogStore:
             ).hex()
         else:
             # A new directory (or one written before incarnations existed).
-            ident = os.urandom(_INCARNATION_BYTES)
+            ident = self._randbytes(_INCARNATION_BYTES)
             atomic_write(fs, path, _seal(b"TRID", ident))
             self._incarnation = ident.hex()
 

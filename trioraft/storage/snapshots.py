@@ -46,6 +46,7 @@ import secrets
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -143,11 +144,19 @@ class SnapshotStore:
         meta, path, checksum = store.latest()
     """
 
-    def __init__(self, directory: str, *, keep: int = 2, fs: FileSystem | None = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int = 2,
+        fs: FileSystem | None = None,
+        randbytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
         if keep < 1:
             raise ValueError("keep at least one snapshot")
         self._dir = directory
         self._fs = fs or OsFileSystem()
+        self._randbytes = randbytes  # temp file names (a simulator seeds it)
         self._keep = keep
         self._lock = threading.RLock()
         self._metas: dict[int, tuple[SnapshotMeta, str, int]] = {}
@@ -180,7 +189,7 @@ class SnapshotStore:
 
     def new_path(self) -> str:
         """A fresh temp path in this directory for a snapshot body."""
-        return self._path(f"incoming-{secrets.token_hex(8)}.tmp")
+        return self._path(f"incoming-{self._randbytes(8).hex()}.tmp")
 
     def commit(
         self,

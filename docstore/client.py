@@ -56,6 +56,7 @@ from trioraft.client.connection import (
     NoListenerError,
     open_client_connection,
 )
+from trioraft.transport.codec import encode_value
 from trioraft.transport.messages import ClientRequest, ClientResponse
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
 
 #: A lane unused for this long opens a new session rather than risk an expired one.
 LANE_IDLE = SESSION_TTL_MS / 1000 / 2
+_OPEN_SESSION = encode_value(OPEN_SESSION)
 
 #: Error codes worth retrying (the request had no effect, or a retry dedupes).
 RETRY_CODES = frozenset(
@@ -300,12 +302,15 @@ class RemoteExecutor:
     # ------------------------------------------------------------- executor
 
     async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        # Encoded once, here: the node decodes it once to check it and proposes
+        # these very bytes (docs/protocol.md, "The docstore service").
+        data = encode_value(cmd, "command")
         lane, seq = await self._take_lane()
         seq += 1
         keep = True
         try:
             result = await self.request(
-                "command", cmd, client_id=f"{self.session}.{lane}", sequence=seq
+                "command", data, client_id=f"{self.session}.{lane}", sequence=seq
             )
             # A lane whose session the cluster no longer holds is never used again.
             keep = not (isinstance(result, dict) and result.get("error") == "session_expired")
@@ -328,7 +333,7 @@ class RemoteExecutor:
             # Idle long enough that the cluster may have expired its session: drop it.
         self._lanes += 1
         lane = self._lanes
-        await self.request("command", OPEN_SESSION, client_id=f"{self.session}.{lane}")
+        await self.request("command", _OPEN_SESSION, client_id=f"{self.session}.{lane}")
         return lane, 0
 
     async def query(self, q: dict[str, Any]) -> Any:

@@ -62,6 +62,7 @@ from trioraft.runtime.config import parse_address
 from trioraft.runtime.service import MAX_IN_FLIGHT, ClientService, Done, Session, error_response
 from trioraft.statemachine import SnapshotInfo
 from trioraft.transport.base import ClientConnection
+from trioraft.transport.codec import ProtocolError, decode_value
 from trioraft.transport.messages import ClientRequest, ClientResponse
 
 __all__ = [
@@ -118,6 +119,7 @@ MAX_WATCHES = 64
 # MAX_IN_FLIGHT (trioraft.runtime.service): commands and one-shot requests
 # (queries, status, ...) a connection may have unanswered at once; more are
 # answered ``overloaded`` at once (no task, no read).
+_OPEN_SESSION_DATA = encode_command(OPEN_SESSION)
 #: Backup files being streamed, in the data directory; removed when done.
 _BACKUP_FILES = "backup-*.tmp"
 
@@ -284,6 +286,8 @@ class DocstoreService:
     Commands are proposed by callback (no task per write), one-shot kinds run
     in a task each (at most :data:`MAX_IN_FLIGHT` per connection), ``watch``,
     ``backup`` and ``cancel`` are streams of this class's own.
+    A ``command`` is decoded once here to be checked and its bytes are proposed
+    as they came (:meth:`_check_command`).
     """
 
     def __init__(self, sm: DocstoreStateMachine, config: ServerConfig | None = None) -> None:
@@ -328,35 +332,53 @@ class DocstoreService:
         )
 
     def _command(self, session: Session, req: ClientRequest, done: Done) -> None:
-        cmd = self._check_command(req)
         session.node.propose_nowait(
-            encode_command(cmd),
+            self._check_command(session, req),
             done,
             client_id=self._session(session.client_id, req),
             sequence=req.sequence,
         )
 
-    def _check_command(self, req: ClientRequest) -> dict[str, Any]:
-        """Refuse (``bad_request``) what apply would refuse anyway, before the log sees it.
+    def _check_command(self, session: Session, req: ClientRequest) -> bytes:
+        """The entry data of a ``command``, decoded once and checked; raises to refuse it.
 
-        A session's sequence 0 is its registration, ``{"op": "open_session"}``."""
+        The payload is the command's CBOR bytes (proposed as they are) or, from
+        older clients, the command map (encoded here).  What apply would refuse
+        anyway is refused now (``bad_request``, the field named), before the log
+        sees it; a command registering code needs the admin role (``forbidden``).
+        A session's sequence 0 is its registration, ``{"op": "open_session"}``.
+        """
+        payload = req.payload
+        try:
+            cmd = decode_value(payload, "payload") if isinstance(payload, bytes) else payload
+        except ProtocolError as exc:
+            raise RequestRefused(InvalidCommandError(str(exc))) from None
+        if (
+            isinstance(payload, bytes)
+            and session.state.role != "admin"
+            and _command_role(cmd) == "admin"
+        ):
+            raise ForbiddenRequest(
+                "a 'register' command needs the admin role;"
+                f" client {session.client_id!r} has the {session.state.role} role"
+            )
         try:
             if req.client_id and req.sequence == 0:
-                if req.payload != OPEN_SESSION:
+                if cmd != OPEN_SESSION:
                     raise InvalidCommandError(
                         f"sequence: 0 opens a session and carries {OPEN_SESSION}"
                     )
-                return OPEN_SESSION
-            cmd = validate_command(req.payload, self.sm.limits, self.sm.engine.registry)
-            for i, sub in enumerate(cmd["commands"] if cmd["op"] == "batch" else [cmd]):
+                return _OPEN_SESSION_DATA
+            checked = validate_command(cmd, self.sm.limits, self.sm.engine.registry)
+            for i, sub in enumerate(checked["commands"] if checked["op"] == "batch" else [checked]):
                 if sub["op"] == "expire" and "now_ms" in sub:
-                    where = f"commands[{i}]." if sub is not cmd else ""
+                    where = f"commands[{i}]." if sub is not checked else ""
                     raise InvalidCommandError(
                         f"{where}now_ms: a cluster expires by the leader's clock; omit it"
                     )
-            return cmd
         except DocstoreError as exc:
             raise RequestRefused(exc) from None
+        return payload if isinstance(payload, bytes) else encode_command(checked)
 
     @staticmethod
     def _session(principal: str, req: ClientRequest) -> str:
@@ -533,16 +555,23 @@ def required_role(req: ClientRequest) -> Role | None:
 
     A ``command`` that registers extension code (``register``, or a
     ``batch`` holding one) needs ``admin``: the code runs on every replica.
+    (A command sent as CBOR bytes is checked for that once decoded.)
     """
     needed = KIND_ROLES.get(req.kind)
     if req.kind == "command" and isinstance(req.payload, dict):
-        cmd = req.payload
+        return _command_role(req.payload)
+    return needed
+
+
+def _command_role(cmd: object) -> Role:
+    """``admin`` for a command that registers code (alone or in a batch), else ``write``."""
+    if isinstance(cmd, dict):
         subs = cmd.get("commands") if cmd.get("op") == "batch" else [cmd]
         if isinstance(subs, list) and any(
             isinstance(c, dict) and c.get("op") == "register" for c in subs
         ):
             return "admin"
-    return needed
+    return "write"
 
 
 @dataclass(frozen=True, slots=True)

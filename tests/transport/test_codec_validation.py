@@ -185,7 +185,8 @@ def _sample(name: str) -> list[Any]:
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_missing_and_extra_fields(name: str) -> None:
     raw = _sample(name)
-    rejects(frame(raw[:-1]), f"{name}: expected {len(raw) - 1} fields")
+    short = raw[:-2] if name == "ClientRequest" else raw[:-1]  # consistency may be left out
+    rejects(frame(short), f"{name}: expected {len(raw) - 1} fields")
     rejects(frame([*raw, 0]), f"{name}: expected {len(raw) - 1} fields")
 
 
@@ -392,6 +393,9 @@ def test_client_request_rules() -> None:
     rejects(frame(creq(kind="x" * 65)), "ClientRequest.kind")
     rejects(frame(creq(client_id="c" * 257)), "ClientRequest.client_id: 257 characters")
     rejects(frame(creq(consistency="strong")), "ClientRequest.consistency")
+    for lax in (creq(consistency=None), creq()[:-1]):  # left out or null: the default
+        (req,) = decode_frame(frame(lax))
+        assert isinstance(req, ClientRequest) and req.consistency == "linearizable"
     rejects(frame(creq(request_id=-1)), "ClientRequest.request_id")
 
 

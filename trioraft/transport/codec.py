@@ -100,8 +100,10 @@ __all__ = [
     "assemble_frame",
     "decode_envelope",
     "decode_frame",
+    "decode_value",
     "encode_frame",
     "encode_message",
+    "encode_value",
     "handshake_mac",
     "new_nonce",
     "verify_handshake_mac",
@@ -726,8 +728,13 @@ def _d_snapshot_chunk_ack(m: list[Any]) -> SnapshotChunkAck:
 
 
 def _d_client_request(m: list[Any]) -> ClientRequest:
+    # ``consistency`` may be left out (or null): it then is ``linearizable``.
+    if len(m) == 6:
+        m = [*m, None]
     _arity(m, 7, "ClientRequest")
     _, request_id, kind, payload, client_id, sequence, consistency = m
+    if consistency is None:
+        consistency = "linearizable"
     _uint(request_id, "ClientRequest.request_id")
     _text(kind, "ClientRequest.kind", MAX_CODE, 1)
     if not _KIND_RE.fullmatch(kind):
@@ -865,6 +872,33 @@ def _loads(data: bytes) -> Any:
     if stream.tell() != len(data):
         raise ProtocolError(f"{len(data) - stream.tell()} trailing bytes after the frame")
     return obj
+
+
+def encode_value(value: Any, where: str = "value") -> bytes:
+    """``value`` as CBOR bytes, once checked to be a plain value :func:`decode_value` accepts.
+
+    Raises:
+        ProtocolError: ``value`` is not a plain CBOR value (the message names ``where``).
+    """
+    return bytes(cbor2.dumps(_check_value(value, where, 0)))
+
+
+def decode_value(data: bytes, where: str = "value") -> Any:
+    """One free-form value encoded alone (e.g. a command carried as bytes), decoded
+    as strictly as a frame: no tags, no duplicate keys, bounded size and nesting.
+
+    Raises:
+        ProtocolError: ``data`` is not one plain CBOR value (the message names ``where``).
+    """
+    if len(data) > MAX_VALUE_BYTES:
+        raise ProtocolError(f"{where}: {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
+    try:
+        return _check_value(_loads(data), where, 0)
+    except ProtocolError as exc:
+        message = str(exc)
+        raise ProtocolError(
+            message if message.startswith(where) else f"{where}: {message}"
+        ) from None
 
 
 def decode_envelope(

@@ -1,7 +1,7 @@
-"""A 3-node trioraft cluster against PySyncObj and etcd, side by side on this machine.
+"""The docstore cluster, the trioraft KV path, PySyncObj and etcd, side by side on this machine.
 
 Run: ``python bench/cluster_bench.py [--quick] [--repeat 3] [--seconds 3]
-[--clients 1,64,256] [--systems trioraft,pysyncobj,etcd] [--profile PATH]
+[--clients 1,64,256] [--systems docstore,trioraft,pysyncobj,etcd] [--profile PATH]
 [--plot docs/benchmarks.png] [--json results.json]``
 
 Every system runs 3 members on 127.0.0.1, each its own OS process, with its
@@ -12,7 +12,13 @@ a measurement lasts ``--seconds`` after a short warm-up (or stops at
 before the request is issued to just after its answer, by the load
 generator; p50 / p99 / p99.9 come from all operations of the window.
 
-* trioraft ``remote``: this process drives the leader through
+* docstore (the product, printed first): three ``docstore serve``
+  processes driven through ``docstore.connect`` (one client object shared by
+  the C virtual clients, as an application would): ``put`` of 100-byte
+  documents under 1,000 keys, and ``get`` with linearizable, lease and
+  local consistency.  Every commit is fsynced on a majority before the
+  answer, and every put is exactly-once (a session per write lane).
+* trioraft ``remote`` (the library's KV path): this process drives the leader through
   ``trioraft.client`` connections (C clients spread over ``--connections``
   WebSockets, many requests in flight on each); ``embedded``: the leader's
   process runs the same loop over ``Node.propose`` / ``Node.read``
@@ -54,6 +60,7 @@ import trio
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+import docstore  # noqa: E402
 from trioraft.client import open_client_connection  # noqa: E402
 from trioraft.client.connection import Connection  # noqa: E402
 from trioraft.testing.kv import encode_command  # noqa: E402
@@ -300,6 +307,122 @@ def _trioraft_measure_once(
         out = trio.run(control, addr, "bench", spec)
         lat, elapsed, errors = out["lat_ms"], out["elapsed"], out["errors"]
     return make_result("trioraft", mode, op, clients, lat, elapsed, errors)
+
+
+# ------------------------------------------------------------------ docstore
+
+DOCSTORE_TOKEN = "bench-docstore-token"
+#: A 100-byte document (its CBOR encoding, field name included).
+DOC = {"v": "x" * 96}
+
+
+class DocstoreCluster:
+    """Three ``docstore serve`` processes (python -m docstore serve)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.join(root, "docstore")
+        ports = free_ports(3)
+        self.addresses = {i + 1: f"127.0.0.1:{ports[i]}" for i in range(3)}
+        self.procs: dict[int, subprocess.Popen[Any]] = {}
+
+    def start(self) -> None:
+        for n, addr in self.addresses.items():
+            data = os.path.join(self.root, f"n{n}")
+            os.makedirs(data, exist_ok=True)
+            cmd = [sys.executable, "-m", "docstore", "serve", "--id", str(n), "--listen", addr]
+            cmd += ["--data", data, "--secret", "bench-docstore-secret"]
+            cmd += ["--token", DOCSTORE_TOKEN, "--snapshot-entries", "200000"]
+            for m, a in self.addresses.items():
+                if m != n:
+                    cmd += ["--peer", f"{m}={a}"]
+            log = open(os.path.join(self.root, f"n{n}.log"), "wb")  # noqa: SIM115
+            self.procs[n] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.path.dirname(HERE)
+            )
+        trio.run(self._warm)
+
+    async def _warm(self) -> None:
+        with trio.fail_after(60):
+            while True:
+                for n, p in self.procs.items():
+                    if p.poll() is not None:
+                        raise RuntimeError(f"docstore node {n} exited; see {self.root}")
+                with contextlib.suppress(Exception):
+                    async with docstore.connect(
+                        list(self.addresses.values()), token=DOCSTORE_TOKEN, call_timeout=5
+                    ) as db:
+                        coll = db.collection("bench")
+                        await coll.put("warm", DOC)
+                        keys = [f"k{j}" for j in range(KEYS)]
+                        async with trio.open_nursery() as nursery:  # something to read
+                            for w in range(16):
+                                nursery.start_soon(_fill, coll, keys[w::16])
+                        return
+                await trio.sleep(0.2)
+
+    def leader_pid(self) -> int:
+        async def find() -> int:
+            async with docstore.connect(list(self.addresses.values()), token=DOCSTORE_TOKEN) as db:
+                members = await db.members()
+            return self.procs[int(members["leader_id"])].pid
+
+        return trio.run(find)
+
+    def measure(self, op: str, clients: int, args: argparse.Namespace) -> Result:
+        addrs = list(self.addresses.values())
+        trio.run(docstore_load, addrs, op, clients, args.warmup, args.requests)
+        lat, elapsed, errors = trio.run(
+            docstore_load, addrs, op, clients, args.seconds, args.requests
+        )
+        return make_result("docstore", "remote", op, clients, lat, elapsed, errors)
+
+    def stop(self) -> None:
+        stop_processes(list(self.procs.values()))
+        self.procs = {}
+
+
+async def docstore_load(
+    addresses: list[str], op: str, clients: int, seconds: float, max_requests: int
+) -> tuple[list[float], float, int]:
+    """C virtual clients sharing one ``docstore.connect``, each one call in flight."""
+    lat: list[float] = []
+    errors = [0]
+    issued = [0]
+    keys = [f"k{j}" for j in range(KEYS)]
+    async with docstore.connect(addresses, token=DOCSTORE_TOKEN) as db:
+        coll = db.collection("bench")
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def worker(w: int) -> None:
+            i = w
+            while time.perf_counter() < deadline and not (
+                max_requests and issued[0] >= max_requests
+            ):
+                issued[0] += 1
+                key = keys[i % KEYS]
+                t = time.perf_counter()
+                try:
+                    if op == "put":
+                        await coll.put(key, DOC)
+                    else:
+                        await coll.get(key, consistency=op)
+                except Exception:
+                    errors[0] += 1
+                else:
+                    lat.append((time.perf_counter() - t) * 1000)
+                i += clients
+
+        async with trio.open_nursery() as nursery:
+            for w in range(clients):
+                nursery.start_soon(worker, w)
+        elapsed = time.perf_counter() - start
+    return lat, elapsed, errors[0]
+
+
+async def _fill(coll: Any, keys: list[str]) -> None:
+    for k in keys:
+        await coll.put(k, DOC)
 
 
 # ----------------------------------------------------------------- PySyncObj
@@ -600,7 +723,13 @@ def fmt_ms(x: float) -> str:
 
 def report(medians: dict[tuple[str, str, str, int], Result], args: argparse.Namespace) -> str:
     out: list[str] = []
-    writes = [r for r in medians.values() if r.op == "put"]
+    order = {"docstore": 0, "trioraft": 1, "etcd": 2, "pysyncobj": 3}
+    ops = {"put": 0, "linearizable": 1, "lease": 2, "local": 3}
+    ranked = sorted(
+        medians.values(),
+        key=lambda r: (order.get(r.system, 9), r.mode, ops.get(r.op, 9), r.clients),
+    )
+    writes = [r for r in ranked if r.op == "put"]
     rows = [
         [
             r.system,
@@ -621,7 +750,7 @@ def report(medians: dict[tuple[str, str, str, int], Result], args: argparse.Name
             ["system", "mode", "clients", "writes/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"],
         )
     )
-    reads = [r for r in medians.values() if r.op != "put"]
+    reads = [r for r in ranked if r.op != "put"]
     if reads:
         rows = [
             [
@@ -652,6 +781,32 @@ def report(medians: dict[tuple[str, str, str, int], Result], args: argparse.Name
                 ],
             )
         )
+    # The product first: docstore against etcd, PySyncObj and the KV path.
+    rows = []
+    for c in args.client_counts:
+        d = medians.get(("docstore", "remote", "put", c))
+        cells = [str(c)]
+        for theirs in (("etcd", "remote"), ("pysyncobj", "embedded"), ("trioraft", "remote")):
+            b = medians.get((*theirs, "put", c))
+            cells.append(f"{d.rate / b.rate:.2f}" if d and b and b.rate else "-")
+        e = medians.get(("etcd", "remote", "put", c))
+        cells.append(f"{e.p99 / d.p99:.2f}" if d and e and d.p99 else "-")
+        rows.append(cells)
+    if any(k[0] == "docstore" for k in medians):
+        out.append("\n### docstore ratios (docstore / other: writes/s; p99: etcd's / docstore's)\n")
+        out.append(
+            table(
+                rows,
+                [
+                    "clients",
+                    "docstore/etcd",
+                    "docstore/pysyncobj",
+                    "docstore/KV",
+                    "p99 etcd/docstore",
+                ],
+            )
+        )
+
     # Ratios: above 1 means trioraft does more writes per second.
     rows = []
     for c in args.client_counts:
@@ -688,6 +843,40 @@ def report(medians: dict[tuple[str, str, str, int], Result], args: argparse.Name
         return medians.get(("trioraft", mode, op, c))
 
     checks: list[tuple[str, float | None, float, bool]] = []
+
+    def ds(op: str, c: int) -> Result | None:
+        return medians.get(("docstore", "remote", op, c))
+
+    d_one, d_top = ds("put", 1), ds("put", 256)
+    d_lin = ds("linearizable", args.read_clients)
+    checks.append(
+        ("docstore: single writer writes/s", d_one.rate if d_one else None, 1300.0, False)
+    )
+    checks.append(("docstore: 256 writers writes/s", d_top.rate if d_top else None, 15000.0, False))
+    checks.append(
+        ("docstore: 256 writers p99 ms (at most)", d_top.p99 if d_top else None, 50.0, True)
+    )
+    checks.append(
+        (
+            f"docstore: linearizable gets, {args.read_clients} readers, /s",
+            d_lin.rate if d_lin else None,
+            30000.0,
+            False,
+        )
+    )
+    for c in args.client_counts:
+        d, e = ds("put", c), medians.get(("etcd", "remote", "put", c))
+        if d and e:
+            checks.append(
+                (f"docstore: ahead of etcd at {c} writers (writes/s)", d.rate, e.rate, False)
+            )
+    for c in (64, 256):
+        d, k = ds("put", c), get("remote", "put", c)
+        if d and k:
+            # within 1.3x of the KV path: docstore's rate at least KV / 1.3
+            checks.append(
+                (f"docstore: within 1.3x of KV at {c} writers", d.rate, k.rate / 1.3, False)
+            )
     one = get("remote", "put", 1)
     top = get("remote", "put", 256)
     emb = max(
@@ -696,15 +885,15 @@ def report(medians: dict[tuple[str, str, str, int], Result], args: argparse.Name
     lin = max(
         (r.rate for r in reads if r.system == "trioraft" and r.op == "linearizable"), default=None
     )
-    checks.append(("single client writes/s", one.rate if one else None, 1300.0, False))
-    checks.append(("256 clients writes/s", top.rate if top else None, 15000.0, False))
-    checks.append(("256 clients p99 ms (at most)", top.p99 if top else None, 50.0, True))
-    checks.append(("embedded writes/s (best)", emb, 30000.0, False))
-    checks.append(("linearizable reads/s (best)", lin, 30000.0, False))
+    checks.append(("KV: single client writes/s", one.rate if one else None, 1300.0, False))
+    checks.append(("KV: 256 clients writes/s", top.rate if top else None, 15000.0, False))
+    checks.append(("KV: 256 clients p99 ms (at most)", top.p99 if top else None, 50.0, True))
+    checks.append(("KV: embedded writes/s (best)", emb, 30000.0, False))
+    checks.append(("KV: linearizable reads/s (best)", lin, 30000.0, False))
     for c in args.client_counts:
         e, t = medians.get(("etcd", "remote", "put", c)), get("remote", "put", c)
         if e and t:
-            checks.append((f"ahead of etcd at {c} clients (writes/s)", t.rate, e.rate, False))
+            checks.append((f"KV: ahead of etcd at {c} clients (writes/s)", t.rate, e.rate, False))
     rows = []
     for name, got, want, at_most in checks:
         if got is None:
@@ -719,7 +908,7 @@ def report(medians: dict[tuple[str, str, str, int], Result], args: argparse.Name
             else f" ({got / want:.1f}x)"
         )
         rows.append([name, f"{got:,.1f}", f"{want:,.1f}", ("met" if ok else "MISSED") + gap])
-    out.append("\n### Targets (trioraft remote unless named)\n")
+    out.append("\n### Targets (KV: trioraft remote unless named)\n")
     out.append(table(rows, ["target", "measured", "target", "status"]))
     return "\n".join(out)
 
@@ -737,7 +926,8 @@ def plot(medians: dict[tuple[str, str, str, int], Result], path: str) -> str:
     for r in medians.values():
         if r.op == "put":
             series.setdefault((r.system, r.mode), []).append(r)
-    for (system, mode), rs in sorted(series.items()):
+    rank = {"docstore": 0, "trioraft": 1, "etcd": 2, "pysyncobj": 3}
+    for (system, mode), rs in sorted(series.items(), key=lambda kv: (rank.get(kv[0][0], 9), kv[0])):
         rs.sort(key=lambda r: r.clients)
         label = f"{system} {mode}"
         (line,) = ax.plot([r.rate for r in rs], [r.p99 for r in rs], "o-", label=f"{label} p99")
@@ -765,6 +955,68 @@ def plot(medians: dict[tuple[str, str, str, int], Result], path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return f"plot written to {path}"
+
+
+def _spy(pid: int, seconds: float, path: str) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        return None
+    cmd = [spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds)))]
+    cmd += ["--rate", "250", "--threads", "--format", "raw", "--output", path, "--nonblocking"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _spy_result(proc: subprocess.Popen[bytes], path: str) -> str:
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0 and os.path.exists(path):
+        return summarize_spy(path)
+    return f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"
+
+
+def profile_docstore(cluster: DocstoreCluster, args: argparse.Namespace) -> str:
+    """Profile the docstore leader and this (client) process under a put load.
+
+    py-spy on both when installed (all threads, wall clock: waiting shows);
+    without it only the client, with cProfile.
+    """
+    clients = 64 if 64 in args.client_counts else max(args.client_counts)
+    base = os.path.abspath(args.profile)
+    seconds = max(2.0, args.seconds)
+    addrs = list(cluster.addresses.values())
+    head = f"-- docstore profile, {clients} writers through docstore.connect, {seconds:g} s --"
+    leader_path, client_path = base + ".docstore-leader", base + ".docstore-client"
+    leader = _spy(cluster.leader_pid(), seconds, leader_path)
+    if leader is None:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        trio.run(docstore_load, addrs, "put", clients, seconds, 0)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(25)
+        text = buf.getvalue()
+        return (
+            head
+            + "\nleader: py-spy is not installed (pip install py-spy): not profiled\n"
+            + "client (cProfile, Trio thread):\n"
+            + text[text.find("   ncalls") :]
+        )
+    client = _spy(os.getpid(), seconds, client_path)
+    assert client is not None
+    time.sleep(0.5)
+    trio.run(docstore_load, addrs, "put", clients, seconds + 1, 0)
+    return "\n".join(
+        [
+            head + " (py-spy samples, all threads)",
+            "leader (docstore serve):",
+            _spy_result(leader, leader_path),
+            "client (this process, docstore.connect):",
+            _spy_result(client, client_path),
+        ]
+    )
 
 
 def profile_leader(cluster: TrioraftCluster, args: argparse.Namespace) -> str:
@@ -890,7 +1142,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--systems", default="trioraft,pysyncobj,etcd")
+    p.add_argument("--systems", default="docstore,trioraft,pysyncobj,etcd")
     p.add_argument("--clients", default="1,64,256")
     p.add_argument("--read-clients", type=int, default=64)
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement")
@@ -901,7 +1153,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="one short run of each (under a minute)")
     p.add_argument("--no-embedded", action="store_true")
     p.add_argument("--no-reads", action="store_true")
-    p.add_argument("--profile", metavar="PATH", help="cProfile the trioraft leader under load")
+    p.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="profile the docstore leader and client (and the trioraft leader) under load;"
+        " py-spy when installed, else cProfile where it can",
+    )
     p.add_argument("--plot", metavar="PNG")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--dir", help="data directory (default: a temporary one, removed after)")
@@ -930,7 +1187,17 @@ def main() -> None:
     try:
         for system in systems:
             t0 = time.monotonic()
-            if system == "trioraft":
+            if system == "docstore":
+                with running(DocstoreCluster(root)) as dcluster:
+                    for _ in range(args.repeat):
+                        for c in args.client_counts:
+                            record(dcluster.measure("put", c, args))
+                        if not args.no_reads:
+                            for op in ("linearizable", "lease", "local"):
+                                record(dcluster.measure(op, args.read_clients, args))
+                    if args.profile:
+                        profile_text += profile_docstore(dcluster, args) + "\n\n"
+            elif system == "trioraft":
                 with running(TrioraftCluster(root)) as cluster:
                     for _ in range(args.repeat):
                         for c in args.client_counts:
@@ -949,7 +1216,7 @@ def main() -> None:
                                         )
                                     )
                     if args.profile:
-                        profile_text = profile_leader(cluster, args)
+                        profile_text += profile_leader(cluster, args)
             elif system == "pysyncobj":
                 try:
                     import pysyncobj  # noqa: F401

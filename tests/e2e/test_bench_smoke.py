@@ -32,3 +32,40 @@ def test_cluster_bench_quick_run_prints_tables(tmp_path: object) -> None:
     assert "### Reads" in out
     assert "| trioraft" in out
     assert "linearizable" in out
+
+
+def test_cluster_bench_docstore_short_form_prints_its_rows_ratios_and_targets(
+    tmp_path: object,
+) -> None:
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "bench", "cluster_bench.py"),
+        "--quick",
+        "--systems",
+        "docstore,trioraft",
+        "--no-embedded",
+        "--requests",
+        "50",
+        "--clients",
+        "1,4",
+        "--read-clients",
+        "4",
+        "--dir",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    writes = out[out.index("### Writes") :]
+    # The product comes first, before the library's KV path.
+    assert writes.index("| docstore") < writes.index("| trioraft")
+    for op in ("linearizable", "lease", "local"):
+        assert f"| docstore | remote | {op:>12} |" in out, op
+    assert "### docstore ratios" in out
+    ratios = out[out.index("### docstore ratios") :]
+    assert "docstore/KV" in ratios and "docstore/etcd" in ratios
+    assert "docstore: single writer writes/s" in out
+    rows = [line for line in writes.split("\n\n")[1].splitlines() if line.startswith("| docstore")]
+    assert len(rows) == 2 and all(row.rstrip(" |").endswith(" 0") for row in rows), (
+        rows
+    )  # no errors

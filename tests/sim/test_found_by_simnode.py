@@ -1,0 +1,78 @@
+"""Defects the whole-node simulator found, each pinned by a test that failed before its fix."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+import trio
+import trio.testing
+
+from docstore.state_machine import DocstoreStateMachine, encode_command
+from trioraft.runtime.config import NodeConfig
+from trioraft.runtime.node import Node
+from trioraft.storage.errors import StorageFatalError
+from trioraft.testing.cluster import inline_threads, memory_transport
+from trioraft.testing.simfs import SimFS
+from trioraft.testing.simnode import SimConfig, run_seed
+from trioraft.transport.memory import MemoryNetwork
+
+
+@pytest.fixture
+def mock_time(autojump_clock: trio.testing.MockClock) -> Iterator[trio.testing.MockClock]:
+    with inline_threads():
+        yield autojump_clock
+
+
+async def test_snapshot_called_by_a_client_stops_the_node_when_storage_fails(
+    mock_time: trio.testing.MockClock,
+) -> None:
+    """Storage errors are fatal, also in ``Node.snapshot()`` called from outside the node.
+
+    The node's own snapshot task runs in the node's nursery, so its failure
+    stopped the node; ``snapshot()`` called by an operator (docstore's
+    ``snapshot`` request) raised to the caller and the node ran on after a
+    failed fsync (simulator seed 36).
+    """
+    fs = SimFS(random.Random(1))
+    cfg = NodeConfig(node_id=1, data_dir="/n1", listen="mem:1")
+    sm = DocstoreStateMachine("/n1/docstore", fs=fs)
+    outcome: list[BaseException | None] = []
+    async with MemoryNetwork(seed=1) as net, trio.open_nursery() as nursery:
+        node = Node(cfg, sm, memory_transport(net))
+        node.fs = fs
+
+        async def serve(task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await node._run(task_status)
+                outcome.append(None)
+            except BaseException as exc:  # what the node stopped with
+                outcome.append(exc)
+
+        await nursery.start(serve)
+        with trio.fail_after(10):
+            await node.wait_for_leader()
+            cmd = {"op": "put", "coll": "c", "key": "k", "doc": {"v": 1}}
+            await node.propose(encode_command(cmd))
+        fs.error_rate = 1.0  # every write and sync fails from now on
+        with pytest.raises((OSError, StorageFatalError)):
+            await node.snapshot()
+        with trio.fail_after(5):
+            await node._stopped.wait()
+    assert len(outcome) == 1 and outcome[0] is not None, "the node ran on after the failure"
+    assert node._closed
+
+
+def test_a_leader_again_in_a_later_term_streams_its_snapshot_anew() -> None:
+    """A snapshot stream of an earlier term must end, or the follower never catches up.
+
+    Node 1 led term 8 and streamed snapshot 313 to node 3; it led again in
+    term 9.  Node 3, in term 9, refused the term-8 chunks and acked offset 0;
+    each ack reset the sender's failure count, so the stream ran forever and
+    no term-9 stream could start (one stream per follower): node 3 stayed at
+    index 150 (simulator seed 7, with the ``sessions_ignored`` defect, which
+    only changes the timing; liveness failed before the fix).
+    """
+    res = run_seed(7, SimConfig(faults=frozenset({"sessions_ignored"})))
+    assert not [v for v in res.violations if "liveness" in v]

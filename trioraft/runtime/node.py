@@ -89,6 +89,7 @@ from trioraft.runtime.errors import (
     ProposalRejectedError,
     ReadFailedError,
 )
+from trioraft.runtime.metrics import Histogram, HistogramSnapshot
 from trioraft.runtime.service import ClientService, error_code, error_response, generic_service
 from trioraft.statemachine import SnapshotError, SnapshotInfo, StateMachine
 from trioraft.storage.errors import StorageFatalError
@@ -200,6 +201,21 @@ class NodeStatistics:
     snapshots_sent: int = 0
     inbox_dropped: int = 0
     transport: TransportStatistics | None = None
+    leader_id: NodeId | None = None
+    last_index: int = 0
+    #: Proposals that failed after their append, by reason: ``replaced``
+    #: (another entry took the index), ``timeout``, ``stopped``.
+    proposals_failed: dict[str, int] = field(default_factory=dict)
+    proposal_seconds: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
+    #: Answered reads by consistency.
+    read_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
+    #: One durable log write (append, hard state, fsync).
+    persist_seconds: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
+    elections_started: int = 0
+    elections_won: int = 0
+    leader_changes: int = 0
+    snapshot_index: int = 0
+    snapshot_bytes: int = 0
 
 
 Done = Callable[[object, BaseException | None], None]
@@ -314,7 +330,18 @@ class Node:
             "snapshots_installed": 0,
             "snapshots_sent": 0,
             "inbox_dropped": 0,
+            "proposals_replaced": 0,
+            "proposals_timed_out": 0,
+            "proposals_stopped": 0,
+            "elections_started": 0,
+            "elections_won": 0,
+            "leader_changes": 0,
         }
+        # Latency histograms for Node.statistics() (trioraft/runtime/metrics.py).
+        self._proposal_seconds = Histogram()
+        self._read_seconds = {c: Histogram() for c in CONSISTENCY}
+        self._persist_seconds = Histogram()
+        self._known_leader: NodeId | None = None
         self._logstore: FileLogStore | None = None
         self._snaps: SnapshotStore | None = None
         self._stopped = trio.Event()
@@ -589,6 +616,7 @@ class Node:
 
     def _persist(self, rd: Ready) -> None:
         """Runs in a worker thread: one group commit for the whole Ready."""
+        started = time.perf_counter()
         log = self._logstore
         assert log is not None
         if rd.snapshot is not None:
@@ -599,6 +627,7 @@ class Node:
             self._stats["persist_entries"] += len(rd.entries)
         if rd.hard_state is not None:
             log.save_hard_state(rd.hard_state)
+        self._persist_seconds.observe(time.perf_counter() - started)
 
     def _observe(self, core: RaftCore) -> None:
         if core.membership is not self._membership_seen:
@@ -611,6 +640,13 @@ class Node:
             return
         prev = self._observed
         self._observed = now
+        if core.role is Role.CANDIDATE:  # a new candidate term: one more election
+            self._stats["elections_started"] += 1
+        elif core.role is Role.LEADER and (prev is None or prev[0] is not Role.LEADER):
+            self._stats["elections_won"] += 1
+        if core.leader is not None and core.leader != self._known_leader:
+            self._known_leader = core.leader
+            self._stats["leader_changes"] += 1
         if prev is None or prev[0] is not core.role or prev[1] != core.term:
             self.log.info(
                 "node %d is %s in term %d (leader %s)",
@@ -672,10 +708,13 @@ class Node:
                         if w is None:
                             continue
                         if w.term == e.term:
-                            self._latencies.append(time.perf_counter() - w.started)
+                            took = time.perf_counter() - w.started
+                            self._latencies.append(took)
+                            self._proposal_seconds.observe(took)
                             self._stats["proposals_committed"] += 1
                             w.resolve(res)
                         else:
+                            self._stats["proposals_replaced"] += 1
                             w.fail(ProposalDroppedError(f"entry {e.index} was replaced"))
                     self._applied = chunk[-1].index
                     self._stats["entries_applied"] += len(chunk)
@@ -692,6 +731,7 @@ class Node:
                     self._adopt(stored)
                     self._stats["snapshots_installed"] += 1
                     for idx in [i for i in self._waiters if i <= meta.index]:
+                        self._stats["proposals_replaced"] += 1
                         self._waiters.pop(idx).fail(
                             ProposalDroppedError(
                                 "outcome unknown: a snapshot replaced the log; "
@@ -831,6 +871,7 @@ class Node:
         """
         old = self._waiters.get(index)
         if old is not None:
+            self._stats["proposals_replaced"] += 1
             old.fail(
                 ProposalDroppedError(f"entry {index} was replaced: a new proposal took its index")
             )
@@ -843,6 +884,7 @@ class Node:
             await trio.sleep(period)
             now = trio.current_time()
             late = [i for i, w in self._waiters.items() if w.deadline <= now]
+            self._stats["proposals_timed_out"] += len(late)
             for i in late:
                 self._waiters.pop(i).fail(
                     TimeoutError(
@@ -871,6 +913,7 @@ class Node:
         core = self._check_open()
         if consistency not in CONSISTENCY:
             raise ValueError(f"consistency must be one of {CONSISTENCY}")
+        started = time.perf_counter()
         if consistency == "local":
             await trio.lowlevel.checkpoint()  # a loop of local reads must not starve the node
         else:
@@ -889,7 +932,9 @@ class Node:
                 if isinstance(r.error, NotLeaderError) and core.role is Role.LEADER:
                     raise ReadFailedError(str(r.error))
                 raise r.error
-        return await self.state_machine.query(query)
+        result = await self.state_machine.query(query)
+        self._read_seconds[consistency].observe(time.perf_counter() - started)
+        return result
 
     # ======================================================== membership
 
@@ -1364,6 +1409,21 @@ class Node:
             self._stats["snapshots_sent"],
             self._stats["inbox_dropped"],
             self.transport.statistics() if self.transport is not None else None,
+            leader_id=core.leader,
+            last_index=last,
+            proposals_failed={
+                "replaced": self._stats["proposals_replaced"],
+                "timeout": self._stats["proposals_timed_out"],
+                "stopped": self._stats["proposals_stopped"],
+            },
+            proposal_seconds=self._proposal_seconds.snapshot(),
+            read_seconds={c: h.snapshot() for c, h in self._read_seconds.items()},
+            persist_seconds=self._persist_seconds.snapshot(),
+            elections_started=self._stats["elections_started"],
+            elections_won=self._stats["elections_won"],
+            leader_changes=self._stats["leader_changes"],
+            snapshot_index=core.offset,
+            snapshot_bytes=self._current_snapshot.size if self._current_snapshot else 0,
         )
 
     @property
@@ -1389,6 +1449,7 @@ class Node:
             await self._changed.wait()
 
     def _fail_everything(self, error: BaseException) -> None:
+        self._stats["proposals_stopped"] += len(self._waiters)
         for w in self._waiters.values():
             w.fail(error)
         self._waiters.clear()

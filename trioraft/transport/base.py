@@ -93,6 +93,14 @@ class TransportStatistics:
     clients: int = 0
     client_frames_in: int = 0
     client_frames_out: int = 0
+    #: Client connections accepted since the start (``clients`` is those open now).
+    clients_accepted: int = 0
+    #: Bytes of peer frames received and of encoded messages sent to peers.
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: Bytes of client frames received and of encoded responses sent.
+    client_bytes_in: int = 0
+    client_bytes_out: int = 0
 
 
 class Transport(Protocol):

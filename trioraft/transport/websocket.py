@@ -233,6 +233,7 @@ class _ServerClientConnection:
         try:
             data = await self._sock.receive()
             t._client_frames_in += 1
+            t._client_bytes_in += len(data)
             requests: list[ClientRequest] = []
             for m in decode_frame(data, max_size=t.max_frame, cluster_id=t.cluster_id):
                 if not isinstance(m, ClientRequest):
@@ -275,6 +276,11 @@ class _ServerClientConnection:
         self._queue.close()
         self._scope.cancel()
 
+    def _encoded(self, data: bytes) -> bytes:
+        # Responses are encoded when queued (ResponseQueue.put); count them here.
+        self._transport._client_bytes_out += len(data)
+        return data
+
     def _sent(self, count: int) -> None:
         self._transport._client_frames_out += 1
         self._queue.written(count)
@@ -284,7 +290,7 @@ class _ServerClientConnection:
             await send_batches(
                 self._sock,
                 self._queue.channel,
-                _encoded,
+                self._encoded,
                 self._carry,
                 self._transport._budget,
                 self._transport._send_timeout,
@@ -361,6 +367,11 @@ class WebSocketTransport:
         self._clients = 0
         self._client_frames_in = 0
         self._client_frames_out = 0
+        self._clients_accepted = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._client_bytes_in = 0
+        self._client_bytes_out = 0
 
     def __repr__(self) -> str:
         return f"<WebSocketTransport node {self.node_id} port {self.port}>"
@@ -420,6 +431,11 @@ class WebSocketTransport:
             clients=self._clients,
             client_frames_in=self._client_frames_in,
             client_frames_out=self._client_frames_out,
+            clients_accepted=self._clients_accepted,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+            client_bytes_in=self._client_bytes_in,
+            client_bytes_out=self._client_bytes_out,
         )
 
     # ------------------------------------------------------------------
@@ -536,6 +552,7 @@ class WebSocketTransport:
                     self.max_frame,
                 )
                 return None
+            self._bytes_out += len(data)
             return data
 
         return encode
@@ -584,6 +601,7 @@ class WebSocketTransport:
             try:
                 data = await sock.receive()
                 self._frames_in += 1
+                self._bytes_in += len(data)
                 messages = decode_frame(data, max_size=self.max_frame, cluster_id=self.cluster_id)
                 self._check_batch(src, messages)
             except Closed as exc:
@@ -693,6 +711,7 @@ class WebSocketTransport:
         assert self._client_handler is not None
         conn = _ServerClientConnection(self, sock, client_id)
         self._clients += 1
+        self._clients_accepted += 1
         self.log.debug("client %r connected from %s", client_id, sock.remote)
         try:
             with conn._scope:
@@ -711,10 +730,6 @@ class WebSocketTransport:
             conn._closed = True
             conn._queue.close()
             self._clients -= 1
-
-
-def _encoded(data: bytes) -> bytes:
-    return data  # responses are encoded when queued (ResponseQueue.put)
 
 
 def _exceptions(group: BaseExceptionGroup[BaseException], kind: type[E]) -> list[E]:

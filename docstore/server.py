@@ -499,10 +499,20 @@ def _cancel(session: Session, req: ClientRequest) -> None:
 async def _status(session: Session, req: ClientRequest) -> object:
     node = session.node
     st = node.statistics()
+    tr = st.transport
     return {
         **node.status().to_dict(),
         "address": node.config.address,
         "lag": {str(n): pr.lag for n, pr in st.peers.items()},
+        "counters": {
+            "persist_batches": st.persist_batches,
+            "persist_entries": st.persist_entries,
+            "entries_applied": st.entries_applied,
+            "peer_frames_in": tr.frames_in if tr else 0,
+            "peer_frames_out": tr.frames_out if tr else 0,
+            "client_frames_in": tr.client_frames_in if tr else 0,
+            "client_frames_out": tr.client_frames_out if tr else 0,
+        },
     }
 
 

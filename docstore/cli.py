@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, NoReturn
 import trio
 
 from docstore.clusterfile import CLUSTER_FILE, read_cluster_file, write_cluster_file
+from docstore.server import DEFAULT_CLIENT
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -63,17 +64,49 @@ def _json_default(v: object) -> Any:
     raise TypeError(f"{type(v).__name__} is not JSON")
 
 
-def _target(args: argparse.Namespace) -> tuple[list[str], str, str]:
-    """(addresses, token, cluster_id) from --cluster/--token, the environment or --dir."""
+class Target:
+    """Where and as whom a client command connects."""
+
+    def __init__(
+        self, addresses: list[str], token: str, cluster_id: str, client: str, tls_ca: str | None
+    ) -> None:
+        self.addresses = addresses
+        self.token = token
+        self.cluster_id = cluster_id
+        self.client = client
+        self.tls_ca = tls_ca
+
+    def ssl_context(self) -> Any:
+        if not self.tls_ca:
+            return None
+        import ssl
+
+        try:
+            return ssl.create_default_context(cafile=self.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"cannot load the CA bundle {self.tls_ca}: {exc}", EXIT_USAGE) from None
+
+
+def _target(args: argparse.Namespace) -> Target:
+    """Addresses, principal and token from the flags, the environment or --dir's cluster.toml."""
     addresses = args.cluster or os.environ.get("DOCSTORE_CLUSTER")
+    client = args.client or os.environ.get("DOCSTORE_CLIENT") or DEFAULT_CLIENT
     token = args.token or os.environ.get("DOCSTORE_TOKEN")
+    tls_ca = args.tls_ca or os.environ.get("DOCSTORE_TLS_CA")
     cluster_id = "docstore"
     info = read_cluster_file(args.dir)
     if info is not None:
         cluster_id = str(info.get("cluster_id", cluster_id))
         if not addresses:
             addresses = ",".join(str(a) for _, a in sorted(info.get("nodes", {}).items()))
-        token = token or info.get("token")
+        if not token:
+            if client == DEFAULT_CLIENT:
+                token = info.get("token")
+            else:
+                tokens = info.get("tokens")
+                token = tokens.get(client) if isinstance(tokens, dict) else None
+        # A cluster whose nodes speak TLS: verify them as the nodes verify each other.
+        tls_ca = tls_ca or info.get("tls_ca") or info.get("tls_cert")
     if not addresses:
         raise CliError(
             f"no cluster given: use --cluster HOST:PORT[,...] (or DOCSTORE_CLUSTER), "
@@ -81,19 +114,28 @@ def _target(args: argparse.Namespace) -> tuple[list[str], str, str]:
             EXIT_USAGE,
         )
     if not token:
-        raise CliError("no client token: use --token (or DOCSTORE_TOKEN)", EXIT_USAGE)
-    return [a for a in str(addresses).split(",") if a], str(token), cluster_id
+        where = "" if client == DEFAULT_CLIENT else f" of client {client!r}"
+        raise CliError(f"no client token{where}: use --token (or DOCSTORE_TOKEN)", EXIT_USAGE)
+    return Target(
+        [a for a in str(addresses).split(",") if a], str(token), cluster_id, client, tls_ca
+    )
 
 
 def _run_client(args: argparse.Namespace, body: Callable[[Any], Awaitable[int | None]]) -> int:
     import docstore
     from docstore.client import ClusterError, UnavailableError
 
-    addresses, token, cluster_id = _target(args)
+    target = _target(args)
+    addresses = target.addresses
 
     async def main() -> int | None:
         async with docstore.connect(
-            addresses, token=token, cluster_id=cluster_id, call_timeout=args.timeout
+            addresses,
+            token=target.token,
+            client=target.client,
+            cluster_id=target.cluster_id,
+            ssl_context=target.ssl_context(),
+            call_timeout=args.timeout,
         ) as db:
             return await body(db)
 
@@ -437,6 +479,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             election_timeout_max=args.election_timeout_max,
             heartbeat_interval=args.heartbeat_interval,
             snapshot_entries=args.snapshot_entries,
+            proposal_timeout=args.proposal_timeout,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
@@ -506,7 +549,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                     "add-node/remove-node to change it, or a new --dir",
                     EXIT_USAGE,
                 )
-            fresh["secret"], fresh["token"] = info["secret"], info["token"]
+            # Keep the secrets and every other setting (tokens, roles, TLS files, ...).
+            fresh = {**info, "nodes": fresh["nodes"]}
         info = fresh
         changed = True
     nodes = {int(n): str(a) for n, a in info["nodes"].items()}
@@ -522,13 +566,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         write_cluster_file(directory, info)
     config = os.path.join(directory, CLUSTER_FILE)
     extra: list[str] = []
-    for flag in (
-        "election_timeout_min",
-        "election_timeout_max",
-        "heartbeat_interval",
-        "snapshot_entries",
-        "log_level",
-    ):
+    for flag in (*TUNING_FLAGS, "log_level"):
         v = getattr(args, flag)
         if v is not None:
             extra += [f"--{flag.replace('_', '-')}", str(v)]
@@ -681,6 +719,9 @@ def _wait_for_leader(
                     list(nodes.values()),
                     token=info["token"],
                     cluster_id=info["cluster_id"],
+                    ssl_context=Target(
+                        [], "", "", "", info.get("tls_ca") or info.get("tls_cert")
+                    ).ssl_context(),
                     call_timeout=max(0.5, deadline - trio.current_time()),
                     connect_timeout=1.0,
                 ) as db:
@@ -750,6 +791,175 @@ def _print_banner(
     print("\n".join(lines), flush=True)
 
 
+# ---------------------------------------------------------------- configuration
+
+#: What each server setting means: the help of its ``docstore serve`` flag and
+#: the configuration reference in docs/operations.md (``docstore config-reference``).
+CONFIG_HELP: dict[str, str] = {
+    "id": "this node's id, a positive integer unique in the cluster",
+    "listen": "HOST:PORT to listen on, for peers and clients",
+    "advertise": "HOST:PORT others reach this node at (default: listen)",
+    "peers": "ID=HOST:PORT of another member at bootstrap (TOML: a [peers] table)",
+    "nodes": "every bootstrap member, this one included, as a [nodes] table of ID = "
+    '"HOST:PORT"; an alternative to peers that lets all nodes share one file (with --id)',
+    "join": "join a running cluster (then `docstore add-node`) instead of bootstrapping one",
+    "data": "data directory (default with [nodes]: nodeID beside the file)",
+    "cluster_id": "the cluster's name; peers and clients must present the same",
+    "secret": "the cluster secret every node shares (peer handshake); required",
+    "token": "the token of the client principal 'docstore' (role admin)",
+    "tokens": "more client principals, a table of NAME = TOKEN (`--client NAME` on the CLI)",
+    "roles": 'a table of NAME = ROLE, ROLE one of "read", "write", "admin" (default: admin '
+    "for docstore, write for the others)",
+    "election_timeout_min": "seconds without a leader before a follower campaigns, at least",
+    "election_timeout_max": "... and at most (each election draws a timeout between the two)",
+    "heartbeat_interval": "seconds between the leader's heartbeats; well below the election "
+    "timeout",
+    "snapshot_entries": "entries applied between automatic snapshots (log compaction)",
+    "proposal_timeout": "seconds a write waits to be committed and applied before it fails "
+    "with `timeout`",
+    "tls_cert": "PEM certificate (chain) of this node: the port speaks wss, to peers and clients",
+    "tls_key": "PEM private key of tls_cert",
+    "tls_ca": "PEM CA bundle to verify the peers' certificates with (default: tls_cert)",
+    "log_level": "debug, info, warning or error",
+}
+
+#: Settings with an environment variable (it applies when the flag is absent).
+CONFIG_ENV = {"secret": "DOCSTORE_SECRET", "token": "DOCSTORE_TOKEN"}
+
+#: ``docstore serve`` flags of settings (the tuning ones are shared with ``cluster``).
+SERVE_FLAGS = (
+    "id",
+    "listen",
+    "advertise",
+    "peers",
+    "join",
+    "data",
+    "cluster_id",
+    "secret",
+    "token",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+)
+TUNING_FLAGS: dict[str, type] = {
+    "election_timeout_min": float,
+    "election_timeout_max": float,
+    "heartbeat_interval": float,
+    "snapshot_entries": int,
+    "proposal_timeout": float,
+}
+CONFIG_METAVAR = {
+    "listen": "HOST:PORT",
+    "advertise": "HOST:PORT",
+    "data": "DIR",
+    "tls_cert": "FILE",
+    "tls_key": "FILE",
+    "tls_ca": "FILE",
+}
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parsers of ``parser``'s subcommands, by name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _server_defaults() -> dict[str, Any]:
+    import dataclasses
+
+    from docstore.server import ServerConfig
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(ServerConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _default(name: str) -> str:
+    v = _server_defaults()[name]
+    if v is None or v == "" or v == {}:
+        return "none"
+    return str(v)
+
+
+def _default_note(name: str) -> str:
+    v = _server_defaults()[name]
+    if v is None or v in ("", {}) or v is False or "(default" in CONFIG_HELP[name]:
+        return ""
+    return f" (default {v})"
+
+
+def _env_note(name: str) -> str:
+    return f" (env {CONFIG_ENV[name]})" if name in CONFIG_ENV else ""
+
+
+def config_reference() -> str:
+    """The configuration reference of docs/operations.md, from ServerConfig and the flags."""
+    import dataclasses
+
+    from docstore.server import ServerConfig
+
+    serve = subcommands(build_parser())["serve"]
+    flags: dict[str, tuple[str, str]] = {}
+    for action in serve._actions:
+        if action.option_strings and action.help:
+            dest = "peers" if action.dest == "peer" else action.dest
+            flags[dest] = (action.option_strings[0], action.help)
+    defaults = _server_defaults()
+    rows = [
+        "| key | flag of `docstore serve` | environment | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(ServerConfig):
+        name = f.name
+        flag, flag_help = flags.get(name, ("", ""))
+        text = CONFIG_HELP.get(name, flag_help)
+        if not text:
+            raise ValueError(
+                f"ServerConfig.{name} has no description: add a help text to its flag "
+                "or an entry to CONFIG_HELP in docstore/cli.py"
+            )
+        text = text.split(" (default ")[0] if name in TUNING_FLAGS or name == "log_level" else text
+        default = defaults[name]
+        shown = "-" if default is None or default == "" or default == {} else f"`{default!r}`"
+        if isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        elif isinstance(default, str) and default:
+            shown = f"`{default!r}`".replace("'", '"')
+        if name == "peers" and flag:
+            flag = "`--peer ID=HOST:PORT` (repeated)"
+        elif flag:
+            flag = f"`{flag}`"
+        env = f"`{CONFIG_ENV[name]}`" if name in CONFIG_ENV else ""
+        rows.append(f"| `{name}` | {flag or '-'} | {env or '-'} | {shown} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+REFERENCE_START = "<!-- config-reference: generated by `docstore config-reference`; do not edit -->"
+REFERENCE_END = "<!-- end of config-reference -->"
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    text = config_reference()
+    if not args.update:
+        sys.stdout.write(text)
+        return 0
+    with open(args.update, encoding="utf-8") as f:
+        doc = f.read()
+    start, end = doc.find(REFERENCE_START), doc.find(REFERENCE_END)
+    if start < 0 or end < start:
+        raise CliError(f"{args.update} has no {REFERENCE_START} ... {REFERENCE_END} block")
+    doc = doc[: start + len(REFERENCE_START)] + "\n" + text + doc[end:]
+    with open(args.update, "w", encoding="utf-8") as f:
+        f.write(doc)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -762,8 +972,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = argparse.ArgumentParser(add_help=False)
     g = client.add_argument_group("connection")
-    g.add_argument("--cluster", help="node addresses, HOST:PORT[,HOST:PORT...] (DOCSTORE_CLUSTER)")
-    g.add_argument("--token", help="client token (DOCSTORE_TOKEN)")
+    g.add_argument(
+        "--cluster",
+        help="node addresses, HOST:PORT[,HOST:PORT...] (default: DOCSTORE_CLUSTER, "
+        "else the nodes in --dir's cluster.toml)",
+    )
+    g.add_argument(
+        "--client",
+        metavar="NAME",
+        help="the principal to authenticate as, one of the server's `tokens` (default: "
+        f"DOCSTORE_CLIENT, else {DEFAULT_CLIENT!r}, the principal of the `token` setting)",
+    )
+    g.add_argument(
+        "--token",
+        help="the token of the --client principal (default: DOCSTORE_TOKEN, else cluster.toml's "
+        "`token`, or `tokens.NAME` with --client NAME)",
+    )
     g.add_argument(
         "--dir",
         default=DEFAULT_DIR,
@@ -775,10 +999,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to keep retrying a request (default 10)",
     )
+    g.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="speak TLS (wss) and verify the nodes' certificates with this CA bundle "
+        "(default: DOCSTORE_TLS_CA, else plain)",
+    )
 
     reads = argparse.ArgumentParser(add_help=False)
     reads.add_argument(
-        "--consistency", choices=["linearizable", "lease", "local"], default="linearizable"
+        "--consistency",
+        choices=["linearizable", "lease", "local"],
+        default="linearizable",
+        help="linearizable (default: a read barrier on the leader), lease (the leader, "
+        "no round trip while its lease holds) or local (any node, maybe stale)",
     )
 
     def add(
@@ -793,11 +1027,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     tuning = argparse.ArgumentParser(add_help=False)
     t = tuning.add_argument_group("tuning (defaults: docstore.server.ServerConfig)")
-    t.add_argument("--election-timeout-min", type=float)
-    t.add_argument("--election-timeout-max", type=float)
-    t.add_argument("--heartbeat-interval", type=float)
-    t.add_argument("--snapshot-entries", type=int)
-    t.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    for name, kind in TUNING_FLAGS.items():
+        t.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            metavar=kind.__name__.upper(),
+            help=CONFIG_HELP[name] + f" (default {_default(name)})",
+        )
+    t.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help=CONFIG_HELP["log_level"] + f" (default {_default('log_level')})",
+    )
 
     sp = add("cluster", cmd_cluster, "run a local N-node cluster (one process per node)", tuning)
     sp.add_argument("--nodes", type=int, help="number of nodes for a new cluster (default 3)")
@@ -807,7 +1048,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"node N listens on 127.0.0.1:BASE+N-1 (default {DEFAULT_BASE_PORT})",
     )
-    sp.add_argument("--ready-timeout", type=float, default=30.0)
+    sp.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the first leader before giving up (default 30)",
+    )
 
     sp = add(
         "restart-node",
@@ -815,89 +1061,128 @@ def build_parser() -> argparse.ArgumentParser:
         "stop node N of the `docstore cluster` running on --dir if it runs, and start it "
         "again as that cluster's child (after a crash or kill -9)",
     )
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=int, help="the node's id (1 for node1)")
     sp.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory (default {DEFAULT_DIR})")
     sp.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for it (default 30)"
     )
 
     sp = add("serve", cmd_serve, "run one node (peers and clients on one port)", tuning)
-    sp.add_argument("--config", help="TOML file (same keys as the flags, with _)")
-    sp.add_argument("--id", type=int)
-    sp.add_argument("--listen", help="HOST:PORT")
-    sp.add_argument("--advertise", help="HOST:PORT others reach this node at")
-    sp.add_argument("--peer", action="append", metavar="ID=HOST:PORT")
-    sp.add_argument("--join", action="store_true", help="join a running cluster (add-node)")
-    sp.add_argument("--data", help="data directory")
-    sp.add_argument("--cluster-id")
-    sp.add_argument("--secret", help="cluster secret (DOCSTORE_SECRET)")
-    sp.add_argument("--token", help="client token (DOCSTORE_TOKEN)")
-    sp.add_argument("--tls-cert")
-    sp.add_argument("--tls-key")
-    sp.add_argument("--tls-ca")
+    sp.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file (same keys as the flags, with _); flags override it",
+    )
+    for name in SERVE_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        text = CONFIG_HELP[name] + _env_note(name) + _default_note(name)
+        if name == "join":
+            sp.add_argument(flag, action="store_true", default=None, help=text)
+        elif name == "id":
+            sp.add_argument(flag, type=int, help=text)
+        elif name == "peers":
+            sp.add_argument(
+                "--peer",
+                dest="peer",
+                action="append",
+                metavar="ID=HOST:PORT",
+                help=text + "; repeat for each",
+            )
+        else:
+            sp.add_argument(flag, metavar=CONFIG_METAVAR.get(name), help=text)
 
     sp = add("put", cmd_put, "create or replace a document", client)
-    sp.add_argument("coll")
-    sp.add_argument("key")
+    sp.add_argument("coll", help="collection name")
+    sp.add_argument("key", help="document key")
     sp.add_argument("doc", help="JSON object")
-    sp.add_argument("--if-rev", type=int)
+    sp.add_argument("--if-rev", type=int, help="only if the document's _rev is this")
     sp = add("get", cmd_get, "print a document (exit 1 if absent)", client, reads)
-    sp.add_argument("coll")
-    sp.add_argument("key")
+    sp.add_argument("coll", help="collection name")
+    sp.add_argument("key", help="document key")
     sp = add("patch", cmd_patch, "apply update operators ($set, $inc, ...)", client)
-    sp.add_argument("coll")
-    sp.add_argument("key")
+    sp.add_argument("coll", help="collection name")
+    sp.add_argument("key", help="document key")
     sp.add_argument("ops", help='JSON, e.g. {"$inc": {"n": 1}}')
-    sp.add_argument("--upsert", action="store_true")
-    sp.add_argument("--if-rev", type=int)
+    sp.add_argument("--upsert", action="store_true", help="create the document if absent")
+    sp.add_argument("--if-rev", type=int, help="only if the document's _rev is this")
     sp = add("delete", cmd_delete, "delete a document", client)
-    sp.add_argument("coll")
-    sp.add_argument("key")
-    sp.add_argument("--if-rev", type=int)
+    sp.add_argument("coll", help="collection name")
+    sp.add_argument("key", help="document key")
+    sp.add_argument("--if-rev", type=int, help="only if the document's _rev is this")
     sp = add("find", cmd_find, "print matching documents as a JSON array", client, reads)
-    sp.add_argument("coll")
-    sp.add_argument("filter", nargs="?")
+    sp.add_argument("coll", help="collection name")
+    sp.add_argument("filter", nargs="?", help='JSON filter, e.g. {"age": {"$gte": 18}}')
     sp.add_argument("--sort", help='"field", "-field" or JSON [["f", -1], ...]')
-    sp.add_argument("--limit", type=int)
+    sp.add_argument("--limit", type=int, help="at most this many documents")
     sp = add("count", cmd_count, "count matching documents", client, reads)
-    sp.add_argument("coll")
-    sp.add_argument("filter", nargs="?")
+    sp.add_argument("coll", help="collection name")
+    sp.add_argument("filter", nargs="?", help="JSON filter (default: every document)")
     sp = add("watch", cmd_watch, "print changes as JSON lines until Ctrl-C", client)
-    sp.add_argument("coll")
-    sp.add_argument("filter", nargs="?")
-    sp.add_argument("--since-rev", type=int)
+    sp.add_argument("coll", help="collection name")
+    sp.add_argument("filter", nargs="?", help="JSON filter (default: every change)")
+    sp.add_argument("--since-rev", type=int, help="start after this revision (default: now)")
     sp.add_argument("--count", type=int, help="stop after this many changes")
     sp = add("status", cmd_status, "each node's role, term, commit, applied, lag", client)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp = add("members", cmd_members, "the cluster's members", client)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sp = add(
         "add-node",
         cmd_add_node,
         "add a node started with `docstore serve --join` (learner, then voter)",
         client,
     )
-    sp.add_argument("id", type=int)
-    sp.add_argument("address")
+    sp.add_argument("id", type=int, help="the new node's id")
+    sp.add_argument("address", help="HOST:PORT the new node listens on")
     sp.add_argument("--learner", action="store_true", help="do not promote to voter")
     sp = add("remove-node", cmd_remove_node, "remove a node from the cluster", client)
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=int, help="the node's id")
     sp = add("transfer-leader", cmd_transfer_leader, "hand leadership to a node", client)
-    sp.add_argument("id", type=int, nargs="?")
+    sp.add_argument("id", type=int, nargs="?", help="the new leader (default: any caught-up voter)")
     add("snapshot", cmd_snapshot, "snapshot the leader's state now, compact its log", client)
     sp = add("backup", cmd_backup, "write the cluster's state to FILE", client)
-    sp.add_argument("file")
+    sp.add_argument("file", help="where to write the backup (replaced atomically)")
+    sp.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=30.0,
+        help="give up when no chunk arrives for this many seconds (default 30); "
+        "there is no overall timeout",
+    )
     sp = add(
         "restore",
         cmd_restore,
         "prepare a fresh cluster directory from a backup (offline), then `docstore cluster`",
     )
-    sp.add_argument("file")
-    sp.add_argument("--dir", default=DEFAULT_DIR)
-    sp.add_argument("--nodes", type=int, default=3)
-    sp.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
+    sp.add_argument("file", help="a file written by `docstore backup`")
+    sp.add_argument(
+        "--dir", default=DEFAULT_DIR, help=f"the new cluster's directory (default {DEFAULT_DIR})"
+    )
+    sp.add_argument("--nodes", type=int, default=3, help="nodes of the new cluster (default 3)")
+    sp.add_argument(
+        "--base-port",
+        type=int,
+        default=DEFAULT_BASE_PORT,
+        help=f"node N listens on 127.0.0.1:BASE+N-1 (default {DEFAULT_BASE_PORT})",
+    )
     sp.add_argument("--data", help="restore one node's data directory instead (with --node)")
-    sp.add_argument("--node", dest="nodes_map", action="append", metavar="ID=HOST:PORT")
+    sp.add_argument(
+        "--node",
+        dest="nodes_map",
+        action="append",
+        metavar="ID=HOST:PORT",
+        help="a member of the new cluster, with --data; repeat for every member",
+    )
+    sp = add(
+        "config-reference",
+        cmd_config_reference,
+        "print the server configuration reference (Markdown, as in docs/operations.md)",
+    )
+    sp.add_argument(
+        "--update",
+        metavar="FILE",
+        help="rewrite the generated block of FILE (docs/operations.md) instead of printing",
+    )
     return p
 
 

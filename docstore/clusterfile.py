@@ -25,6 +25,12 @@ def read_cluster_file(directory: str) -> dict[str, Any] | None:
 
 
 def _toml_value(v: object) -> str:
+    if isinstance(v, dict):  # tokens = {...}, roles = {...}: an inline table
+        return (
+            "{ "
+            + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items())
+            + " }"
+        )
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):

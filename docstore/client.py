@@ -194,6 +194,9 @@ class RemoteExecutor:
 
     async def _get_link(self) -> _Link:
         """The current connection, or a new one (preferred leader first)."""
+        link = self._link
+        if link is not None and not link.conn.closed:
+            return link  # the common case: no lock, no checkpoint
         async with self._link_lock:
             link = self._link
             if link is not None and not link.conn.closed:

@@ -232,11 +232,20 @@ class Connection:
         """
         self._check_open()
         rid = self.next_request_id()
-        data = self._encode(dataclasses.replace(request, request_id=rid))
+        r = request
+        data = self._encode(
+            ClientRequest(rid, r.kind, r.payload, r.client_id, r.sequence, r.consistency)
+        )
         waiter = self._pending[rid] = _Waiter()
         try:
             try:
-                await self._out_send.send(data)
+                try:
+                    # Queued without a checkpoint when there is room: the caller
+                    # then runs on to its wait, and the sender finds more requests
+                    # queued for one frame.
+                    self._out_send.send_nowait(data)
+                except trio.WouldBlock:
+                    await self._out_send.send(data)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise ConnectionClosedError(self._closed_reason or "closed") from None
             await waiter.event.wait()

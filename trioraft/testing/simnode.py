@@ -224,6 +224,7 @@ class Simulation:
         self.max_sessions = r.choice((3, 10_000))
         self.workload = Workload(self, clients=cfg.clients)
         self.net: MemoryNetwork | None = None
+        self.heal_at: float | None = None
         self._nursery: trio.Nursery | None = None
 
     # ---------------------------------------------------------------- log
@@ -396,6 +397,11 @@ class Simulation:
             ):
                 self.violation(f"node {sn.id} still runs 2 s after a failed fsync")
                 sn.sync_failed_at = None
+        if self.heal_at is not None and now >= self.heal_at:
+            assert self.net is not None
+            self.net.heal()
+            self.heal_at = None
+            self.note("partition heals")
         x = r.random()
         sn = self.nodes[r.choice(sorted(self.nodes))]
         for rate, action in (
@@ -426,12 +432,13 @@ class Simulation:
     def _disk_errors(self, sn: _SimNode) -> None:
         if sn.node is not None and not sn.fs.dead:
             self.note(f"node {sn.id}: disk errors")
-            sn.fs.error_rate = self.rng.choice((0.002, 0.02, 0.2))
+            sn.fs.error_rate = self.rng.choice((0.01, 0.05, 0.3))
 
     def _partition(self, sn: _SimNode) -> None:
         net, r = self.net, self.rng
         assert net is not None
         net.heal()
+        self.heal_at = trio.current_time() + r.uniform(0.1, 2.0)
         kind = r.randrange(4)
         ids = sorted(self.nodes)
         if kind == 0:
@@ -453,7 +460,8 @@ class Simulation:
 
     def _stall(self, sn: _SimNode) -> None:
         if sn.node is not None and not sn.stalled():
-            d = self.rng.uniform(0.05, 0.4) if self.rng.random() < 0.5 else self.rng.uniform(0.4, 2)
+            r = self.rng
+            d = r.uniform(0.05, 0.4) if r.random() < 0.7 else r.uniform(0.4, 1.5)
             self.note(f"stall node {sn.id} for {d:.3f}s")
             sn.stalled_until = trio.current_time() + d
 

@@ -78,8 +78,13 @@ _LOG = "apply.dslog"
 
 
 def encode_command(cmd: dict[str, Any]) -> bytes:
-    """The ``Entry.data`` (and ``propose`` payload) of a command map."""
-    return bytes(cbor2.dumps(cmd, canonical=True))
+    """The ``Entry.data`` (and ``propose`` payload) of a command map.
+
+    Maps keep their key order (not canonical CBOR, which sorts keys): a
+    document is stored with its fields in the order it was written.  Replicas
+    apply the same bytes, so they still agree.
+    """
+    return bytes(cbor2.dumps(cmd))
 
 
 def decode_command(data: bytes) -> Any:

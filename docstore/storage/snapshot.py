@@ -7,7 +7,8 @@ Layout (docs/docstore.md has the byte-level description)::
                            "collections": [{name, type, type_version, indexes}],
                            "sessions": [[client_id, sequence, result, last_used_ms], ...],
                            "time_ms": the replicated clock (absent in older files)}
-    record  document JSON [collection, document]     (collections by name, keys in order)
+    record  document JSON [collection, document]     (collections by name, keys in order;
+                                                      the document's fields as written)
     ...
     record  trailer  JSON {"end": true, "documents": n, "sha256": hex of all bytes before it}
 
@@ -36,6 +37,8 @@ FORMAT = 1
 _dumps = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
+#: Documents keep their field order (a user's object is ordered for them).
+_dumps_doc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,7 @@ def encode(
     chunks = [MAGIC, frame(_dumps(header).encode())]
     count = 0
     for coll, doc in engine.iter_documents():
-        chunks.append(frame(_dumps([coll, doc]).encode()))
+        chunks.append(frame(_dumps_doc([coll, doc]).encode()))
         count += 1
     h = hashlib.sha256()
     for c in chunks:

@@ -342,22 +342,57 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+
     async def body(db: Any) -> None:
-        data = await db.backup()
-        await trio.to_thread.run_sync(_write_file, args.file, data)
-        info = _snapshot_info(data, args.file)
-        _out({"file": args.file, "bytes": len(data), "index": info[0], "term": info[1]})
+        try:
+            info = await db.backup(
+                args.file,
+                stall_timeout=args.stall_timeout,
+                progress=bar.update if bar is not None else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        _out(info)
 
-    return _run_client(args, body)
+    try:
+        return _run_client(args, body)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.file}: {exc.strerror or exc}") from None
 
 
-def _write_file(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class ProgressBar:
+    """``backup  12.0 MiB / 40.0 MiB  30% [######.............]`` on a terminal, redrawn
+    in place at most every 0.1 s (and at the end)."""
+
+    WIDTH = 30
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.drawn = 0.0
+        self.shown = False
+
+    def update(self, received: int, size: int) -> None:
+        now = time.monotonic()
+        if received < size and now - self.drawn < 0.1:
+            return
+        self.drawn = now
+        share = received / size if size else 1.0
+        filled = int(share * self.WIDTH)
+        mib = 1024 * 1024
+        self.out.write(
+            f"\rbackup {received / mib:7.1f} MiB / {size / mib:.1f} MiB {share:4.0%} "
+            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}]"
+        )
+        self.out.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.out.write("\n")
+            self.out.flush()
+            self.shown = False
 
 
 def _last_line(path: str) -> str:

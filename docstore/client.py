@@ -28,12 +28,14 @@ below it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, overload
 from urllib.parse import unquote
 
 import trio
@@ -60,8 +62,11 @@ from trioraft.transport.codec import encode_value
 from trioraft.transport.messages import ClientRequest, ClientResponse
 
 __all__ = [
+    "BackupChunk",
+    "BackupInterruptedError",
     "ClusterError",
     "ForbiddenError",
+    "NotSupportedRemotely",
     "RemoteExecutor",
     "RemoteWatcher",
     "UnavailableError",
@@ -98,6 +103,50 @@ class ForbiddenError(ClusterError):
 
     def __init__(self, message: str) -> None:
         super().__init__("forbidden", message)
+
+
+class NotSupportedRemotely(DocstoreError):
+    """The embedded-only part of the API, on a connected database (docs/docstore.md says
+    what to use instead)."""
+
+
+class BackupInterruptedError(ClusterError):
+    """A backup stream broke after some chunks had arrived (it cannot resume midway;
+    :meth:`RemoteDatabase.backup` to a file starts again on its own)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("backup_interrupted", message)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupChunk:
+    """One piece of a backup, in order: ``data`` goes at ``offset`` of a ``size``-byte
+    file.  The last (``done``) also carries the whole file's ``sha256`` (already
+    checked by the client) and the Raft ``index`` and ``term`` it covers."""
+
+    offset: int
+    data: bytes
+    size: int
+    done: bool
+    sha256: str = ""
+    index: int = 0
+    term: int = 0
+
+
+def _backup_chunk(result: object) -> BackupChunk:
+    try:
+        assert isinstance(result, dict)
+        return BackupChunk(
+            offset=int(result["offset"]),
+            data=bytes(result["data"]),
+            size=int(result["size"]),
+            done=bool(result["done"]),
+            sha256=str(result.get("sha256", "")),
+            index=int(result.get("index", 0)),
+            term=int(result.get("term", 0)),
+        )
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise ClusterError("bad_backup", f"malformed backup chunk {result!r:.80}") from None
 
 
 def _response_error(resp: ClientResponse) -> DocstoreError:
@@ -578,30 +627,147 @@ class RemoteDatabase(Database):
         assert isinstance(result, dict)
         return result
 
-    async def backup(self) -> bytes:
-        """The leader's state as a snapshot file (current as of a linearizable read)."""
+    @asynccontextmanager
+    async def backup_stream(
+        self, *, stall_timeout: float = 30.0
+    ) -> AsyncIterator[AsyncIterator[BackupChunk]]:
+        """The leader's state as a snapshot file, as :class:`BackupChunk` s in order.
+
+        ``async with db.backup_stream() as chunks: async for chunk in chunks: ...``.
+        The snapshot is taken after a linearizable read barrier (every write
+        acknowledged before is in it).  There is no overall timeout: until the
+        first chunk the request is retried (leader changes, lost connections)
+        and fails with :class:`UnavailableError` once ``stall_timeout`` seconds
+        pass without a chunk, as it does between any two chunks.  A stream that
+        breaks after the first chunk raises :class:`BackupInterruptedError`; the
+        last chunk's ``sha256`` is checked against the bytes received.
+        """
+        gen = self._backup_chunks(stall_timeout)
+        try:
+            yield gen
+        finally:
+            with trio.CancelScope(shield=True):
+                await gen.aclose()
+
+    async def _backup_chunks(self, stall_timeout: float) -> AsyncGenerator[BackupChunk, None]:
         ex = self._executor
-        with trio.fail_after(ex.timeout):
-            while True:
-                link = await ex._get_link()
-                parts: list[bytes] = []
+        delay = 0.02
+        last = "no answer"
+        deadline = trio.current_time() + stall_timeout  # for the next chunk
+
+        def stalled() -> UnavailableError:
+            return UnavailableError(f"backup: no chunk for {stall_timeout}s ({last})")
+
+        while True:
+            link: _Link | None = None
+            with trio.move_on_at(deadline):
                 try:
-                    async with link.conn.stream(ClientRequest(0, "backup")) as responses:
-                        async for resp in responses:
+                    link = await ex._get_link()
+                except HandshakeError as exc:
+                    raise ClusterError("unauthorized", str(exc)) from None
+                except (ClientConnectionError, OSError) as exc:
+                    last = str(exc)
+            offset = 0
+            if link is not None:
+                digest = hashlib.sha256()
+                try:
+                    async with link.conn.stream(ClientRequest(0, "backup"), buffer=16) as chunks:
+                        while True:
+                            resp: ClientResponse | None = None
+                            with trio.move_on_at(deadline):
+                                resp = await chunks.receive()
+                            if resp is None:
+                                if offset:
+                                    ex._drop(link)  # the node may still be sending
+                                raise stalled()
                             if not resp.ok:
+                                if offset:
+                                    raise BackupInterruptedError(
+                                        f"at byte {offset}: {resp.error_code}: {resp.error_message}"
+                                    )
+                                last = f"{resp.error_code}: {resp.error_message}"
                                 if resp.error_code == "not_leader":
                                     ex._redirect(link, resp.leader_addr)
-                                    break
-                                if resp.error_code in RETRY_CODES:
-                                    break
-                                raise _response_error(resp)
-                            assert isinstance(resp.result, dict)
-                            parts.append(bytes(resp.result["data"]))
-                            if resp.result["done"]:
-                                return b"".join(parts)
-                except ClientConnectionError:
+                                elif resp.error_code not in RETRY_CODES:
+                                    raise _response_error(resp)
+                                break
+                            chunk = _backup_chunk(resp.result)
+                            if chunk.offset != offset:
+                                raise ClusterError(
+                                    "bad_backup", f"chunk at {chunk.offset}, expected {offset}"
+                                )
+                            digest.update(chunk.data)
+                            offset += len(chunk.data)
+                            if chunk.done and digest.hexdigest() != chunk.sha256:
+                                raise ClusterError(
+                                    "bad_backup", "the bytes received do not match the sha256"
+                                )
+                            yield chunk
+                            if chunk.done:
+                                return
+                            deadline = trio.current_time() + stall_timeout
+                except (ClientConnectionError, trio.EndOfChannel) as exc:
                     ex._drop(link)
-                await trio.sleep(0.1)
+                    if offset:
+                        raise BackupInterruptedError(
+                            f"at byte {offset}: {exc or 'the connection closed'}"
+                        ) from None
+                    last = str(exc) or "the connection closed"
+            if trio.current_time() >= deadline:
+                raise stalled()
+            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+            delay = min(delay * 2, 1.0)
+
+    @overload
+    async def backup(
+        self,
+        path: None = None,
+        *,
+        stall_timeout: float = ...,
+        progress: Callable[[int, int], None] | None = ...,
+    ) -> bytes: ...
+
+    @overload
+    async def backup(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        stall_timeout: float = ...,
+        progress: Callable[[int, int], None] | None = ...,
+    ) -> dict[str, Any]: ...
+
+    async def backup(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        stall_timeout: float = 30.0,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> bytes | dict[str, Any]:
+        """A backup of the cluster (see :meth:`backup_stream`).
+
+        With ``path`` it is written to disk as the chunks arrive (``PATH.tmp``,
+        fsynced, renamed over ``path``, directory fsynced), started again if the
+        stream breaks midway, and the answer is ``{"file", "bytes", "index",
+        "term", "sha256"}``; without, the whole file comes back as ``bytes``
+        (held in memory: for small databases).  ``progress(received, size)`` is
+        called after each chunk.
+        """
+        if path is None:
+            parts: list[bytes] = []
+            async with self.backup_stream(stall_timeout=stall_timeout) as chunks:
+                async for chunk in chunks:
+                    parts.append(chunk.data)
+                    if progress is not None:
+                        progress(chunk.offset + len(chunk.data), chunk.size)
+            return b"".join(parts)
+        target = os.fspath(path)
+        for attempt in range(1, BACKUP_ATTEMPTS + 1):
+            try:
+                return await _backup_to_file(self, target, stall_timeout, progress)
+            except BackupInterruptedError:
+                if attempt == BACKUP_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     async def node_digests(self) -> dict[int, dict[str, Any]]:
         """Each reachable member's state digest and applied index (for checks)."""
@@ -615,6 +781,48 @@ class RemoteDatabase(Database):
             assert isinstance(d, dict)
             out[int(n)] = d
         return out
+
+
+#: How many times :meth:`RemoteDatabase.backup` to a file starts a broken stream again.
+BACKUP_ATTEMPTS = 3
+
+
+async def _backup_to_file(
+    db: RemoteDatabase,
+    path: str,
+    stall_timeout: float,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    from docstore.storage.records import fsync_dir
+
+    tmp = path + ".tmp"
+    done = False
+    last: BackupChunk | None = None
+    try:
+        async with await trio.open_file(tmp, "wb") as f:
+            async with db.backup_stream(stall_timeout=stall_timeout) as chunks:
+                async for chunk in chunks:
+                    await f.write(chunk.data)
+                    await f.flush()
+                    if progress is not None:
+                        progress(chunk.offset + len(chunk.data), chunk.size)
+                    last = chunk
+            await trio.to_thread.run_sync(os.fsync, f.fileno())
+        await trio.to_thread.run_sync(os.replace, tmp, path)
+        await trio.to_thread.run_sync(fsync_dir, os.path.dirname(path) or ".")
+        done = True
+    finally:
+        if not done:
+            with trio.CancelScope(shield=True), suppress(FileNotFoundError):
+                await trio.to_thread.run_sync(os.unlink, tmp)
+    assert last is not None and last.done
+    return {
+        "file": path,
+        "bytes": last.size,
+        "index": last.index,
+        "term": last.term,
+        "sha256": last.sha256,
+    }
 
 
 #: ``docstore://TOKEN@host:port,host:port`` (the token part is optional).

@@ -28,8 +28,10 @@ storage operations, make a node's disk fail writes or fsyncs (``EIO``,
 fsync is a violation), partition the network (symmetric, one-way,
 isolating), stall a node (its traffic held both ways, then delivered at
 once), remove a voter and add it back (learner, then promoted), transfer
-leadership, snapshot a node, or jump the wall clock a leader stamps
-entries with (hours, either way: sessions expire by those stamps).  A
+leadership, snapshot a node, jump the wall clock a leader stamps entries
+with (hours, either way: sessions expire by those stamps), or wipe a node's
+data directory (it comes back with a new incarnation; the operator removes
+it and adds it back).  A
 dead node is restarted from its disk's image by a supervisor a little
 later.  A node that stops without an injected fault is a violation.
 
@@ -109,6 +111,7 @@ class SimConfig:
     transfer_rate: float = 0.002
     snapshot_rate: float = 0.003
     clock_jump_rate: float = 0.002
+    wipe_rate: float = 0.001
     liveness_time: float = 30.0
     faults: frozenset[str] = frozenset()
 
@@ -158,6 +161,7 @@ class _SimNode:
         self.clock_offset = 0.0
         self.sync_failed_at: float | None = None
         self.starts = 0
+        self.wipe = False  # start next time on an empty disk
 
     def stalled(self) -> bool:
         return self.stalled_until > trio.current_time()
@@ -310,6 +314,11 @@ class Simulation:
             fs.unsynced = sn.fs.unsynced
             sn.fs = fs
         r = self.rng
+        if sn.wipe:
+            fs = SimFS(random.Random(r.random()))
+            fs.unsynced = sn.fs.unsynced
+            sn.fs, sn.wipe = fs, False
+            self.note(f"node {sn.id} starts on an empty disk")
         sn.fs.on_power_loss = functools.partial(self._power_lost, sn)
         sn.fs.error_rate = 0.0
         cls = _SessionlessMachine if "sessions_ignored" in self.cfg.faults else DocstoreStateMachine
@@ -414,6 +423,7 @@ class Simulation:
             (c.transfer_rate, self._transfer),
             (c.snapshot_rate, self._snapshot),
             (c.clock_jump_rate, self._clock_jump),
+            (c.wipe_rate, self._wipe),
         ):
             if x < rate:
                 action(sn)
@@ -422,6 +432,25 @@ class Simulation:
 
     def _crash(self, sn: _SimNode) -> None:
         self._kill(sn, "power" if self.rng.random() < 0.7 else "process")
+
+    def _wipe(self, sn: _SimNode) -> None:
+        """Lose the node's data directory; the operator removes it and adds it back.
+
+        Only once every node records every member's incarnation: a voter wiped
+        before its record reached the others is not detected (a documented
+        limit of the incarnation rule), so that case is not simulated.
+        """
+        running = {s.id: s.node for s in self.nodes.values()}
+        incarnations = {i: n.incarnation for i, n in running.items() if n is not None}
+        for n in running.values():
+            if n is None or n.core is None or len(incarnations) < len(running):
+                return
+            m = n.core.membership
+            if any(m.incarnation_of(i) != inc for i, inc in incarnations.items()):
+                return
+        self.note(f"wipe node {sn.id}")
+        sn.wipe = True
+        self._kill(sn, "process")
 
     def _crash_point(self, sn: _SimNode) -> None:
         if sn.node is not None and not sn.fs.dead:
@@ -484,11 +513,16 @@ class Simulation:
         lead = self._leader()
         if lead is None or lead.node is None or lead.node.core is None:
             return
-        node, m = lead.node, lead.node.core.membership
+        node, core = lead.node, lead.node.core
+        m = core.membership
         if m.joint:
             return
         missing = [i for i in sorted(self.nodes) if i not in m.members]
-        if m.learners:
+        wiped = [i for i in sorted(m.members) if core.incarnation_conflict(i) is not None]
+        if wiped and wiped[0] != lead.id:
+            x = wiped[0]
+            self._operator(f"remove wiped {x}", functools.partial(node.remove_node, x))
+        elif m.learners:
             x = min(m.learners)
             self._operator(f"promote {x}", functools.partial(node.promote, x))
         elif missing:
@@ -610,11 +644,15 @@ class Simulation:
                 if m.joint:
                     continue
                 missing = [i for i in sorted(self.nodes) if i not in m.voters]
-                if missing:
-                    x = missing[0]
+                core = lead.node.core
+                wiped = [i for i in sorted(m.members) if core.incarnation_conflict(i) is not None]
+                if missing or wiped:
+                    x = (wiped or missing)[0]
                     with trio.move_on_after(3):
                         try:
-                            if x in m.learners:
+                            if x in wiped:
+                                await node.remove_node(x)
+                            elif x in m.learners:
                                 await node.promote(x)
                             else:
                                 await node.add_learner(x, f"mem:{x}")

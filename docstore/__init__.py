@@ -17,8 +17,11 @@ trioraft state machine.  Commands are plain maps (:mod:`docstore.commands`).
 """
 
 from docstore.client import (
+    BackupChunk,
+    BackupInterruptedError,
     ClusterError,
     ForbiddenError,
+    NotSupportedRemotely,
     RemoteDatabase,
     UnavailableError,
     connect,
@@ -53,6 +56,8 @@ from docstore.engine.values import Limits
 from docstore.watch import Watcher
 
 __all__ = [
+    "BackupChunk",
+    "BackupInterruptedError",
     "ChangeStream",
     "ClusterError",
     "Collection",
@@ -71,6 +76,7 @@ __all__ = [
     "Limits",
     "LocalExecutor",
     "NotFoundError",
+    "NotSupportedRemotely",
     "Registry",
     "RegistryError",
     "RemoteDatabase",

@@ -627,6 +627,64 @@ class RemoteDatabase(Database):
         assert isinstance(result, dict)
         return result
 
+    async def compact(self) -> None:
+        """Compact the cluster: the leader snapshots its state and drops the log
+        before it (:meth:`snapshot`; followers compact on their own schedule).
+        Needs the ``admin`` role (:class:`ForbiddenError` otherwise)."""
+        await self.snapshot()
+
+    @property
+    def rev(self) -> int:
+        """Not on a connected database: it raises :class:`NotSupportedRemotely`.
+
+        Embedded, ``rev`` is a local counter read without I/O; a cluster's
+        current revision needs a round trip: ``await db.current_rev()``.
+        """
+        raise NotSupportedRemotely(
+            "db.rev is the embedded database's; on a connected database use "
+            "`await db.current_rev()`"
+        )
+
+    async def current_rev(self) -> int:
+        """The cluster's current revision: the leader's applied log index after a
+        linearizable read barrier.  Every write acknowledged before the call has a
+        ``_rev`` at or below it, and ``watch(since_rev=it)`` starts here.  (In a
+        cluster revisions are log indexes, so it also counts entries that changed
+        no document.)"""
+        ex = self._executor
+        barrier = ClientRequest(0, "query", {"op": "collections"}, consistency="linearizable")
+        status = ClientRequest(0, "status", None, consistency="local")
+        last = "no answer"
+        delay = 0.02
+        with trio.move_on_after(ex.timeout):
+            while True:
+                link: _Link | None = None
+                try:
+                    link = await ex._get_link()
+                    # Both on one connection, so one node: its applied index only grows,
+                    # and after the barrier it covers every acknowledged write.
+                    resp = await link.conn.call(barrier)
+                    if resp.ok:
+                        resp = await link.conn.call(status)
+                except HandshakeError as exc:
+                    raise ClusterError("unauthorized", str(exc)) from None
+                except (ClientConnectionError, OSError) as exc:
+                    last = str(exc)
+                    ex._drop(link)
+                else:
+                    if resp.ok and isinstance(resp.result, dict):
+                        return int(resp.result["applied_index"])
+                    last = f"{resp.error_code}: {resp.error_message}"
+                    if resp.error_code == "not_leader":
+                        ex._redirect(link, resp.leader_addr)
+                        if resp.leader_addr:
+                            continue
+                    elif resp.error_code not in RETRY_CODES:
+                        raise _response_error(resp)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise UnavailableError(f"no answer from the cluster within {ex.timeout}s ({last})")
+
     @asynccontextmanager
     async def backup_stream(
         self, *, stall_timeout: float = 30.0

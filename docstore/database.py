@@ -71,9 +71,7 @@ class Executor(Protocol):
 
     async def query(self, q: dict[str, Any]) -> Any: ...
 
-    def watch(
-        self, coll: str, flt: object, since_rev: int | None, buffer: int
-    ) -> ChangeStream: ...
+    def watch(self, coll: str, flt: object, since_rev: int | None, buffer: int) -> ChangeStream: ...
 
     async def aclose(self) -> None: ...
 
@@ -442,14 +440,27 @@ class Database:
         return int(res["expired"])
 
     async def compact(self) -> None:
+        """Rewrite the data file with the live state only (a connected database
+        snapshots the leader instead: :meth:`docstore.RemoteDatabase.compact`)."""
         if self._local is None:
             raise DocstoreError("compaction is a local operation")
         await self._local.compact()
 
     @property
     def rev(self) -> int:
-        """The last revision written (embedded)."""
-        return self._local.rev if self._local is not None else 0
+        """The last revision written (embedded; a connected database raises
+        :class:`~docstore.client.NotSupportedRemotely`: use :meth:`current_rev`)."""
+        if self._local is None:
+            raise DocstoreError("rev is known to an embedded database only: use current_rev()")
+        return self._local.rev
+
+    async def current_rev(self) -> int:
+        """The database's current revision: every write acknowledged before the call
+        has a ``_rev`` at or below it, and ``watch(since_rev=it)`` starts here.
+        Embedded it is :attr:`rev`."""
+        if self._local is None:
+            raise DocstoreError("current_rev needs an embedded or connected database")
+        return self._local.rev
 
     async def aclose(self) -> None:
         await self._executor.aclose()

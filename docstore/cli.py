@@ -146,7 +146,7 @@ def _run_client(args: argparse.Namespace, body: Callable[[Any], Awaitable[int | 
             f"cluster unreachable at {','.join(addresses)}: {exc.message}", EXIT_UNAVAILABLE
         ) from None
     except ClusterError as exc:
-        code = EXIT_UNAVAILABLE if exc.code == "unauthorized" else EXIT_FAILED
+        code = EXIT_UNAVAILABLE if exc.code in ("unauthorized", "tls") else EXIT_FAILED
         raise CliError(str(exc), code) from None
     except docstore.NotFoundError as exc:
         raise CliError(f"not found: {exc.message}") from None

@@ -69,6 +69,7 @@ __all__ = [
     "NotSupportedRemotely",
     "RemoteExecutor",
     "RemoteWatcher",
+    "TlsError",
     "UnavailableError",
     "connect",
 ]
@@ -108,6 +109,67 @@ class ForbiddenError(ClusterError):
 class NotSupportedRemotely(DocstoreError):
     """The embedded-only part of the API, on a connected database (docs/docstore.md says
     what to use instead)."""
+
+
+class TlsError(ClusterError):
+    """The client's TLS setting does not fit the node's (a plain client and a node that
+    speaks TLS, or the other way round, or a certificate the client does not trust);
+    not retried."""
+
+    def __init__(self, address: str, message: str) -> None:
+        super().__init__("tls", message)
+        self.address = address
+
+
+async def _tls_probe(address: str, ctx: ssl.SSLContext | None, limit: float) -> str | None:
+    """None if ``address`` completes a TLS handshake under ``ctx`` (None: any
+    certificate), else why not."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if ctx is None:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    with trio.move_on_after(limit):
+        try:
+            stream = await trio.open_tcp_stream(host, int(port))
+        except (OSError, ValueError) as exc:
+            return str(exc)
+        tls = trio.SSLStream(stream, ctx, server_hostname=host)
+        try:
+            await tls.do_handshake()
+            return None
+        except trio.BrokenResourceError as exc:
+            return str(exc.__cause__ or exc) or "the connection closed"
+        except (ssl.SSLError, OSError) as exc:
+            return str(exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(tls)
+    return "no answer"
+
+
+async def _tls_mismatch(address: str, ctx: ssl.SSLContext | None, limit: float) -> TlsError | None:
+    """Why a connection to ``address`` closed during its opening, if TLS is the reason."""
+    speaks_tls = await _tls_probe(address, None, limit) is None
+    if ctx is None:
+        if not speaks_tls:
+            return None
+        return TlsError(
+            address,
+            f"the node at {address} speaks TLS: connect with ssl_context="
+            "ssl.create_default_context(cafile=CA) (the docstore command: --tls-ca CA)",
+        )
+    if not speaks_tls:
+        return TlsError(
+            address,
+            f"the node at {address} does not speak TLS: connect without ssl_context "
+            "(the docstore command: without --tls-ca)",
+        )
+    why = await _tls_probe(address, ctx, limit)
+    if why is None:
+        return None
+    return TlsError(address, f"TLS with the node at {address} failed: {why}")
 
 
 class BackupInterruptedError(ClusterError):
@@ -262,6 +324,10 @@ class RemoteExecutor:
                 raise
             except (ClientConnectionError, OSError) as exc:
                 self.last_error = str(exc)
+                if not isinstance(exc, NoListenerError):
+                    tls = await _tls_mismatch(address, self.ssl_context, self.connect_timeout)
+                    if tls is not None:
+                        raise tls from None
                 raise
             return self._link
 
@@ -892,8 +958,9 @@ def _target(
     token: str | bytes | None,
     cluster: str | os.PathLike[str] | None,
     cluster_id: str | None,
-) -> tuple[list[str], str | bytes, str]:
-    """(addresses, token, cluster_id) as :func:`connect` documents, in the CLI's order."""
+) -> tuple[list[str], str | bytes, str, str | None]:
+    """(addresses, token, cluster_id, CA file) as :func:`connect` documents, in the CLI's
+    order."""
     if isinstance(addresses, str) and addresses.startswith(URI_SCHEME):
         rest = addresses[len(URI_SCHEME) :]
         uri_token, at, rest = rest.rpartition("@")
@@ -906,6 +973,7 @@ def _target(
         addresses = [a for a in addresses.split(",") if a]
     found = list(addresses or [])
     token = token or os.environ.get("DOCSTORE_TOKEN")
+    tls_ca: str | None = None
     if cluster is not None:
         from docstore.clusterfile import CLUSTER_FILE, read_cluster_file
 
@@ -916,6 +984,8 @@ def _target(
         found = found or [str(a) for _, a in sorted(info.get("nodes", {}).items())]
         token = token or info.get("token")
         cluster_id = cluster_id or info.get("cluster_id")
+        # Nodes that speak TLS: trust what they trust each other with.
+        tls_ca = info.get("tls_ca") or info.get("tls_cert")
     if not found:
         raise ValueError("connect needs addresses, a docstore:// URI or cluster=DIR")
     if not token:
@@ -923,7 +993,7 @@ def _target(
             "connect needs a token: token=, a docstore://TOKEN@... URI, "
             "DOCSTORE_TOKEN in the environment, or cluster=DIR"
         )
-    return found, token, str(cluster_id or "docstore")
+    return found, token, str(cluster_id or "docstore"), tls_ca
 
 
 @asynccontextmanager
@@ -945,8 +1015,12 @@ async def connect(
     the client finds the leader.  The token is, first found: ``token``, the
     URI's, ``DOCSTORE_TOKEN`` in the environment, the ``cluster.toml`` of
     ``cluster``, the directory of a ``docstore cluster`` (which also gives
-    the addresses and ``cluster_id`` when not passed).  ``call_timeout``
-    bounds each call, retries included; it then raises
+    the addresses and ``cluster_id`` when not passed, and, if its nodes speak
+    TLS, the CA to verify them with when ``ssl_context`` is not passed).
+    ``ssl_context`` (e.g. ``ssl.create_default_context(cafile=CA)``) speaks TLS
+    to the nodes; a mismatch (a plain client and TLS nodes, or the reverse, or
+    a certificate the context does not trust) raises :class:`TlsError` at
+    once.  ``call_timeout`` bounds each call, retries included; it then raises
     :class:`UnavailableError`, at once if every address refuses the connection.
 
     Example:
@@ -958,7 +1032,9 @@ async def connect(
         async with docstore.connect(cluster="docstore-data") as db: ...
         async with docstore.connect("docstore://TOKEN@127.0.0.1:7101,127.0.0.1:7102") as db: ...
     """
-    addresses, token, cluster_id = _target(addresses, token, cluster, cluster_id)
+    addresses, token, cluster_id, tls_ca = _target(addresses, token, cluster, cluster_id)
+    if ssl_context is None and tls_ca:
+        ssl_context = ssl.create_default_context(cafile=tls_ca)
     ex = RemoteExecutor(
         addresses,
         token=token,

@@ -519,6 +519,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
             log_level=args.log_level,
+            http=args.http,
         )
         cfg.node_config()
     except ValueError as exc:
@@ -534,6 +535,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"docstore node {node.id} serving on {node.config.address} (data {cfg.data})",
                 flush=True,
             )
+            http = cfg.http or cfg.http_nodes.get(cfg.id)
+            if http:
+                print(f"docstore node {node.id}: status page http://{http}/", flush=True)
 
     try:
         trio.run(main)
@@ -563,6 +567,15 @@ def _new_cluster_info(nodes: int, base_port: int) -> dict[str, Any]:
     }
 
 
+#: ``docstore cluster`` gives node N's HTTP port (metrics, status page) its port + this.
+HTTP_PORT_OFFSET = 1000
+
+
+def _http_address(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + HTTP_PORT_OFFSET}"
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     directory = args.dir
     info = read_cluster_file(directory)
@@ -589,6 +602,15 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         info = fresh
         changed = True
     nodes = {int(n): str(a) for n, a in info["nodes"].items()}
+    if changed or {str(n) for n in info.get("http_nodes", {})} != {str(n) for n in nodes}:
+        info["http_nodes"] = {str(n): _http_address(a) for n, a in sorted(nodes.items())}
+        changed = True
+    for n, a in list(info["http_nodes"].items()):
+        if not _port_free(a):
+            # The status page is no reason not to start; the next run tries again.
+            print(f"docstore cluster: {a} is in use: node {n} serves no HTTP", flush=True)
+            del info["http_nodes"][n]
+            changed = True
     # Before anything is written: a failed start leaves no new secret or token behind.
     busy = [f"{a} (node {n})" for n, a in sorted(nodes.items()) if not _port_free(a)]
     if busy:
@@ -807,7 +829,16 @@ def _print_banner(
     lines = [f"docstore cluster: {len(nodes)} nodes, data in {d}/"]
     for n in sorted(nodes):
         mark = "  (leader)" if n == leader else ""
-        lines.append(f"  node {n}  {nodes[n]}  log {os.path.join(d, f'node{n}.log')}{mark}")
+        web = info.get("http_nodes", {}).get(str(n))
+        url = f"  http://{web}/" if web else ""
+        lines.append(f"  node {n}  {nodes[n]}{url}  log {os.path.join(d, f'node{n}.log')}{mark}")
+    webs = info.get("http_nodes", {})
+    if webs:
+        first = webs[min(webs, key=int)]
+        lines.append(
+            f"Status page: http://{first}/  (each node also serves /metrics, /healthz, "
+            "/readyz and /status)"
+        )
     dir_flag = _dir_flag(d)
     lines += [
         "",
@@ -856,6 +887,10 @@ CONFIG_HELP: dict[str, str] = {
     "tls_key": "PEM private key of tls_cert",
     "tls_ca": "PEM CA bundle to verify the peers' certificates with (default: tls_cert)",
     "log_level": "debug, info, warning or error",
+    "http": "HOST:PORT of this node's HTTP port: /metrics (Prometheus), /healthz, /readyz, "
+    "/status and the live status page at / (default: off, or this id's entry of http_nodes)",
+    "http_nodes": "every member's HTTP port, a table of ID = HOST:PORT, for the status "
+    "page (`docstore cluster` writes it: each node's port + 1000)",
 }
 
 #: Settings with an environment variable (it applies when the flag is absent).
@@ -875,6 +910,7 @@ SERVE_FLAGS = (
     "tls_cert",
     "tls_key",
     "tls_ca",
+    "http",
 )
 TUNING_FLAGS: dict[str, type] = {
     "election_timeout_min": float,
@@ -890,6 +926,7 @@ CONFIG_METAVAR = {
     "tls_cert": "FILE",
     "tls_key": "FILE",
     "tls_ca": "FILE",
+    "http": "HOST:PORT",
 }
 
 

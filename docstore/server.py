@@ -166,8 +166,16 @@ class ServerConfig:
     #: CA bundle to verify peers' certificates when dialling them over TLS.
     tls_ca: str | None = None
     log_level: str = "warning"
+    #: ``host:port`` of this node's HTTP port: /metrics, /healthz, /readyz,
+    #: /status and the status page (docstore/monitor.py).  Off when unset,
+    #: unless ``http_nodes`` has an entry for this id.
+    http: str | None = None
+    #: Every member's HTTP port, ``{id: "host:port"}``: the status page polls them.
+    http_nodes: Mapping[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.http is not None:
+            parse_address(self.http)
         if not isinstance(self.roles, Mapping):
             raise ValueError('roles is a table of client = "read" | "write" | "admin"')
         for client, role in self.roles.items():
@@ -265,7 +273,7 @@ def load_config(path: str | None = None, **overrides: Any) -> ServerConfig:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    for key in ("peers", "nodes"):
+    for key in ("peers", "nodes", "http_nodes"):
         if key in values:
             values[key] = _id_map(values[key], key)
     if not values.get("data") and path is not None and values.get("nodes"):
@@ -687,6 +695,12 @@ async def serve(
             functools.partial(serve_node, client_service=service.build), node_config, sm
         )
         nursery.start_soon(_leader_duties, node, sm)
+        http = config.http or config.http_nodes.get(config.id)
+        if http:
+            from docstore.monitor import serve_monitor
+
+            await nursery.start(serve_monitor, node, http, config.http_nodes)
+            log.info("docstore node %d: metrics and status page on http://%s/", node.id, http)
         # Info, not warning: `docstore serve` prints this line itself.
         log.info(
             "docstore node %d serving on %s (data %s)", node.id, node.config.address, config.data

@@ -193,8 +193,9 @@ async def _linger(stream: trio.abc.Stream) -> None:
             drained += len(data)
 
 
-def node_status(node: Node) -> dict[str, Any]:
-    """This node's entry of ``docstore status --json`` (the ``status`` request's answer)."""
+def basic_status(node: Node) -> dict[str, Any]:
+    """``/status`` of a bare trioraft node; ``docstore serve`` passes its own
+    (``docstore.server.node_status``, the ``status`` request's answer)."""
     st = node.statistics()
     return {
         **node.status().to_dict(),
@@ -232,7 +233,7 @@ class Monitor:
         node: Node,
         http_nodes: Mapping[int, str],
         *,
-        status: Callable[[Node], dict[str, Any]] = node_status,
+        status: Callable[[Node], dict[str, Any]] = basic_status,
     ) -> None:
         self.node = node
         #: Every member's HTTP address (``{id: "host:port"}``), for the page.
@@ -354,7 +355,7 @@ async def serve_monitor(
     listen: str,
     http_nodes: Mapping[int, str] | None = None,
     *,
-    status: Callable[[Node], dict[str, Any]] = node_status,
+    status: Callable[[Node], dict[str, Any]] = basic_status,
     task_status: trio.TaskStatus[tuple[Monitor, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``node``'s HTTP port on ``listen`` (``host:port``, port 0 for any) until cancelled.

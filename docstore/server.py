@@ -505,7 +505,11 @@ def _cancel(session: Session, req: ClientRequest) -> None:
 
 
 async def _status(session: Session, req: ClientRequest) -> object:
-    node = session.node
+    return node_status(session.node)
+
+
+def node_status(node: Node) -> dict[str, Any]:
+    """This node's entry of ``docstore status --json``: the ``status`` answer and ``/status``."""
     st = node.statistics()
     tr = st.transport
     return {
@@ -699,7 +703,9 @@ async def serve(
         if http:
             from docstore.monitor import serve_monitor
 
-            await nursery.start(serve_monitor, node, http, config.http_nodes)
+            await nursery.start(
+                functools.partial(serve_monitor, status=node_status), node, http, config.http_nodes
+            )
             log.info("docstore node %d: metrics and status page on http://%s/", node.id, http)
         # Info, not warning: `docstore serve` prints this line itself.
         log.info(

@@ -2,14 +2,18 @@
 
 ``Database`` methods build command maps and hand them to an *executor*:
 ``execute(cmd) -> result map`` and ``query(q) -> value``.  The embedded
-executor (:class:`LocalExecutor`) runs them on a local engine and data file;
-a remote executor can send the same maps to a cluster, so both kinds of
+executor (:class:`LocalExecutor`) runs them on the replicated state machine
+(:class:`~docstore.state_machine.DocstoreStateMachine`) driven by a local
+sequencer, so an embedded directory has the same files as a node's; a
+remote executor can send the same maps to a cluster, so both kinds of
 database offer the same methods.
 
 Durability: a write returns only after its record is fsynced.  Concurrent
 writers share fsyncs (group commit): while one batch is being written the
 next one collects.  An fsync failure is fatal: the database refuses every
-later call with :class:`DatabaseClosedError`.
+later call with :class:`DatabaseClosedError`.  A directory written by an
+older version (``data.dslog`` only) is migrated on open
+(:mod:`docstore.storage.legacy`).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from docstore.engine.values import (
     clone,
     expires_at,
 )
-from docstore.storage.datafile import DataFile, encode_record
+from docstore.state_machine import DocstoreStateMachine
+from docstore.storage import legacy
 from docstore.watch import Hub, Watcher
 
 
@@ -77,7 +82,17 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Engine in memory + append-only data file with group commit."""
+    """The embedded executor: the replicated state machine driven by a local sequencer.
+
+    Where a node gets its entries from Raft, this assigns each write the next
+    index itself, applies it at once (:meth:`DocstoreStateMachine.apply_local`)
+    and group-commits the machine's apply log: one flush task at a time
+    fsyncs every record written so far, while the next writes are applied and
+    queue behind it.  A write returns, and watchers see its changes, only
+    once its record is durable.  When the log has grown past
+    ``compact_bytes`` that flush folds it into a new base instead, and writes
+    wait until it is done (the log is replaced under them).
+    """
 
     def __init__(
         self,
@@ -90,23 +105,41 @@ class LocalExecutor:
     ) -> None:
         self.dir = path
         self.limits = limits
-        self.engine = Engine(registry, limits)
-        self.file = DataFile(os.path.join(path, "data.dslog"), sync=sync)
-        self.hub = Hub(watch_history)
-        self.rev = 0
-        self._pending: list[bytes] = []
+        self.sm = DocstoreStateMachine(
+            path, registry=registry, limits=limits, watch_history=watch_history, sync=sync
+        )
+        self._unflushed = 0  # records applied since the current batch was taken
         self._pending_changes: list[Change] = []
-        self._batch_done = trio.Event()
+        self._batch_done = trio.Event()  # set when the batch being collected is durable
         self._flushing = False
+        self._paused: trio.Event | None = None  # set while a compaction runs
         self._io_lock = trio.Lock()
         self._failure: BaseException | None = None
         self._closed = False
         self._lock_fd = -1
 
-    async def start(self) -> None:
-        await trio.to_thread.run_sync(self._start_sync)
+    @property
+    def engine(self) -> Engine:
+        return self.sm.engine
 
-    def _start_sync(self) -> None:
+    @property
+    def hub(self) -> Hub:
+        return self.sm.hub
+
+    @property
+    def rev(self) -> int:
+        """The last revision applied (the machine's last applied index)."""
+        return self.sm.last_applied().index
+
+    async def start(self) -> None:
+        await trio.to_thread.run_sync(self._lock_and_migrate)
+        try:
+            await self.sm.start()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    def _lock_and_migrate(self) -> None:
         os.makedirs(self.dir, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -115,14 +148,10 @@ class LocalExecutor:
             os.close(self._lock_fd)
             raise DocstoreError(f"{self.dir} is open in another process") from None
         try:
-            for rec in self.file.load():
-                self.engine.replay(rec["fx"])
-                self.rev = max(self.rev, rec["r"])
+            legacy.migrate(self.dir, self.sm.registry, self.limits)
         except BaseException:
-            self.file.close()
             os.close(self._lock_fd)
             raise
-        self.hub.reset(self.rev)
 
     def _check(self) -> None:
         if self._failure is not None:
@@ -132,19 +161,25 @@ class LocalExecutor:
 
     async def execute(self, cmd: dict[str, Any]) -> dict[str, Any]:
         self._check()
+        while self._paused is not None:
+            await self._paused.wait()
+            self._check()
         # No separate validate_command here: apply runs the same checks in this
         # process before anything is logged, and reports them the same way.
-        rev = self.rev + 1
-        applied = self.engine.apply(cmd, rev, now_ms())
-        if applied.effects:
-            self.rev = rev
-            await self._commit(encode_record(rev, applied.effects), applied.changes)
-        elif applied.ok:
-            applied.result["rev"] = self.rev  # nothing changed: no new revision
-        return applied.result
+        before = self.sm.last_applied().index
+        result, changes = self.sm.apply_local(cmd, now_ms())
+        if self.sm.last_applied().index != before:  # a record was written
+            await self._durable(changes)
+        return result
 
-    async def _commit(self, record: bytes, changes: list[Change]) -> None:
-        self._pending.append(record)
+    async def _durable(self, changes: list[Change]) -> None:
+        """Wait until this write's record is fsynced (group commit).
+
+        The first writer to find no flush running leads: it flushes batch
+        after batch until no record is left unflushed; the others wait for
+        the batch their record is in.
+        """
+        self._unflushed += 1
         self._pending_changes.extend(changes)
         done = self._batch_done
         if self._flushing:
@@ -153,18 +188,20 @@ class LocalExecutor:
             return
         self._flushing = True
         try:
-            while self._pending:
-                buf = b"".join(self._pending)
-                chs = self._pending_changes
-                done = self._batch_done
-                self._pending, self._pending_changes = [], []
+            while self._unflushed:
+                chs, done = self._pending_changes, self._batch_done
+                self._unflushed, self._pending_changes = 0, []
                 self._batch_done = trio.Event()
                 try:
                     # Shielded: the batch holds other tasks' records, so it is
-                    # written even if the task that happens to lead is cancelled.
+                    # made durable even if the task that happens to lead is
+                    # cancelled.
                     with trio.CancelScope(shield=True):
                         async with self._io_lock:
-                            await trio.to_thread.run_sync(self.file.append, buf)
+                            if self.sm.compaction_due:
+                                await self._compact_paused()
+                            else:
+                                await self.sm.flush()
                 except BaseException as exc:
                     self._failure = exc
                     self._batch_done.set()
@@ -175,6 +212,14 @@ class LocalExecutor:
         finally:
             self._flushing = False
         self._check()
+
+    async def _compact_paused(self) -> None:
+        self._paused = paused = trio.Event()
+        try:
+            await self.sm.compact()
+        finally:
+            self._paused = None
+            paused.set()
 
     async def query(self, q: dict[str, Any]) -> Any:
         self._check()
@@ -198,15 +243,13 @@ class LocalExecutor:
         return self.hub.watch(coll, flt, since_rev, self.rev, buffer)
 
     async def compact(self) -> None:
-        """Rewrite the live state into a new data file and swap it in atomically."""
+        """Fold the apply log into a new base snapshot (revisions are kept)."""
         self._check()
         async with self._io_lock:
-            # Serialised here, in one step, so it is exactly the applied state;
-            # records still pending are appended after it (effects are idempotent).
-            records = [encode_record(self.rev, [fx]) for fx in self.engine.state_effects()]
-            records.append(encode_record(self.rev, []))
+            self._check()
             try:
-                await trio.to_thread.run_sync(self.file.rewrite, records)
+                with trio.CancelScope(shield=True):
+                    await self._compact_paused()
             except BaseException as exc:
                 self._failure = exc
                 raise
@@ -215,12 +258,13 @@ class LocalExecutor:
         if self._closed:
             return
         self._closed = True
-        self.hub.close()
         async with self._io_lock:
-            self.file.close()
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
+            try:
+                await self.sm.close(flush=self._failure is None)
+            finally:
+                if self._lock_fd >= 0:
+                    os.close(self._lock_fd)
+                    self._lock_fd = -1
 
 
 class Collection:
@@ -440,7 +484,7 @@ class Database:
         return int(res["expired"])
 
     async def compact(self) -> None:
-        """Rewrite the data file with the live state only (a connected database
+        """Fold the apply log into a new base snapshot (a connected database
         snapshots the leader instead: :meth:`docstore.RemoteDatabase.compact`)."""
         if self._local is None:
             raise DocstoreError("compaction is a local operation")

@@ -24,6 +24,13 @@ A chunk is one record, so a crash loses whole chunks, never half of one, and
 ``compact_bytes`` a flush folds it into a new base.  Restoring a snapshot
 verifies it, writes it as the new base (temp file, fsync, rename, fsync
 directory; the old base becomes ``.prev``), then starts a new log.
+
+Embedded use.  ``docstore.open`` drives this same machine with a local
+sequencer instead of Raft (:meth:`apply_local`): it assigns each command the
+next index, applies it and group-commits the apply log with :meth:`flush`,
+so an embedded directory and a node's ``docstore`` directory have one
+format.  Its records carry term 0 (no Raft term), and a command that changes
+nothing takes no index.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from docstore.engine.errors import (
 )
 from docstore.engine.queries import run_query
 from docstore.engine.registry import Registry
-from docstore.engine.state import Engine
+from docstore.engine.state import Change, Engine
 from docstore.engine.validate import validate_query
 from docstore.engine.values import DEFAULT_LIMITS, Limits, clone
 from docstore.storage import snapshot as snap
@@ -115,6 +122,7 @@ class DocstoreStateMachine:
         compact_bytes: int = 64 << 20,
         watch_history: int = 10_000,
         fs: FileSystem | None = None,
+        sync: bool = True,
     ) -> None:
         self.path = path
         #: Every file of the machine goes through it (the whole-node simulator
@@ -124,6 +132,8 @@ class DocstoreStateMachine:
         self.limits = limits
         self.max_sessions = max_sessions
         self.compact_bytes = compact_bytes
+        #: False skips the apply log's fsync (scratch data and tests only).
+        self.sync = sync
         self.engine = Engine(registry, limits)
         self.hub = Hub(watch_history)
         #: session -> (last sequence, its result, leader time of its last use in ms)
@@ -138,6 +148,10 @@ class DocstoreStateMachine:
         self._log: DataFile | None = None
         self._dirty = False
         self._since_base = 0  # records in the log since the base
+        #: Records of apply_local not yet handed to the OS: the flush writes
+        #: them in its thread, so the sequencer's loop makes no system call.
+        self._unwritten: list[bytes] = []
+        self._unwritten_bytes = 0
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -168,7 +182,7 @@ class DocstoreStateMachine:
             raise CorruptionError("no usable base snapshot: " + "; ".join(errors))
         if loaded is not None:
             self._install(loaded)
-        log = DataFile(os.path.join(self.path, _LOG), fs=fs)
+        log = DataFile(os.path.join(self.path, _LOG), fs=fs, sync=self.sync)
         records = log.load()
         self._log = log
         if not records or records[0].get("gen") != self._gen:
@@ -179,6 +193,8 @@ class DocstoreStateMachine:
                 continue
             self._replay_record(rec)
             self._since_base += 1
+        # Changes replayed from the log are not in the watch history either.
+        self.hub.reset(self._applied.index)
 
     def _install(self, s: snap.Snapshot) -> None:
         self.engine = s.engine
@@ -210,24 +226,46 @@ class DocstoreStateMachine:
         assert self._log is not None
         self._log.rewrite([encode_record(0, [], gen=self._gen)])
 
+    @property
+    def compaction_due(self) -> bool:
+        """Whether the next :meth:`flush` folds the log into a new base.
+
+        While that runs nothing may be applied (the log is replaced under it).
+        """
+        log = self._log
+        if log is None or not self._since_base:
+            return False
+        return log.size + self._unwritten_bytes > self.compact_bytes
+
     async def flush(self) -> None:
         """Fsync the apply log; fold it into a new base when it has grown large."""
         log = self._log
         if log is None:
             return
-        if self._since_base and log.size > self.compact_bytes:
+        if self.compaction_due:
             await self._write_base()
         elif self._dirty:
             self._dirty = False
-            await trio.to_thread.run_sync(log.flush)
+            buf = b"".join(self._unwritten)
+            self._unwritten, self._unwritten_bytes = [], 0
+            await trio.to_thread.run_sync(_write_and_flush, log, buf)
 
-    async def close(self) -> None:
+    async def compact(self) -> None:
+        """Fold the apply log into a new base now (nothing may be applied meanwhile)."""
+        if self._log is not None:
+            await self._write_base()
+
+    async def close(self, *, flush: bool = True) -> None:
+        """Flush (unless ``flush`` is False: after a failed fsync), then close the files."""
         if self._log is None:
             return
-        await self.flush()
-        self._log.close()
-        self._log = None
-        self.hub.close()
+        try:
+            if flush:
+                await self.flush()
+        finally:
+            self._log.close()
+            self._log = None
+            self.hub.close()
 
     # ------------------------------------------------------------------
     # apply
@@ -255,6 +293,34 @@ class DocstoreStateMachine:
             self._since_base += 1
         self.hub.publish(changes)
         return results
+
+    def apply_local(self, cmd: object, timestamp_ms: int) -> tuple[dict[str, Any], list[Change]]:
+        """Apply ``cmd`` as the next entry of a log only this process writes (embedded use).
+
+        The local sequencer's form of :meth:`apply`: the command takes index
+        ``last_applied + 1`` (term 0) and its record, in the apply log's
+        format, is queued; :meth:`flush` writes the queue and makes it
+        durable.  A command that
+        changes nothing takes no index and writes nothing (its result names
+        the current revision).  The changes are returned, not published: the
+        caller publishes them once they are durable.  Total: never raises for
+        any ``cmd``.
+        """
+        assert self._log is not None, "start() first"
+        index = self._applied.index + 1
+        applied = self.engine.apply(cmd, index, timestamp_ms)
+        if not applied.effects:
+            if applied.ok:
+                applied.result["rev"] = self._applied.index
+            return applied.result, []
+        self._applied = LogId(index, 0)
+        self._time_ms = max(self._time_ms, timestamp_ms)
+        record = encode_record(index, applied.effects, t=0, ms=self._time_ms)
+        self._unwritten.append(record)
+        self._unwritten_bytes += len(record)
+        self._dirty = True
+        self._since_base += 1
+        return applied.result, applied.changes
 
     def _apply_one(self, e: Entry, fx: list[list[Any]], changes: list[Any]) -> object:
         cid = e.client_id
@@ -453,8 +519,14 @@ class DocstoreStateMachine:
         """Make the in-memory state the new base (a new generation), then reset the log."""
         self._gen += 1
         a = self._applied
+        self._unwritten, self._unwritten_bytes = [], 0  # in the base now
         chunks, _, _ = snap.encode(
-            self.engine, a.index, a.term, self._gen, self._session_list(), self._time_ms,
+            self.engine,
+            a.index,
+            a.term,
+            self._gen,
+            self._session_list(),
+            self._time_ms,
             self._settings,
         )
         base = os.path.join(self.path, _BASE)
@@ -472,6 +544,12 @@ class DocstoreStateMachine:
         await trio.to_thread.run_sync(write)
         self._dirty = False
         self._since_base = 0
+
+
+def _write_and_flush(log: DataFile, buf: bytes) -> None:
+    if buf:
+        log.write(buf)
+    log.flush()
 
 
 def _check_settings(record: dict[str, Any]) -> None:

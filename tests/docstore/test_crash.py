@@ -1,4 +1,8 @@
-"""Crash tests on the data file: truncation at every offset, bit flips, leftovers."""
+"""Crash tests on the embedded apply log: truncation at every offset, bit flips, leftovers.
+
+The embedded directory is the state machine's (``base.snap`` + ``apply.dslog``);
+these tests cut and flip the apply log, where every write lands first.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def load_digest(path: Path) -> tuple[str, int]:
 
 @pytest.fixture
 def history(tmp_path: Path) -> tuple[Path, dict[int, str]]:
-    """A data file of 15 records and the digest after each revision."""
+    """An apply log of 15 records (after its generation record) and the digest after each."""
     digests = {0: Engine().digest()}
 
     async def build() -> None:
@@ -44,7 +48,7 @@ def history(tmp_path: Path) -> tuple[Path, dict[int, str]]:
                 digests[db.rev] = await db.digest()
 
     trio.run(build)
-    return tmp_path / "db" / "data.dslog", digests
+    return tmp_path / "db" / "apply.dslog", digests
 
 
 def test_truncation_at_every_offset_recovers_a_prefix(
@@ -63,6 +67,26 @@ def test_truncation_at_every_offset_recovers_a_prefix(
         # accepts appends again.
         assert load_digest(p) == (digest, rev)
     assert seen == set(digests)
+
+
+def test_open_after_a_cut_apply_log_recovers_a_prefix(
+    tmp_path: Path, history: tuple[Path, dict[int, str]]
+) -> None:
+    # The same through docstore.open, at a sample of offsets: the whole stack
+    # (base, log replay, revision) lands on a state the history passed through.
+    src, digests = history
+    data = src.read_bytes()
+
+    async def reopen(directory: Path) -> tuple[str, int]:
+        async with docstore.open(directory, expire_interval=None) as db:
+            return await db.digest(), db.rev
+
+    for cut in range(0, len(data) + 1, 41):
+        d = tmp_path / f"cut{cut}"
+        d.mkdir()
+        (d / "apply.dslog").write_bytes(data[:cut])
+        digest, rev = trio.run(reopen, d)
+        assert digests[rev] == digest, cut
 
 
 def test_bit_flips_are_detected_or_cut_as_a_torn_tail(
@@ -92,17 +116,19 @@ def test_bit_flips_are_detected_or_cut_as_a_torn_tail(
 async def test_leftover_compaction_file_is_cleaned_on_open(tmp_path: Path) -> None:
     async with docstore.open(tmp_path) as db:
         await db.collection("c").put("k", {})
-    (tmp_path / "data.dslog.tmp").write_bytes(b"half a compaction")
+    for leftover in ("apply.dslog.tmp", "base.snap.new", "base.snap.tmp"):
+        (tmp_path / leftover).write_bytes(b"half a compaction")
     async with docstore.open(tmp_path) as db:
         assert await db.collection("c").get("k") is not None
-    assert not (tmp_path / "data.dslog.tmp").exists()
+    for leftover in ("apply.dslog.tmp", "base.snap.new", "base.snap.tmp"):
+        assert not (tmp_path / leftover).exists()
 
 
 async def test_appends_after_torn_tail_are_kept(tmp_path: Path) -> None:
     async with docstore.open(tmp_path) as db:
         await db.collection("c").put("a", {})
         await db.collection("c").put("b", {})
-    p = tmp_path / "data.dslog"
+    p = tmp_path / "apply.dslog"
     p.write_bytes(p.read_bytes()[:-3])
     async with docstore.open(tmp_path) as db:
         assert [d["_key"] for d in await db.collection("c").scan()] == ["a"]

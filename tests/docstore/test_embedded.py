@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ async def test_batch_scan_and_collections(tmp_path: Path) -> None:
 
 
 async def test_compaction_preserves_contents_and_revisions(tmp_path: Path) -> None:
-    data = tmp_path / "data.dslog"
+    data = tmp_path / "apply.dslog"
     async with docstore.open(tmp_path) as db:
         c = db.collection("c")
         await c.create_index("g")
@@ -289,3 +290,54 @@ async def test_reads_accept_consistency(tmp_path: Path) -> None:
         assert len(await c.find({"v": 1}, consistency="lease")) == 1
         with pytest.raises(docstore.InvalidCommandError):
             await c.scan(consistency="eventual")
+
+
+# Written by docstore.open before embedded directories took the state machine's
+# layout: three puts with a unique index, a compaction, a patch, a delete, an
+# insert (see test_an_old_embedded_directory_is_migrated_on_open for the state).
+OLD_DATA_FILE = Path(__file__).parent / "data" / "embedded_v1.dslog"
+OLD_DIGEST = "4f1b44c56221eafde2f1b2bd510395a47dee0d89e1f3ae81aa4363375bf1a402"
+
+
+async def test_an_old_embedded_directory_is_migrated_on_open(tmp_path: Path) -> None:
+    shutil.copy(OLD_DATA_FILE, tmp_path / "data.dslog")
+    async with docstore.open(tmp_path) as db:
+        assert db.rev == 7 and await db.digest() == OLD_DIGEST
+        users = db.collection("users")
+        assert await users.scan() == [
+            {"email": "ann@x", "age": 32, "_key": "ann", "_rev": 5},
+            {"email": "cid@x", "age": 50, "_key": "cid", "_rev": 4},
+        ]
+        assert await db.collection("logs").scan() == [
+            {"msg": "hello", "_key": "0000000000000007-0000", "_rev": 7}
+        ]
+        with pytest.raises(docstore.DocstoreError, match="unique"):
+            await users.put("dup", {"email": "ann@x"})  # the index came along
+        key = await db.collection("logs").insert({"msg": "after"})
+        assert key > "0000000000000007-0000" and db.rev == 8
+        digest = await db.digest()
+    assert sorted(os.listdir(tmp_path)) == ["LOCK", "apply.dslog", "base.snap"]
+    async with docstore.open(tmp_path) as db:
+        assert db.rev == 8 and await db.digest() == digest
+
+
+async def test_a_migration_cut_before_the_old_file_was_deleted_finishes(tmp_path: Path) -> None:
+    shutil.copy(OLD_DATA_FILE, tmp_path / "data.dslog")
+    async with docstore.open(tmp_path):
+        pass
+    # As if the crash came after base.snap was written, before data.dslog went.
+    shutil.copy(OLD_DATA_FILE, tmp_path / "data.dslog")
+    async with docstore.open(tmp_path) as db:
+        assert db.rev == 7 and await db.digest() == OLD_DIGEST
+    assert not (tmp_path / "data.dslog").exists()
+
+
+async def test_a_damaged_old_data_file_is_reported_and_left_alone(tmp_path: Path) -> None:
+    data = bytearray(OLD_DATA_FILE.read_bytes())
+    data[100] ^= 0x40
+    (tmp_path / "data.dslog").write_bytes(bytes(data))
+    with pytest.raises(docstore.CorruptionError, match=r"data\.dslog"):
+        async with docstore.open(tmp_path):
+            pass
+    assert (tmp_path / "data.dslog").read_bytes() == bytes(data)
+    assert not (tmp_path / "base.snap").exists()

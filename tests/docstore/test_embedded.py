@@ -341,3 +341,18 @@ async def test_a_damaged_old_data_file_is_reported_and_left_alone(tmp_path: Path
             pass
     assert (tmp_path / "data.dslog").read_bytes() == bytes(data)
     assert not (tmp_path / "base.snap").exists()
+
+
+async def test_after_reopen_a_watch_from_before_it_asks_for_a_resync(tmp_path: Path) -> None:
+    # The changes replayed from the apply log on open are not in the watch
+    # history: a watch from a revision among them cannot be served, and says so.
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        first = await c.put("a", {})
+        await c.put("b", {})
+    async with docstore.open(tmp_path) as db:
+        with pytest.raises(docstore.ResyncRequired):
+            db.collection("c").watch(since_rev=first)
+        async with db.collection("c").watch(since_rev=db.rev) as w:
+            await db.collection("c").put("z", {})
+            assert (await w.__anext__())["key"] == "z"

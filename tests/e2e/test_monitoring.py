@@ -398,6 +398,29 @@ def test_readyz_is_503_while_a_node_knows_no_leader(tmp_path: pathlib.Path) -> N
     assert "status page http://127.0.0.1:" in (tmp_path / "node1.log").read_text()
 
 
+def test_readyz_turns_503_on_a_node_cut_off_from_the_others_and_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    with running_cluster(tmp_path) as (c, base):
+        ports = [base + HTTP_OFFSET + i for i in range(3)]
+        leader = leader_of(ports)
+        watched = next(n for n in (1, 2, 3) if n != leader)
+        port = ports[watched - 1]
+        wait_until(lambda: http_get(port, "/readyz")[0] == 200, what="ready")
+        others = [c.pid(n) for n in (1, 2, 3) if n != watched]
+        for pid in others:
+            os.kill(pid, signal.SIGSTOP)  # frozen, not dead: the node is cut off
+        try:
+            body = wait_until(
+                lambda: (r := http_get(port, "/readyz"))[0] == 503 and r[2], what="503"
+            )
+            assert b"knows no leader" in body
+        finally:
+            for pid in others:
+                os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: http_get(port, "/readyz")[0] == 200, what="ready again")
+
+
 # ---------------------------------------------------------- the page, in Chromium
 
 

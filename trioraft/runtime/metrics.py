@@ -331,7 +331,7 @@ def node_metrics(st: NodeStatistics, out: Exposition | None = None) -> Expositio
     if t is not None:
         e.gauge("trioraft_client_connections", "Open client connections.", [(node, t.clients)])
         e.counter(
-            "trioraft_client_connections_total",
+            "trioraft_client_connections_accepted_total",
             "Client connections accepted (after the handshake).",
             [(node, t.clients_accepted)],
         )

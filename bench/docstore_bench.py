@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 import docstore
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 import cbor2
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 from trioraft.core.types import Entry
 from trioraft.testing.kv import KVStateMachine

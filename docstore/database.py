@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 from docstore.engine import commands as C
 from docstore.engine.errors import (

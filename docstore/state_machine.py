@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import cbor2
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 from docstore.engine.errors import (
     CorruptionError,

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 from docstore.engine.errors import DatabaseClosedError, InvalidCommandError, ResyncRequired
 from docstore.engine.filters import Predicate, compile_filter

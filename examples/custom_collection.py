@@ -15,7 +15,7 @@ import sys
 import tempfile
 from typing import Any
 
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 import docstore
 from docstore import commands as C

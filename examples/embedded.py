@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 import docstore
 from docstore import commands as C

@@ -69,7 +69,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import cbor2
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 from trioraft.core.types import Entry, EntryKind
 from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo

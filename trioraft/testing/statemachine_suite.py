@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Sequence
 
 import pytest
-import trio  # type: ignore[import-untyped, unused-ignore]
+import trio
 
 from trioraft.core.types import Entry, EntryKind, Membership
 from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo, StateMachine

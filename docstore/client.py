@@ -625,7 +625,7 @@ class RemoteWatcher:
             # Best effort: tell the node to stop streaming to us.
             with suppress(trio.WouldBlock, ClientConnectionError):
                 cancel = ClientRequest(link.conn.next_request_id(), "cancel", {"request_id": rid})
-                link.conn.send([cancel])
+                link.conn.send([cancel], discard_responses=True)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -193,8 +193,13 @@ class Connection:
         if self._closed_reason is not None:
             raise ConnectionClosedError(self._closed_reason)
 
-    def send(self, requests: Sequence[ClientRequest]) -> None:
+    def send(self, requests: Sequence[ClientRequest], *, discard_responses: bool = False) -> None:
         """Queue requests without waiting; responses come from :meth:`receive`.
+
+        With ``discard_responses`` their responses are dropped instead (a
+        request sent for its effect, such as docstore's ``cancel``): otherwise
+        a caller that never calls :meth:`receive` would fill the queue of
+        unclaimed frames, and the reader would wait for it forever.
 
         All or nothing: raises :class:`trio.WouldBlock` if the queue has no
         room for every request, :class:`ConnectionClosedError` if closed, and
@@ -205,7 +210,9 @@ class Connection:
         stats = self._out_send.statistics()
         if stats.current_buffer_used + len(encoded) > stats.max_buffer_size:
             raise trio.WouldBlock
-        for data in encoded:
+        for r, data in zip(requests, encoded, strict=True):
+            if discard_responses:
+                self._abandon(r.request_id)
             self._out_send.send_nowait(data)
 
     async def receive(self) -> list[ClientResponse]:

@@ -17,7 +17,7 @@ import cbor2
 import trio
 
 from trioraft.core.types import Entry
-from trioraft.testing.kv import KVStateMachine
+from trioraft.kv import KVStateMachine
 
 CHUNK = 64
 

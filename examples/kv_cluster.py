@@ -13,7 +13,7 @@ import tempfile
 import trio
 
 import trioraft
-from trioraft.testing.kv import KVStateMachine, encode_command
+from trioraft.kv import KVStateMachine, encode_command
 
 
 def free_ports(n: int) -> list[int]:

@@ -1,5 +1,8 @@
 """A small replicated key-value store: the reference :class:`~trioraft.StateMachine`.
 
+Public: the README's example, the chaos harness and the benchmarks run it, and it
+is the model to copy for a state machine of your own.
+
 Theory of operation
 -------------------
 The whole map lives in memory.  Durability comes from two files in the

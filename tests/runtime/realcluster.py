@@ -7,8 +7,8 @@ import socket
 
 import trio
 
+from trioraft.kv import KVStateMachine
 from trioraft.runtime import Node, NodeConfig, serve_node
-from trioraft.testing.kv import KVStateMachine
 
 SECRET = b"test-cluster-secret"
 TOKEN = b"test-client-token"

@@ -10,7 +10,7 @@ import trio_websocket
 
 from trioraft.client import open_client_connection
 from trioraft.core.types import Heartbeat
-from trioraft.testing.kv import encode_command
+from trioraft.kv import encode_command
 from trioraft.transport._ws import Closed, HandshakeFailed, dial, dialer_handshake
 from trioraft.transport.codec import encode_frame
 from trioraft.transport.messages import ClientRequest, Hello

@@ -10,9 +10,9 @@ import trio
 import trio.testing
 
 from trioraft.core.types import EntryKind
+from trioraft.kv import encode_command
 from trioraft.runtime import NotLeaderError, ProposalDroppedError, ProposalRejectedError
 from trioraft.testing.cluster import MemoryCluster
-from trioraft.testing.kv import encode_command
 
 from .conftest import bounded
 

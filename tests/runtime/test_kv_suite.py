@@ -10,8 +10,8 @@ import cbor2
 import pytest
 
 from trioraft.core.types import Entry
+from trioraft.kv import KVCorruptError, KVQueryError, KVStateMachine, encode_command
 from trioraft.statemachine import LogId, StateMachine
-from trioraft.testing.kv import KVCorruptError, KVQueryError, KVStateMachine, encode_command
 from trioraft.testing.statemachine_suite import StateMachineSuite
 
 

@@ -8,9 +8,9 @@ import pytest
 import trio
 import trio.testing
 
+from trioraft.kv import encode_command
 from trioraft.runtime.metrics import Exposition, Histogram, node_metrics
 from trioraft.testing.cluster import MemoryCluster
-from trioraft.testing.kv import encode_command
 
 from .conftest import bounded
 

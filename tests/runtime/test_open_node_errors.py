@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import trioraft
-from trioraft.testing.kv import KVStateMachine
+from trioraft.kv import KVStateMachine
 
 
 def _open(

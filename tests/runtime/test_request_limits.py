@@ -18,11 +18,11 @@ import trio
 import trio.testing
 
 from trioraft.core.types import Entry, EntryKind, HardState, Membership
+from trioraft.kv import encode_command
 from trioraft.runtime import NodeConfig, error_code, error_response
 from trioraft.runtime.errors import OverloadedError
 from trioraft.storage.log import FileLogStore
 from trioraft.testing.cluster import MemoryCluster
-from trioraft.testing.kv import encode_command
 from trioraft.transport.codec import (
     MAX_ENTRY_DATA,
     MAX_SESSION_ID,

@@ -26,13 +26,13 @@ import trio.testing
 
 import trioraft.runtime.node as node_module
 from tests.storage.faultfs import FaultFS, PowerLoss
+from trioraft.kv import KVStateMachine, encode_command
 from trioraft.runtime import NodeClosedError
 from trioraft.runtime.node import Node
 from trioraft.statemachine import SnapshotInfo
 from trioraft.storage.log import FileLogStore
 from trioraft.storage.snapshots import SnapshotStore
 from trioraft.testing.cluster import MemoryCluster
-from trioraft.testing.kv import KVStateMachine, encode_command
 
 VICTIM = 3
 SEGMENT = 1024  # small segments, so compaction deletes some

@@ -16,11 +16,11 @@ import trio
 import trio.testing
 
 from trioraft.core.types import Entry, EntryKind
+from trioraft.kv import KVStateMachine, encode_command
 from trioraft.runtime import NotLeaderError, ProposalDroppedError
 from trioraft.statemachine import SnapshotInfo
 from trioraft.storage import SnapshotStore, StorageCorruption
 from trioraft.testing.cluster import MemoryCluster
-from trioraft.testing.kv import KVStateMachine, encode_command
 
 from .conftest import bounded
 

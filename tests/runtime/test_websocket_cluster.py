@@ -8,8 +8,8 @@ import pathlib
 import pytest
 import trio
 
+from trioraft.kv import KVStateMachine, encode_command
 from trioraft.runtime import Node, NodeConfig, NotLeaderError
-from trioraft.testing.kv import KVStateMachine, encode_command
 
 from .realcluster import RealCluster
 

@@ -28,10 +28,10 @@ import trio
 import trio.lowlevel
 
 from trioraft.core.types import NodeId
+from trioraft.kv import KVStateMachine
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.node import Node, serve_node
 from trioraft.statemachine import StateMachine
-from trioraft.testing.kv import KVStateMachine
 from trioraft.transport.base import Transport
 from trioraft.transport.memory import MemoryNetwork
 

@@ -8,7 +8,7 @@ across a crash, and consistent multi-key reads.
 Use it by subclassing in a pytest module (pytest-trio's ``trio_mode`` on)::
 
     from trioraft.testing.statemachine_suite import StateMachineSuite
-    from trioraft.testing.kv import KVStateMachine, encode_command
+    from trioraft.kv import KVStateMachine, encode_command
 
     class TestKV(StateMachineSuite):
         async def make_state_machine(self, path):

@@ -55,6 +55,7 @@ import trio
 
 from docstore.engine.errors import DocstoreError, InvalidCommandError
 from docstore.engine.validate import validate_command, validate_query, validate_watch
+from docstore.protocol import DEFAULT_CLIENT
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
 from trioraft.runtime import Node, NodeConfig, NotLeaderError, OverloadedError, serve_node
@@ -80,9 +81,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("docstore.server")
-
-#: The client id ``docstore.connect`` authenticates as unless told otherwise.
-DEFAULT_CLIENT = "docstore"
 
 Role = Literal["read", "write", "admin"]
 #: Client roles, each allowed what the ones before it are (docs/protocol.md, "Roles").

@@ -57,6 +57,7 @@ from docstore.engine.registry import Registry
 from docstore.engine.state import Change, Engine
 from docstore.engine.validate import validate_query
 from docstore.engine.values import DEFAULT_LIMITS, Limits, clone
+from docstore.protocol import OPEN_SESSION, SESSION_TTL_MS
 from docstore.storage import snapshot as snap
 from docstore.storage.datafile import DataFile, encode_record
 from docstore.storage.records import fsync_dir, read_file, write_atomic
@@ -73,12 +74,6 @@ __all__ = [
     "encode_command",
 ]
 
-OPEN_SESSION = {"op": "open_session"}
-"""The command of a session's registration entry (``sequence`` 0)."""
-
-SESSION_TTL_MS = 3_600_000
-"""A session unused for this long (by the entries' leader timestamps) expires.  A
-constant, not a setting: every replica must expire the same sessions."""
 
 _BASE = "base.snap"
 _LOG = "apply.dslog"

@@ -49,8 +49,7 @@ from docstore.engine.errors import (
     is_error,
     raise_for_result,
 )
-from docstore.server import DEFAULT_CLIENT
-from docstore.state_machine import OPEN_SESSION, SESSION_TTL_MS
+from docstore.protocol import DEFAULT_CLIENT, OPEN_SESSION, SESSION_TTL_MS
 from trioraft.client.connection import (
     ClientConnectionError,
     Connection,

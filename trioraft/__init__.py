@@ -1,21 +1,56 @@
 """trioraft: Raft consensus for Trio applications."""
 
+from typing import TYPE_CHECKING, Any
+
 from trioraft.core.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
-from trioraft.runtime import (
-    EntryTooLargeError,
-    Node,
-    NodeClosedError,
-    NodeConfig,
-    NodeError,
-    NotLeaderError,
-    OverloadedError,
-    ProposalDroppedError,
-    ProposalRejectedError,
-    ReadFailedError,
-    open_node,
-    serve_node,
-)
 from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo, StateMachine
+
+if TYPE_CHECKING:
+    from trioraft.runtime import (
+        EntryTooLargeError,
+        Node,
+        NodeClosedError,
+        NodeConfig,
+        NodeError,
+        NotLeaderError,
+        OverloadedError,
+        ProposalDroppedError,
+        ProposalRejectedError,
+        ReadFailedError,
+        open_node,
+        serve_node,
+    )
+
+# The runtime (nodes, transport, storage) loads on first use of one of its
+# names, so a module that needs only the types or the StateMachine protocol
+# (a state machine, the docstore client) does not pull it in.
+_RUNTIME = frozenset(
+    {
+        "EntryTooLargeError",
+        "Node",
+        "NodeClosedError",
+        "NodeConfig",
+        "NodeError",
+        "NotLeaderError",
+        "OverloadedError",
+        "ProposalDroppedError",
+        "ProposalRejectedError",
+        "ReadFailedError",
+        "open_node",
+        "serve_node",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNTIME:
+        from trioraft import runtime
+
+        value = getattr(runtime, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trioraft' has no attribute {name!r}")
+
 
 __all__ = [
     "Entry",

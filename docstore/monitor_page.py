@@ -3,8 +3,9 @@
 One self-contained HTML document: no CDN, no external file, so it works
 on a machine without internet.  It polls ``/cluster`` for the members' HTTP
 addresses, each member's ``/status`` every second (a member that does not
-answer shows as unreachable), and ``/history`` of the first node that
-answers for the charts: entries committed per second and the leader over
+answer shows as unreachable), and every few seconds ``/history`` of each
+member, charting the one that reaches back furthest (a restarted node's
+history starts at its restart): entries committed per second and the leader over
 the last five minutes, drawn as inline SVG.  ``#leader`` carries the
 leader's id in ``data-id`` (empty when no node leads), for scripts and tests.
 """
@@ -99,8 +100,13 @@ async function poll() {
       seen.set(n.id, {err: e.name === "AbortError" ? "timed out" : String(e.message || e)});
     }
   }));
-  const h = await fromAny("/history");
-  if (h) history = h.samples;
+  if (tick % 5 === 1 || !history.length) {
+    const all = await Promise.all(members.filter(n => n.http || n.id === selfId).map(
+      n => getJSON(urlFor(n, "/history")).catch(() => null)));
+    const first = h => (h && h.samples.length ? h.samples[0].t : Infinity);
+    const best = all.reduce((a, b) => (first(b) < first(a) ? b : a), null);
+    if (best) history = best.samples;
+  }
   render();
 }
 
@@ -158,6 +164,8 @@ function drawRate() {
   const pts = [];
   for (let i = 1; i < hs.length; i++) {
     const dt = hs[i].t - hs[i - 1].t;
+    // A node that followed no leader had a stale commit: its catch-up is no write burst.
+    if (hs[i - 1].leader_id === null) continue;
     if (dt > 0) pts.push([hs[i].t, Math.max(0, hs[i].commit_index - hs[i - 1].commit_index) / dt]);
   }
   const max = Math.max(1, ...pts.map(p => p[1]));

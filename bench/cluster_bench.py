@@ -324,6 +324,8 @@ class DocstoreCluster:
         ports = free_ports(3)
         self.addresses = {i + 1: f"127.0.0.1:{ports[i]}" for i in range(3)}
         self.procs: dict[int, subprocess.Popen[Any]] = {}
+        #: What the last measurement noted (the leader's batching).
+        self.notes: list[str] = []
 
     def start(self) -> None:
         for n, addr in self.addresses.items():
@@ -370,8 +372,9 @@ class DocstoreCluster:
 
     def measure(self, op: str, clients: int, args: argparse.Namespace) -> Result:
         addrs = list(self.addresses.values())
+        self.notes = []
         lat, elapsed, errors = trio.run(
-            docstore_load, addrs, op, clients, args.seconds, args.requests, args.warmup
+            docstore_load, addrs, op, clients, args.seconds, args.requests, args.warmup, self.notes
         )
         return make_result("docstore", "remote", op, clients, lat, elapsed, errors)
 
@@ -387,8 +390,12 @@ async def docstore_load(
     seconds: float,
     max_requests: int,
     warmup: float = 0.0,
+    notes: list[str] | None = None,
 ) -> tuple[list[float], float, int]:
     """C virtual clients sharing one ``docstore.connect``, each one call in flight.
+
+    ``notes`` gets, for puts, the leader's entries per fsync and requests per
+    client frame during the measurement (from its ``status`` counters).
 
     The warm-up runs on the same client, so the measurement starts with its
     connection open and its write lanes' sessions registered (as in a
@@ -399,7 +406,29 @@ async def docstore_load(
         coll = db.collection("bench")
         if warmup > 0:
             await _docstore_phase(coll, keys, op, clients, warmup, 0)
-        return await _docstore_phase(coll, keys, op, clients, seconds, max_requests)
+        leader = (await db.members())["addresses"]
+        before = await _leader_counters(db, leader)
+        out = await _docstore_phase(coll, keys, op, clients, seconds, max_requests)
+        after = await _leader_counters(db, leader)
+    if before and after and op == "put" and notes is not None:
+        d = {k: after[k] - before[k] for k in before}
+        notes.append(
+            f"{d['persist_entries'] / max(1, d['persist_batches']):.1f} entries per fsync,"
+            f" {len(out[0]) / max(1, d['client_frames_in']):.1f} requests per client frame"
+            " (leader)"
+        )
+    return out
+
+
+async def _leader_counters(db: Any, addresses: dict[str, str]) -> dict[str, int] | None:
+    """The leader's ``counters`` from its ``status`` (None if it cannot be asked)."""
+    try:
+        members = await db.members()
+        address = addresses[str(members["leader_id"])]
+        st = await db.client.request_node(address, "status")
+        return dict(st["counters"])
+    except Exception:
+        return None
 
 
 async def _docstore_phase(
@@ -1206,6 +1235,8 @@ def main() -> None:
                     for _ in range(args.repeat):
                         for c in args.client_counts:
                             record(dcluster.measure("put", c, args))
+                            for note in dcluster.notes:
+                                print(f"    {note}", flush=True)
                         if not args.no_reads:
                             for op in ("linearizable", "lease", "local"):
                                 record(dcluster.measure(op, args.read_clients, args))

@@ -414,35 +414,14 @@ def _snapshot_info(data: bytes, name: str) -> tuple[int, int]:
 
 
 def seed_node(data_dir: str, backup: bytes, voters: dict[int, str]) -> None:
-    """Make ``data_dir`` a node whose Raft state starts at the backup's snapshot.
-
-    The snapshot is committed to the node's snapshot store with the new
-    cluster's membership, and the log's boundary is moved to it: on start
-    the node restores its state machine from it, like a follower that was
-    sent this snapshot.
-    """
-    import hashlib
-
-    from trioraft.core.types import HardState, Membership, SnapshotMeta
-    from trioraft.storage.log import FileLogStore
-    from trioraft.storage.snapshots import SnapshotStore
+    """Make ``data_dir`` a node whose Raft state starts at the backup's snapshot."""
+    from trioraft.storage.seed import seed_node as seed
 
     index, term = _snapshot_info(backup, "the backup")
-    if os.path.exists(os.path.join(data_dir, "log")):
-        raise CliError(f"{data_dir} already holds a node: restore into a fresh directory")
-    os.makedirs(data_dir, exist_ok=True)
-    store = SnapshotStore(os.path.join(data_dir, "snapshots"))
-    path = store.new_path()
-    with open(path, "wb") as f:
-        f.write(backup)
-    meta = SnapshotMeta(index, term, Membership.of(voters, addresses=voters))
-    store.commit(path, meta, hashlib.sha256(backup).hexdigest(), len(backup))
-    log = FileLogStore.open(os.path.join(data_dir, "log"))
     try:
-        log.compact(index, term)
-        log.save_hard_state(HardState(term=term, vote=None, commit=index))
-    finally:
-        log.close()
+        seed(data_dir, backup, index=index, term=term, voters=voters)
+    except FileExistsError:
+        raise CliError(f"{data_dir} already holds a node: restore into a fresh directory") from None
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

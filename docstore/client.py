@@ -57,6 +57,7 @@ from trioraft.client.connection import (
     NoListenerError,
     open_client_connection,
 )
+from trioraft.core.types import parse_address
 from trioraft.transport.codec import encode_value
 from trioraft.transport.messages import ClientRequest, ClientResponse
 
@@ -123,15 +124,17 @@ class TlsError(ClusterError):
 async def _tls_probe(address: str, ctx: ssl.SSLContext | None, limit: float) -> str | None:
     """None if ``address`` completes a TLS handshake under ``ctx`` (None: any
     certificate), else why not."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
+    try:
+        host, port = parse_address(address)
+    except ValueError as exc:
+        return str(exc)
     if ctx is None:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     with trio.move_on_after(limit):
         try:
-            stream = await trio.open_tcp_stream(host, int(port))
+            stream = await trio.open_tcp_stream(host, port)
         except (OSError, ValueError) as exc:
             return str(exc)
         tls = trio.SSLStream(stream, ctx, server_hostname=host)

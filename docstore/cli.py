@@ -27,6 +27,7 @@ import trio
 
 from docstore.clusterfile import CLUSTER_FILE, read_cluster_file, write_cluster_file
 from docstore.server import DEFAULT_CLIENT
+from trioraft.core.types import parse_address
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -527,11 +528,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _port_free(address: str) -> bool:
-    host, _, port = address.rpartition(":")
-    with socket.socket() as s:
+    host, port = parse_address(address)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the node's listener does
         try:
-            s.bind((host, int(port)))
+            s.bind((host, port))
         except OSError:
             return False
     return True
@@ -551,8 +552,9 @@ HTTP_PORT_OFFSET = 1000
 
 
 def _http_address(address: str) -> str:
-    host, _, port = address.rpartition(":")
-    return f"{host}:{int(port) + HTTP_PORT_OFFSET}"
+    host, port = parse_address(address)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port + HTTP_PORT_OFFSET}"
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:

@@ -421,6 +421,26 @@ def test_readyz_turns_503_on_a_node_cut_off_from_the_others_and_back(
         wait_until(lambda: http_get(port, "/readyz")[0] == 200, what="ready again")
 
 
+def test_a_taken_http_port_leaves_that_node_without_http_and_the_cluster_up(
+    tmp_path: pathlib.Path,
+) -> None:
+    base = free_base_port()
+    taken = base + HTTP_OFFSET
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", taken))
+        blocker.listen()
+        c = ClusterProcess(tmp_path / "c", base)
+        try:
+            c.wait_ready()
+            out = (tmp_path / "c.out").read_text()
+            assert f"127.0.0.1:{taken} is in use: node 1 serves no HTTP" in out
+            _, _, body = http_get(taken + 1, "/cluster")
+            assert json.loads(body)["nodes"][0] == {"id": 1, "http": None, "member": True}
+            wait_until(lambda: http_get(taken + 1, "/readyz")[0] == 200, what="node 2 ready")
+        finally:
+            c.stop()
+
+
 # ---------------------------------------------------------- the page, in Chromium
 
 

@@ -59,7 +59,7 @@ from docstore.protocol import DEFAULT_CLIENT
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
 from trioraft.runtime import Node, NodeConfig, NotLeaderError, OverloadedError, serve_node
-from trioraft.runtime.config import parse_address
+from trioraft.runtime.config import default_of, parse_address
 from trioraft.runtime.service import MAX_IN_FLIGHT, ClientService, Done, Session, error_response
 from trioraft.statemachine import SnapshotInfo
 from trioraft.transport.base import ClientConnection
@@ -154,11 +154,11 @@ class ServerConfig:
     token: str = ""
     #: Clients' roles, ``{client_id: "read" | "write" | "admin"}``; see :meth:`role`.
     roles: Mapping[str, Role] = field(default_factory=dict)
-    election_timeout_min: float = 1.0
-    election_timeout_max: float = 2.0
-    heartbeat_interval: float = 0.1
-    snapshot_entries: int = 20_000
-    proposal_timeout: float = 30.0
+    election_timeout_min: float = default_of(NodeConfig, "election_timeout_min")
+    election_timeout_max: float = default_of(NodeConfig, "election_timeout_max")
+    heartbeat_interval: float = default_of(NodeConfig, "heartbeat_interval")
+    snapshot_entries: int = default_of(NodeConfig, "snapshot_entries")
+    proposal_timeout: float = default_of(NodeConfig, "proposal_timeout")
     tls_cert: str | None = None
     tls_key: str | None = None
     #: CA bundle to verify peers' certificates when dialling them over TLS.

@@ -1,5 +1,9 @@
 """Node configuration: the one source of defaults (docs/operations.md refers here).
 
+The core's tunables take their defaults from :class:`RaftConfig`; a setting
+built on a node's (``docstore.server.ServerConfig``) takes its default from
+:class:`NodeConfig` with :func:`default_of`, so each default is written once.
+
 ``parse_address`` is the one ``host:port`` rule of
 :func:`trioraft.core.types.parse_address`, re-exported for callers that
 import it from here.
@@ -7,14 +11,30 @@ import it from here.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trioraft.core.raft import RaftConfig
 from trioraft.core.types import Membership, NodeId, check_node_id
 from trioraft.core.types import parse_address as parse_address
 from trioraft.transport.codec import DEFAULT_MAX_FRAME, FRAME_OVERHEAD, append_entries_bound
+
+
+def default_of(cls: type[Any], name: str) -> Any:
+    """The default the dataclass ``cls`` declares for its field ``name``.
+
+    >>> default_of(RaftConfig, "heartbeat_interval")
+    0.1
+    """
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"{cls.__name__}.{name} has no plain default")
+            return f.default
+    raise ValueError(f"{cls.__name__} has no field {name!r}")
 
 
 @dataclass(frozen=True)
@@ -34,9 +54,9 @@ class NodeConfig:
     join: bool = False
     #: The address others reach this node at, if not ``listen`` (e.g. 0.0.0.0).
     advertise: str | None = None
-    election_timeout_min: float = 1.0
-    election_timeout_max: float = 2.0
-    heartbeat_interval: float = 0.1
+    election_timeout_min: float = default_of(RaftConfig, "election_timeout_min")
+    election_timeout_max: float = default_of(RaftConfig, "election_timeout_max")
+    heartbeat_interval: float = default_of(RaftConfig, "heartbeat_interval")
     #: Take a snapshot after this many applied entries since the last one ...
     snapshot_entries: int = 20_000
     #: ... or after this many bytes of applied commands, whichever comes first.
@@ -51,11 +71,11 @@ class NodeConfig:
     #: How far (entries) a learner may lag and still be promoted.
     promote_max_lag: int = 1_000
     proposal_timeout: float = 30.0
-    max_inflight_appends: int = 64
-    max_entries_per_append: int = 1024
-    max_bytes_per_append: int = 1 << 20
-    pre_vote: bool = True
-    check_quorum: bool = True
+    max_inflight_appends: int = default_of(RaftConfig, "max_inflight")
+    max_entries_per_append: int = default_of(RaftConfig, "max_entries_per_append")
+    max_bytes_per_append: int = default_of(RaftConfig, "max_bytes_per_append")
+    pre_vote: bool = default_of(RaftConfig, "pre_vote")
+    check_quorum: bool = default_of(RaftConfig, "check_quorum")
     cluster_id: str = "trioraft"
     cluster_secret: bytes = b""
     #: client id -> token, for clients of the service (``docstore connect``).

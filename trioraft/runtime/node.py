@@ -1177,7 +1177,13 @@ class Node:
             digest = bytes.fromhex(stored.checksum)
             size, chunk = stored.size, self.config.snapshot_chunk_bytes
             acked, failures = 0, 0
-            f = await trio.to_thread.run_sync(self.fs.open, stored.path)
+            try:
+                f = await trio.to_thread.run_sync(self.fs.open, stored.path)
+            except FileNotFoundError:
+                # Pruned: a newer snapshot was committed and not adopted yet (the
+                # node's own snapshot task between commit and adopt).  Lost like a
+                # failed stream; the core asks again with the newer one.
+                return
             try:
                 while acked < size or size == 0:
                     if core.term != msg.term or core.role is not Role.LEADER:

@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from docstore.state_machine import DocstoreStateMachine, encode_command
+from trioraft.core.types import InstallSnapshot
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.node import Node
 from trioraft.storage.errors import StorageFatalError
@@ -62,6 +63,38 @@ async def test_snapshot_called_by_a_client_stops_the_node_when_storage_fails(
             await node._stopped.wait()
     assert len(outcome) == 1 and outcome[0] is not None, "the node ran on after the failure"
     assert node._closed
+
+
+async def test_a_pruned_snapshot_does_not_stop_the_leader_that_streams_it(
+    mock_time: trio.testing.MockClock,
+) -> None:
+    """A snapshot stream that finds its body gone ends like a failed stream.
+
+    Between committing a snapshot (which prunes the older ones) and adopting
+    it, the node's own snapshot task awaits the state machine's flush; a
+    stream started then opened the pruned body of the snapshot still current,
+    and the FileNotFoundError stopped the leader (simulator, 5 nodes, seed
+    20164).
+    """
+    fs = SimFS(random.Random(1))
+    cfg = NodeConfig(node_id=1, data_dir="/n1", listen="mem:1")
+    sm = DocstoreStateMachine("/n1/docstore", fs=fs)
+    async with MemoryNetwork(seed=1) as net, trio.open_nursery() as nursery:
+        node = Node(cfg, sm, memory_transport(net))
+        node.fs = fs
+        await nursery.start(node._run)
+        with trio.fail_after(10):
+            await node.wait_for_leader()
+            await node.propose(encode_command({"op": "put", "coll": "c", "key": "k", "doc": {}}))
+        meta = await node.snapshot()
+        stored = node._current_snapshot
+        assert stored is not None
+        fs.unlink(stored.path)  # pruned under the stream's feet
+        assert node.core is not None
+        node._start_snapshot_send(InstallSnapshot(node.core.term, 1, 2, meta))
+        await trio.sleep(1)
+        assert not node._closed and node.is_leader
+        nursery.cancel_scope.cancel()
 
 
 def test_a_leader_again_in_a_later_term_streams_its_snapshot_anew() -> None:

@@ -82,26 +82,54 @@ def test_a_seed_replays_exactly_in_another_process() -> None:
 # ------------------------------------------------------- the checks can fail
 
 #: Each defect re-introduced alone, and how many seeds the sweep may need to catch it.
+MIXED = SimConfig(steps=2000, mixed_settings=True)
+
 BROKEN = [
     # docstore applies a retried write again: a retried conditional put that
     # took effect answers "conflict", or a counter exceeds its increments.
     ("sessions_ignored", 10),
     # the log acknowledges before fsync: a crash leaves an empty hard state.
     ("log_sync_skipped", 10),
-    # a wiped voter's vote counts: a leader without acknowledged writes, a stale read.
-    ("incarnation_unchecked", 20),
+    # a wiped voter's vote counts: a leader without acknowledged writes, a stale read
+    # (it needs a wipe at the wrong moment: seed 98 of the current schedule).
+    pytest.param(
+        "incarnation_unchecked",
+        120,
+        marks=pytest.mark.skipif(not SLOW, reason="about 100 seeds: TRIORAFT_SLOW=1"),
+    ),
+    # docstore applies with its own max_sessions, not the recorded one: replicas
+    # configured differently evict different sessions and their digests differ.
+    ("settings_local", 10),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("fault", "seeds"), BROKEN, ids=[f for f, _ in BROKEN])
+@pytest.mark.parametrize(("fault", "seeds"), BROKEN)
 def test_simulator_catches_a_reintroduced_defect(fault: str, seeds: int) -> None:
-    cfg = SimConfig(steps=2000)
-    broken = SimConfig(steps=2000, faults=frozenset({fault}))
+    cfg = MIXED if fault == "settings_local" else SimConfig(steps=2000)
+    broken = SimConfig(**{**cfg.__dict__, "faults": frozenset({fault})})
     found = first_violation(broken, range(seeds))
     assert found is not None, f"no violation in {seeds} seeds with {fault}"
+    if fault == "settings_local":
+        assert "replicas differ" in found.violations[0]
+        return  # without the defect this seed meets the known one below
     # ... and the same seed is clean without the defect.
     assert run_seed(found.seed, cfg).violations == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: docstore applies entries before the "
+    "settings record with each replica's own settings",
+)
+def test_replicas_configured_differently_agree() -> None:
+    """Found by the simulator (each node's own max_sessions; seed 2 of an earlier
+    schedule, seed 1 of this one): nodes 2 and 3
+    (max 3) evicted session c2.0 at index 4, node 1 (max 10,000) kept it; the first
+    leader's settings record came at index 17, too late.  ``docstore serve`` gives
+    every node the default settings, so it cannot diverge this way; a library user
+    configuring DocstoreStateMachine per node can."""
+    assert run_seed(1, MIXED).violations == []
 
 
 def test_cli_reports_and_prints_the_replay_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib
 
+from trioraft.kv import KVStateMachine, encode_command
 from trioraft.runtime import (
     ClientService,
     Node,
@@ -38,7 +39,6 @@ from trioraft.runtime import (
     generic_service,
     serve_node,
 )
-from trioraft.testing.kv import KVStateMachine, encode_command
 from trioraft.transport.messages import ClientRequest
 
 _profiler: cProfile.Profile | None = None

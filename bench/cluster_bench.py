@@ -63,7 +63,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import docstore  # noqa: E402
 from trioraft.client import open_client_connection  # noqa: E402
 from trioraft.client.connection import Connection  # noqa: E402
-from trioraft.testing.kv import encode_command  # noqa: E402
+from trioraft.kv import encode_command  # noqa: E402
 from trioraft.transport.messages import ClientRequest  # noqa: E402
 
 CLUSTER_ID = "bench"

@@ -4,7 +4,7 @@ Theory of operation
 ===================
 
 Five OS processes each run :func:`trioraft.runtime.serve_node` with a
-:class:`~trioraft.testing.kv.KVStateMachine` (``python -m
+:class:`~trioraft.kv.KVStateMachine` (``python -m
 trioraft.testing.chaos _node CONFIG``).  Three are the bootstrap voters; two
 start with ``join=True`` and are added as learners once a leader is up.
 
@@ -82,6 +82,7 @@ from trioraft.client.connection import (
     open_client_connection,
 )
 from trioraft.core.types import Entry, NodeId
+from trioraft.kv import KVStateMachine, encode_command
 from trioraft.runtime import (
     ClientService,
     Node,
@@ -91,7 +92,6 @@ from trioraft.runtime import (
     serve_node,
 )
 from trioraft.runtime.node import websocket_transport
-from trioraft.testing.kv import KVStateMachine, encode_command
 from trioraft.testing.linearizability import History, Result, check
 from trioraft.transport.base import Transport, TransportStatistics
 from trioraft.transport.messages import AnyMessage, ClientRequest, ClientResponse

@@ -21,37 +21,6 @@ if TYPE_CHECKING:
         serve_node,
     )
 
-# The runtime (nodes, transport, storage) loads on first use of one of its
-# names, so a module that needs only the types or the StateMachine protocol
-# (a state machine, the docstore client) does not pull it in.
-_RUNTIME = frozenset(
-    {
-        "EntryTooLargeError",
-        "Node",
-        "NodeClosedError",
-        "NodeConfig",
-        "NodeError",
-        "NotLeaderError",
-        "OverloadedError",
-        "ProposalDroppedError",
-        "ProposalRejectedError",
-        "ReadFailedError",
-        "open_node",
-        "serve_node",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RUNTIME:
-        from trioraft import runtime
-
-        value = getattr(runtime, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'trioraft' has no attribute {name!r}")
-
-
 __all__ = [
     "Entry",
     "EntryKind",
@@ -75,3 +44,19 @@ __all__ = [
     "open_node",
     "serve_node",
 ]
+
+# The runtime (nodes, transport, storage) loads on first use of one of its
+# names, so a module that needs only the types or the StateMachine protocol
+# (a state machine, the docstore client) does not pull it in: the names of
+# __all__ not imported above.
+_RUNTIME = frozenset(name for name in __all__ if name not in globals())
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNTIME:
+        from trioraft import runtime
+
+        value = getattr(runtime, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trioraft' has no attribute {name!r}")

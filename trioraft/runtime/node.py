@@ -68,6 +68,7 @@ from trioraft.core.raft import RaftCore
 from trioraft.core.types import (
     AppendEntries,
     Entry,
+    HardState,
     InstallSnapshot,
     Membership,
     Message,
@@ -621,12 +622,21 @@ class Node:
         assert log is not None
         if rd.snapshot is not None:
             log.compact(rd.snapshot.index, rd.snapshot.term)
+        hs, old = rd.hard_state, log.hard_state()
+        if rd.entries and hs is not None and (hs.term, hs.vote) != (old.term, old.vote):
+            # The entries and the hard state are two writes.  A new term and
+            # its vote go first, so a crash between them never leaves entries
+            # of a term the node has not durably entered (it would restart in
+            # a lower term, accept appends of a deposed leader over committed
+            # entries, and forget a vote).  The commit index goes last: it may
+            # cover the entries being written.
+            log.save_hard_state(HardState(hs.term, hs.vote, min(old.commit, hs.commit)))
         if rd.entries:
             log.append(rd.entries)
             self._stats["persist_batches"] += 1
             self._stats["persist_entries"] += len(rd.entries)
-        if rd.hard_state is not None:
-            log.save_hard_state(rd.hard_state)
+        if hs is not None and hs != log.hard_state():
+            log.save_hard_state(hs)
         self._persist_seconds.observe(time.perf_counter() - started)
 
     def _observe(self, core: RaftCore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 
@@ -10,12 +11,13 @@ import trio
 import trio.testing
 
 from docstore.state_machine import DocstoreStateMachine, encode_command
-from trioraft.core.types import InstallSnapshot
+from trioraft.core.types import Entry, HardState, InstallSnapshot, Ready
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.node import Node
 from trioraft.storage.errors import StorageFatalError
+from trioraft.storage.log import FileLogStore
 from trioraft.testing.cluster import inline_threads, memory_transport
-from trioraft.testing.simfs import SimFS
+from trioraft.testing.simfs import PowerLoss, SimFS
 from trioraft.testing.simnode import SimConfig, run_seed
 from trioraft.transport.memory import MemoryNetwork
 
@@ -95,6 +97,39 @@ async def test_a_pruned_snapshot_does_not_stop_the_leader_that_streams_it(
         await trio.sleep(1)
         assert not node._closed and node.is_leader
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("crash_at", range(1, 16))
+def test_a_crash_inside_a_persist_never_leaves_entries_above_the_term(crash_at: int) -> None:
+    """Power lost at any storage operation of one Ready that enters term 6 and
+    appends entries of term 6 (an AppendEntries from a new leader): the disk
+    after the crash never holds an entry of a term above the hard state's.
+
+    The node wrote the entries, then the hard state; a crash between the two
+    left entries of term 6 under a hard state of an older term.  The node then
+    ran in a term below its log's, would accept appends of a deposed leader
+    over committed entries, and sent a RequestVote whose last log term was
+    above its term, which no peer decodes (found by a 3-node simulator sweep).
+    """
+    fs = SimFS(random.Random(crash_at))
+    log = FileLogStore.open("/n1/log", fs=fs)
+    log.append([Entry(1, 4), Entry(2, 4)])
+    log.save_hard_state(HardState(4, 2, 2))
+    node = Node(
+        NodeConfig(node_id=1, data_dir="/n1", listen="mem:1"),
+        DocstoreStateMachine("/n1/docstore", fs=fs),
+        memory_transport(MemoryNetwork()),
+    )
+    node._logstore = log
+    fs.crash_after(crash_at)
+    ready = Ready(hard_state=HardState(6, None, 4), entries=(Entry(3, 6), Entry(4, 6)))
+    with contextlib.suppress(PowerLoss):
+        node._persist(ready)
+    image = fs.power_off("power")
+    reopened = FileLogStore.open("/n1/log", fs=image)
+    last = reopened.last_index()
+    assert reopened.term(last) <= reopened.hard_state().term
+    assert reopened.hard_state().commit <= 4
 
 
 def test_a_leader_again_in_a_later_term_streams_its_snapshot_anew() -> None:

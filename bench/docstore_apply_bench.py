@@ -1,0 +1,274 @@
+"""CPU per docstore write and per linearizable get, one process, no network.
+
+Run: ``python bench/docstore_apply_bench.py [--n 20000] [--batch 64] [--lanes 64]
+[--runs 3] [--only apply,server,client,query] [--profile apply]``
+
+Each part times the code a cluster runs per request, in the order it runs,
+with the network and Raft left out:
+
+* ``apply``: :meth:`DocstoreStateMachine.apply` of N ``put`` entries (100-byte
+  documents under 1,000 keys, one session per lane, sequences increasing per
+  lane, as ``docstore.connect`` sends them) in chunks of ``--batch`` entries,
+  as a follower applies them after an AppendEntries; the apply log is
+  written to a temporary directory (flushed once per chunk, not fsynced:
+  the fsync is the Raft log's and the disk's cost, not CPU).
+* ``server``: the leader's per-request work before the proposal: the client
+  frame of ``--batch`` requests decoded, then :class:`DocstoreService`'s
+  authorisation, session name and command check for each.
+* ``client``: ``docstore.connect``'s per-put work before the wire: the command
+  built and checked, encoded once, its request framed (a frame of
+  ``--batch`` requests, as the connection's sender sends them).
+* ``query``: a ``get`` on the leader: the server's query check and
+  :meth:`DocstoreStateMachine.query` (the Raft round of a linearizable read
+  is the KV path's too and is not measured here).
+
+Prints entries (or requests) per second and microseconds per entry, the
+median of ``--runs`` runs (the machine may be shared: compare runs made back
+to back).  ``--profile PART`` prints a cProfile of one more run of PART.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from docstore import commands as C
+from docstore.engine.validate import validate_query
+from docstore.engine.values import check_key
+from docstore.server import DocstoreService, ServerConfig
+from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine
+from trioraft.core.types import Entry
+from trioraft.transport.codec import decode_frame, encode_frame, encode_value
+from trioraft.transport.messages import ClientRequest
+
+DOC = {"v": "x" * 96}
+KEYS = 1000
+SESSION = "docstore/0123456789abcdef"
+T0 = 1_700_000_000_000
+
+
+def _entries(n: int, lanes: int) -> list[Entry]:
+    """Session openings for every lane, then ``n`` puts round-robin over the lanes."""
+    out: list[Entry] = []
+    index = 1
+    open_data = encode_value(OPEN_SESSION)
+    for lane in range(1, lanes + 1):
+        out.append(Entry(index, 1, data=open_data, client_id=f"{SESSION}.{lane}", timestamp_ms=T0))
+        index += 1
+    seqs = [0] * (lanes + 1)
+    for i in range(n):
+        lane = i % lanes + 1
+        seqs[lane] += 1
+        data = encode_value(C.put("bench", f"k{i % KEYS:04}", DOC), "command")
+        out.append(
+            Entry(
+                index,
+                1,
+                data=data,
+                client_id=f"{SESSION}.{lane}",
+                sequence=seqs[lane],
+                timestamp_ms=T0 + i,
+            )
+        )
+        index += 1
+    return out
+
+
+def bench_apply(n: int, batch: int, lanes: int) -> Callable[[], float]:
+    entries = _entries(n, lanes)
+    head, body = entries[:lanes], entries[lanes:]
+    chunks = [body[i : i + batch] for i in range(0, len(body), batch)]
+
+    def run() -> float:
+        tmp = tempfile.mkdtemp(prefix="ds-apply-")
+        try:
+
+            async def main() -> float:
+                sm = DocstoreStateMachine(tmp, sync=False)
+                await sm.start()
+                await sm.apply(head)
+                await sm.flush()
+                t = time.perf_counter()
+                for chunk in chunks:
+                    results = await sm.apply(chunk)
+                    assert results[-1]["ok"] is True, results[-1]  # type: ignore[index]
+                elapsed = time.perf_counter() - t
+                await sm.close()
+                return elapsed
+
+            return trio.run(main)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return run
+
+
+class _Conn:
+    client_id = "docstore"
+
+
+class _State:
+    role = "write"
+
+
+class _Session:
+    """What DocstoreService's command path reads of a connection's session."""
+
+    conn = _Conn()
+    client_id = "docstore"
+    state = _State()
+
+
+def bench_server(n: int, batch: int, lanes: int) -> Callable[[], float]:
+    tmp = tempfile.mkdtemp(prefix="ds-server-")
+    sm = DocstoreStateMachine(tmp, sync=False)
+    service = DocstoreService(sm, ServerConfig())
+    frames = []
+    for start in range(0, n, batch):
+        reqs = [
+            ClientRequest(
+                i + 1,
+                "command",
+                encode_value(C.put("bench", f"k{i % KEYS:04}", DOC), "command"),
+                f"0123456789abcdef.{i % lanes + 1}",
+                i // lanes + 1,
+                "linearizable",
+            )
+            for i in range(start, min(n, start + batch))
+        ]
+        frames.append(encode_frame(reqs, cluster_id="docstore"))
+    session: Any = _Session()
+
+    def run() -> float:
+        t = time.perf_counter()
+        for frame in frames:
+            for req in decode_frame(frame, cluster_id="docstore"):
+                assert isinstance(req, ClientRequest)
+                service._authorize(session, req)
+                data = service._check_command(session, req)
+                cid = service._session(session.client_id, req)
+                assert data and cid
+        return time.perf_counter() - t
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return run
+
+
+def bench_client(n: int, batch: int, lanes: int) -> Callable[[], float]:
+    def run() -> float:
+        t = time.perf_counter()
+        reqs = []
+        for i in range(n):
+            key = f"k{i % KEYS:04}"
+            cmd = C.put("bench", key, DOC)
+            C.validate_command(cmd)  # Database._execute
+            data = encode_value(cmd, "command")  # RemoteExecutor.execute
+            reqs.append(
+                ClientRequest(
+                    i + 1, "command", data, f"0123456789abcdef.{i % lanes + 1}", i // lanes + 1
+                )
+            )
+            if len(reqs) == batch:
+                encode_frame(reqs, cluster_id="docstore")
+                reqs = []
+        return time.perf_counter() - t
+
+    return run
+
+
+def bench_query(n: int, batch: int, lanes: int) -> Callable[[], float]:
+    tmp = tempfile.mkdtemp(prefix="ds-query-")
+
+    async def setup() -> DocstoreStateMachine:
+        sm = DocstoreStateMachine(tmp, sync=False)
+        await sm.start()
+        await sm.apply(_entries(KEYS, lanes))
+        return sm
+
+    sm = trio.run(setup)
+    service = DocstoreService(sm, ServerConfig())
+    frames = []
+    for start in range(0, n, batch):
+        reqs = [
+            ClientRequest(
+                i + 1,
+                "query",
+                {"op": "get", "coll": "bench", "key": check_key(f"k{i % KEYS:04}")},
+                "",
+                0,
+                "linearizable",
+            )
+            for i in range(start, min(n, start + batch))
+        ]
+        frames.append(encode_frame(reqs, cluster_id="docstore"))
+    session: Any = _Session()
+
+    def run() -> float:
+        async def main() -> float:
+            t = time.perf_counter()
+            for frame in frames:
+                for req in decode_frame(frame, cluster_id="docstore"):
+                    assert isinstance(req, ClientRequest)
+                    service._authorize(session, req)
+                    # DocstoreService._query without the Raft round of node.read
+                    validate_query(req.payload, sm.limits)
+                    out = await sm.query(req.payload)
+                    assert out["ok"] is True  # type: ignore[index]
+            return time.perf_counter() - t
+
+        return trio.run(main)
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return run
+
+
+PARTS: dict[str, Callable[[int, int, int], Callable[[], float]]] = {
+    "apply": bench_apply,
+    "server": bench_server,
+    "client": bench_client,
+    "query": bench_query,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=20000, help="entries (requests) per run")
+    p.add_argument("--batch", type=int, default=64, help="entries per apply / requests per frame")
+    p.add_argument("--lanes", type=int, default=64, help="client sessions (write lanes)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--only", default=",".join(PARTS), help="parts, comma-separated")
+    p.add_argument("--profile", default="", help="print a cProfile of one more run of PART")
+    args = p.parse_args()
+    for name in args.only.split(","):
+        run = PARTS[name](args.n, args.batch, args.lanes)
+        run()  # warm-up
+        times = [run() for _ in range(args.runs)]
+        med = statistics.median(times)
+        spread = ", ".join(f"{args.n / t:,.0f}" for t in times)
+        print(
+            f"{name:7} {args.n / med:10,.0f} /s  {med / args.n * 1e6:7.2f} us each"
+            f"  (runs: {spread} /s)"
+        )
+        if args.profile == name:
+            prof = cProfile.Profile()
+            prof.enable()
+            run()
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()

@@ -819,6 +819,9 @@ def run_seed(
     try:
         with inline_threads():
             trio.run(sim.main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except Exception as exc:  # the run itself broke (e.g. a peer sent what no codec decodes)
+        leaves = ", ".join(repr(e)[:300] for e in _leaves(exc))
+        sim.result.violations.append(f"the simulation stopped: {leaves}")
     finally:
         setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", saved)  # noqa: B010
         trio_run._r.setstate(state)

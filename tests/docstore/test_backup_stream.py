@@ -7,6 +7,9 @@ import hashlib
 import io
 import os
 import pathlib
+import pty
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -129,3 +132,38 @@ def test_progress_bar_draws_in_place_and_ends_its_line() -> None:
     text = out.getvalue()
     assert text.count("\r") == 2 and text.endswith("\n")
     assert "50%" in text and "100%" in text and "1.0 MiB" in text
+
+
+async def _backup_cli(cluster: Cluster, path: pathlib.Path, stderr: int) -> int:
+    args = [sys.executable, "-m", "docstore", "backup", str(path)]
+    args += ["--cluster", ",".join(cluster.addresses), "--token", TOKEN]
+    done = await trio.run_process(args, stdout=subprocess.DEVNULL, stderr=stderr, check=False)
+    return done.returncode
+
+
+async def test_backup_command_draws_a_progress_bar_only_on_a_terminal(
+    cluster: Cluster, tmp_path: pathlib.Path
+) -> None:
+    with trio.fail_after(60):
+        async with docstore.connect(cluster.addresses, token=TOKEN, call_timeout=10) as db:
+            await _fill(db)
+        controller, terminal = pty.openpty()
+        try:
+            assert await _backup_cli(cluster, tmp_path / "a.snap", terminal) == 0
+            os.set_blocking(controller, False)
+            drawn = os.read(controller, 65536).decode()
+        finally:
+            os.close(terminal)
+            os.close(controller)
+        assert "backup" in drawn and "100%" in drawn and "[" + "#" * 30 + "]" in drawn
+        log = tmp_path / "stderr.txt"
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT)  # not a terminal: no bar
+        try:
+            assert await _backup_cli(cluster, tmp_path / "b.snap", fd) == 0
+        finally:
+            os.close(fd)
+        assert _size(log) == 0 and _size(tmp_path / "b.snap") > 0
+
+
+def _size(path: pathlib.Path) -> int:
+    return os.path.getsize(path)

@@ -110,11 +110,15 @@ class Hub:
         self.closed = False
 
     def publish(self, changes: Iterable[Change]) -> None:
+        # Every apply chunk publishes, watched or not: the watchers are listed
+        # once per call (pushing adds or removes none), not once per change.
+        history = self._history
+        watchers = list(self._watchers) if self._watchers else ()
         for ch in changes:
-            if len(self._history) == self._history.maxlen:
-                self._floor = self._history[0].rev
-            self._history.append(ch)
-            for w in list(self._watchers):
+            if len(history) == history.maxlen:
+                self._floor = history[0].rev
+            history.append(ch)
+            for w in watchers:
                 w._push(ch)
 
     def reset(self, rev: int) -> None:

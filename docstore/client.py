@@ -369,10 +369,7 @@ class RemoteExecutor:
                 except NoListenerError as exc:
                     refused.add(exc.address)
                     if refused.issuperset(self.addresses):
-                        raise UnavailableError(
-                            f"no node at {', '.join(self.addresses)}: "
-                            "is `docstore cluster` running?"
-                        ) from None
+                        raise self.nobody_listens() from None
                     last = str(exc)
                     continue
                 except (ClientConnectionError, OSError) as exc:
@@ -401,6 +398,12 @@ class RemoteExecutor:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         raise UnavailableError(f"no answer from the cluster within {limit}s ({last})")
+
+    def nobody_listens(self) -> UnavailableError:
+        """The error when every address refused the connection: no cluster is running."""
+        return UnavailableError(
+            f"no node at {', '.join(self.addresses)}: is `docstore cluster` running?"
+        )
 
     async def request_node(self, address: str, kind: str, payload: object = None) -> object:
         """One request to the node at ``address`` itself (no redirects, no retries)."""
@@ -724,6 +727,7 @@ class RemoteDatabase(Database):
         status = ClientRequest(0, "status", None, consistency="local")
         last = "no answer"
         delay = 0.02
+        refused: set[str] = set()
         with trio.move_on_after(ex.timeout):
             while True:
                 link: _Link | None = None
@@ -736,6 +740,11 @@ class RemoteDatabase(Database):
                         resp = await link.conn.call(status)
                 except HandshakeError as exc:
                     raise ClusterError("unauthorized", str(exc)) from None
+                except NoListenerError as exc:
+                    refused.add(exc.address)
+                    if refused.issuperset(ex.addresses):
+                        raise ex.nobody_listens() from None
+                    continue
                 except (ClientConnectionError, OSError) as exc:
                     last = str(exc)
                     ex._drop(link)
@@ -784,6 +793,7 @@ class RemoteDatabase(Database):
         def stalled() -> UnavailableError:
             return UnavailableError(f"backup: no chunk for {stall_timeout}s ({last})")
 
+        refused: set[str] = set()
         while True:
             link: _Link | None = None
             with trio.move_on_at(deadline):
@@ -791,6 +801,12 @@ class RemoteDatabase(Database):
                     link = await ex._get_link()
                 except HandshakeError as exc:
                     raise ClusterError("unauthorized", str(exc)) from None
+                except NoListenerError as exc:
+                    refused.add(exc.address)
+                    if refused.issuperset(ex.addresses):
+                        raise ex.nobody_listens() from None
+                    last = str(exc)
+                    continue
                 except (ClientConnectionError, OSError) as exc:
                     last = str(exc)
             offset = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -88,3 +89,19 @@ async def test_embedded_current_rev_is_rev(tmp_path: pathlib.Path) -> None:
     async with docstore.open(str(tmp_path / "db")) as db:
         rev = await db.collection("c").put("k", {"v": 1})
         assert db.rev == rev == await db.current_rev()
+
+
+async def test_current_rev_and_backup_fail_at_once_when_no_node_listens(
+    tmp_path: pathlib.Path,
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    with trio.fail_after(10):
+        async with docstore.connect([address], token=TOKEN, call_timeout=30) as db:
+            started = trio.current_time()
+            with pytest.raises(docstore.UnavailableError, match="no node at"):
+                await db.current_rev()
+            with pytest.raises(docstore.UnavailableError, match="no node at"):
+                await db.backup(tmp_path / "x.snap", stall_timeout=30)
+            assert trio.current_time() - started < 5  # not the 30 s limits

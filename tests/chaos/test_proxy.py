@@ -1,4 +1,4 @@
-"""The chaos proxy: one direction per link, blackhole, reset, heal."""
+"""The chaos proxy (one direction per link, blackhole, reset, heal) and the routes to it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import random
 
 import trio
 
-from trioraft.testing.chaos import HOST, Link
+from trioraft.testing.chaos.proxy import HOST, Link
+from trioraft.testing.chaos.routes import ROUTE_HOST, install_routes
 
 
 async def echo_server(nursery: trio.Nursery) -> int:
@@ -82,4 +83,27 @@ async def test_delay_keeps_order() -> None:
                 while len(got) < len(sent):
                     got += await s.receive_some(65536)
             assert got == sent
+        nursery.cancel_scope.cancel()
+
+
+async def test_routes_send_a_node_s_connections_through_its_proxy() -> None:
+    """Inside a node process, dialling a peer's real port reaches the proxy towards it."""
+    async with trio.open_nursery() as nursery:
+        real = await echo_server(nursery)
+        link = Link(1, 2, real, random.Random(0))
+        await link.start(nursery)
+        install_routes({real: link.port})
+        async with await trio.open_tcp_stream(ROUTE_HOST, real) as s:
+            assert await roundtrip(s, b"via proxy") == b"via proxy"
+            assert len(link.conns) == 1  # it went through the link ...
+            link.block("blackhole")  # ... so blocking the link cuts it
+            assert await roundtrip(s, b"lost", within=0.3) is None
+        # A port without a route, and a listener's lookup, are the real ones.
+        other = await echo_server(nursery)
+        async with await trio.open_tcp_stream(ROUTE_HOST, other) as s:
+            assert await roundtrip(s, b"direct") == b"direct"
+        listeners = await trio.open_tcp_listeners(0, host=ROUTE_HOST)
+        assert listeners[0].socket.getsockname()[0] == HOST
+        for listener in listeners:
+            await listener.aclose()
         nursery.cancel_scope.cancel()

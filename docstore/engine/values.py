@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from docstore.engine.errors import InvalidCommandError, LimitError
@@ -162,7 +164,38 @@ def expires_at(doc: dict[str, Any]) -> int | None:
     return exp if type(exp) is int else None
 
 
-_dumps_fast = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def compact_json(*, allow_nan: bool = True) -> Callable[[Any], str]:
+    """A function giving the compact JSON text of a value (``,`` and ``:``, UTF-8 kept),
+    as ``json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode`` does.
+
+    Built once: ``JSONEncoder.encode`` builds its C encoder on every call, which
+    costs as much as encoding a small document.  Without a circular-reference
+    check: the values it is given were checked to nest at most
+    :attr:`Limits.max_depth` levels (a cycle fails that check first).
+    """
+    if c_make_encoder is None:  # pragma: no cover - CPython has the C encoder
+        return json.JSONEncoder(
+            separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan
+        ).encode
+    encoder = c_make_encoder(
+        None,  # no circular-reference markers
+        json.JSONEncoder().default,  # non-JSON values: its TypeError
+        encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        allow_nan,
+    )
+
+    def dumps(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    return dumps
+
+
+_dumps_fast = compact_json()
 
 
 def check_size(doc: dict[str, Any], limits: Limits = DEFAULT_LIMITS) -> None:

@@ -17,11 +17,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from docstore.engine.errors import CorruptionError
+from docstore.engine.values import compact_json
 from docstore.storage.records import frame, fsync_dir, parse, read_file, write_atomic
 from trioraft.storage.fs import FileHandle, FileSystem, OsFileSystem
 
 MAGIC = b"DOCSTOR1"
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_dumps = compact_json(allow_nan=False)
 
 
 def encode_record(rev: int, effects: list[list[Any]], **extra: Any) -> bytes:

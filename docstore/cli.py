@@ -821,6 +821,9 @@ def _print_banner(
             "/readyz and /status)"
         )
     dir_flag = _dir_flag(d)
+    ca = info.get("tls_ca") or info.get("tls_cert")  # the nodes speak TLS
+    tls_flag = f" --tls-ca {ca}" if ca else ""
+    tls_arg = f", ssl_context=ssl.create_default_context(cafile={ca!r})" if ca else ""
     lines += [
         "",
         "Try, from another terminal in this directory:",
@@ -829,9 +832,10 @@ def _print_banner(
         f'  docstore find{dir_flag} users \'{{"age": {{"$gte": 18}}}}\'',
         f"  docstore status{dir_flag}",
         "From elsewhere:",
-        f"  docstore status --cluster {addrs} --token {info['token']}",
+        f"  docstore status --cluster {addrs} --token {info['token']}{tls_flag}",
         "From Python:",
-        f"  async with docstore.connect({addrs.split(',')!r}, token={info['token']!r}) as db:",
+        f"  async with docstore.connect({addrs.split(',')!r}, token={info['token']!r}"
+        f"{tls_arg}) as db:",
         "",
         "Ctrl-C stops every node; run the same command again to resume with the data.",
     ]

@@ -116,6 +116,9 @@ async def test_a_tls_cluster_serves_the_cli_and_connect_and_refuses_plain_client
     # `docstore cluster` itself waits for a leader over TLS (its own check of the nodes).
     c: ClusterProcess = start_cluster("tls", fresh=False)
     addrs = ",".join(c.addresses)
+    banner = (c.dir.parent / f"{c.dir.name}.out").read_text()
+    assert f"--token {c.token} --tls-ca {certs['ca']}" in banner  # how to connect, with TLS
+    assert f"ssl_context=ssl.create_default_context(cafile='{certs['ca']}')" in banner
     nowhere = str(tmp_path / "no-cluster-here")  # so the CLI reads nothing from a --dir
 
     # The CLI: --dir reads tls_ca from cluster.toml; --tls-ca works without it.

@@ -459,14 +459,28 @@ def _check_value(v: Any, where: str, depth: int) -> Any:
         return v
     if depth >= MAX_VALUE_DEPTH:
         raise ProtocolError(f"{where}: nested deeper than {MAX_VALUE_DEPTH}")
+    # Leaves that pass as they are (strings within the limit, null, booleans,
+    # floats) are checked in the loops, without a call: most items are leaves.
     if t is list or t is tuple:
         for item in v:
+            ti = type(item)
+            if ti is str:
+                if len(item) <= MAX_VALUE_BYTES:
+                    continue
+            elif item is None or ti is bool or ti is float:
+                continue
             _check_value(item, where, depth + 1)
         return v
     if t is dict:
         for key, item in v.items():
             if type(key) is not str and type(key) is not bytes:
                 _fail(where, "map keys that are text or byte strings", key)
+            ti = type(item)
+            if ti is str:
+                if len(item) <= MAX_VALUE_BYTES:
+                    continue
+            elif item is None or ti is bool or ti is float:
+                continue
             _check_value(item, where, depth + 1)
         return v
     _fail(where, "a plain CBOR value", v)

@@ -290,6 +290,10 @@ class Engine:
         raw_set(c, key, new)
 
     def _coll(self, name: object, create: bool = True) -> Collection:
+        if type(name) is str:
+            c = self.colls.get(name)
+            if c is not None:  # its name was checked when it was created
+                return c
         n = check_name(name, "collection", self.limits)
         c = self.colls.get(n)
         if c is None:
@@ -307,6 +311,8 @@ class Engine:
         return d
 
     def _check_conditions(self, c: Collection, key: str, cmd: dict[str, Any]) -> None:
+        if _NO_CONDITIONS.issuperset(cmd):  # the common case: an unconditional write
+            return
         cur = self._live(c, key)
         cur_rev = cur["_rev"] if cur is not None else 0
         if_rev = cmd.get("if_rev")
@@ -403,6 +409,11 @@ class Engine:
             for iname in sorted(c.indexes):
                 idx = c.indexes[iname]
                 yield ["mkidx", name, iname, list(idx.fields), idx.unique]
+
+
+#: The fields of a put, patch or delete that are not conditions (``if_rev``,
+#: ``if_exists``, ``if_match``): a command holding only these has none to check.
+_NO_CONDITIONS = frozenset({"op", "coll", "key", "doc", "ops", "upsert"})
 
 
 def _or_none(v: Any) -> Any:

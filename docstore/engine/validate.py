@@ -320,10 +320,17 @@ def _index_fields(fields: object) -> None:
 def validate_query(q: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """``q``, checked: raise the error a read of it would give, for what needs no state."""
     _, m = _shape(q, "query", QUERY_FIELDS, _QUERY_ALLOWED, "")
-    if "coll" in m:
-        _field("coll", lambda: check_name(m["coll"], "collection", limits))
-    if "key" in m:
-        _field("key", lambda: check_key(m["key"], limits))
+    # A get's fields are checked without _field's closures (every read runs this
+    # twice: the node before the read, the state machine at it); same messages.
+    field = "coll"
+    try:
+        if "coll" in m:
+            check_name(m["coll"], "collection", limits)
+        if "key" in m:
+            field = "key"
+            check_key(m["key"], limits)
+    except DocstoreError as exc:
+        raise type(exc)(f"{field}: {exc.message}", rev=exc.rev) from None
     if "keys" in m:
         keys = m["keys"]
         if not isinstance(keys, list) or len(keys) > MAX_GET_MULTI:

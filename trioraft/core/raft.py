@@ -17,7 +17,9 @@ Events in:
   and ``heartbeat_deadline``);
 * ``propose(...)``, ``read(...)``, ``change_membership(...)``,
   ``transfer_leadership(...)`` - requests from the application;
-* ``advance(ready)`` - the storage write (and the rest of a Ready) is done;
+* ``advance(ready, applied=...)`` - the storage write (and the rest of a Ready)
+  is done; ``applied_to(index)`` - the state machine applied up to ``index``
+  (for a runtime that applies in another task);
 * ``compact(index)`` - the application took a snapshot at ``index``;
 * ``report_unreachable(peer)`` / ``report_snapshot(peer, ok)`` - transport news.
 
@@ -36,7 +38,8 @@ message: a vote is granted only in a Ready carrying the hard state that
 records it; an append acknowledgement only in a Ready carrying the entries it
 acknowledges.  One exception is allowed, and it is the only one: when the
 Ready carries no hard state, a leader's ``AppendEntries`` may be sent
-*before* the write (dissertation 10.2.1), because the leader counts its own
+*before* the write (dissertation 10.2.1; the core lists them in
+``Ready.early_messages``, so no user of the core decides it), because the leader counts its own
 log towards a quorum only after ``advance`` - so the leader's fsync and the
 followers' run in parallel.  A leader counts its own log towards commitment only up to the
 index storage reported durable (``advance``), so a single-voter cluster never
@@ -999,14 +1002,21 @@ class RaftCore:
         committed: tuple[Entry, ...] = ()
         if self.commit > self._apply_cursor:
             committed = tuple(self.entries_between(self._apply_cursor + 1, self.commit + 1))
+        messages = tuple(self._msgs)
+        early: tuple[Message, ...] = ()
+        if hs_out is None and self._pending_snapshot is None and self.role is Role.LEADER:
+            # The contract's one exception: a leader's appends may leave before
+            # its own write, so its fsync and the followers' overlap.
+            early = tuple(m for m in messages if isinstance(m, AppendEntries))
         rd = Ready(
             hard_state=hs_out,
             entries=entries,
             snapshot=self._pending_snapshot,
-            messages=tuple(self._msgs),
+            messages=messages,
             committed=committed,
             reads=tuple(self._reads_out),
             failed_reads=tuple(self._failed_reads),
+            early_messages=early,
         )
         if rd:
             self._in_flight_ready = True
@@ -1055,8 +1065,16 @@ class RaftCore:
             or self._hard_state_to_persist() is not None
         )
 
-    def advance(self, rd: Ready) -> None:
-        """The Ready ``rd`` has been persisted, sent and applied."""
+    def advance(self, rd: Ready, *, applied: int | None = None) -> None:
+        """The Ready ``rd`` has been persisted and sent; ``applied`` is applied.
+
+        ``applied`` is the state machine's last applied index now.  None
+        means everything ``rd`` handed over (its snapshot, its committed
+        entries) has been applied, as a driver that applies before advancing
+        does; a runtime that applies in another task passes what that task
+        has done and reports the rest with :meth:`applied_to`, so
+        ``self.applied`` is always what the state machine holds.
+        """
         if not rd:
             return
         self._in_flight_ready = False
@@ -1064,7 +1082,13 @@ class RaftCore:
             self._persisted_hs = rd.hard_state
         if rd.snapshot is not None:
             self.stable = max(self.stable, rd.snapshot.index)
-            self.applied = max(self.applied, rd.snapshot.index)
+        if applied is None:
+            if rd.snapshot is not None:
+                self.applied = max(self.applied, rd.snapshot.index)
+            if rd.committed:
+                self.applied = max(self.applied, rd.committed[-1].index)
+        else:
+            self.applied_to(applied)
         if rd.entries:
             # Stable only where the log still holds what was written (ABA guard).
             for e in reversed(rd.entries):
@@ -1072,10 +1096,21 @@ class RaftCore:
                     if e.index > self.stable:
                         self.stable = e.index
                     break
-        if rd.committed:
-            self.applied = max(self.applied, rd.committed[-1].index)
         if self.role is Role.LEADER and rd.entries:
             self._maybe_commit()
+
+    def applied_to(self, index: int) -> None:
+        """The state machine has applied every entry up to ``index`` (or a snapshot there).
+
+        Only entries (and snapshots) a Ready handed over can be applied, so
+        ``index`` is at most what the core has handed over.
+        """
+        if index > self._apply_cursor:
+            raise InvariantViolated(
+                f"applied {index}, but only entries up to {self._apply_cursor} were handed over"
+            )
+        if index > self.applied:
+            self.applied = index
 
     # -------------------------------------------------------------- client
 

@@ -516,13 +516,19 @@ class ReadFailed:
 class Ready:
     """One batch of work.  Do it in this order, then call ``core.advance(ready)``:
 
+    0. send ``early_messages`` (those of ``messages`` the core allows to leave
+       before the write; may be sent after it too);
     1. persist ``snapshot`` (if any), then ``entries`` (truncating the stored
-       log from ``entries[0].index``), then ``hard_state`` (if not None), with
-       one fsync (group commit);
-    2. send ``messages``;
+       log from ``entries[0].index``) and ``hard_state`` (if not None; a new
+       term and vote durable no later than the entries), group-committed
+       (``LogStore.persist``);
+    2. send the rest of ``messages`` (:meth:`messages_after_persist`);
     3. install ``snapshot`` into the state machine, then apply
        ``committed`` in order; answer ``reads`` once applied >= their index;
-    4. ``core.advance(ready)``.
+    4. ``core.advance(ready, applied=...)``.
+
+    :class:`trioraft.core.driver.ReadyDriver` carries this out, once, for
+    every user of the core.
     """
 
     hard_state: HardState | None = None
@@ -532,6 +538,22 @@ class Ready:
     committed: tuple[Entry, ...] = ()
     reads: tuple[ReadState, ...] = ()
     failed_reads: tuple[ReadFailed, ...] = ()
+    #: The messages (a subset of ``messages``, the same objects) that may
+    #: leave before the persist: decided by the core (the contract's one
+    #: exception, see trioraft/core/raft.py), never by its user.
+    early_messages: tuple[Message, ...] = ()
+
+    @property
+    def needs_persist(self) -> bool:
+        """Whether the Ready carries anything to write (snapshot, entries, hard state)."""
+        return self.snapshot is not None or bool(self.entries) or self.hard_state is not None
+
+    def messages_after_persist(self) -> list[Message]:
+        """The messages that must wait for the persist: ``messages`` minus ``early_messages``."""
+        if not self.early_messages:
+            return list(self.messages)
+        early = {id(m) for m in self.early_messages}
+        return [m for m in self.messages if id(m) not in early]
 
     def __bool__(self) -> bool:
         return bool(

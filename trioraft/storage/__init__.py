@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from trioraft.core.types import Entry, HardState
+from trioraft.core.types import Entry, HardState, SnapshotMeta
 from trioraft.storage.errors import (
     LogCompacted,
     LogUnavailable,
@@ -40,6 +40,12 @@ class LogStore(Protocol):
     def incarnation(self) -> str: ...
     def hard_state(self) -> HardState: ...
     def save_hard_state(self, hs: HardState) -> None: ...
+    def persist(
+        self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: SnapshotMeta | None
+    ) -> None:
+        """One Ready's write (snapshot boundary, entries, hard state); durable on return."""
+        ...
+
     def close(self) -> None: ...
 
 

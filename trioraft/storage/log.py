@@ -79,7 +79,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from trioraft.core.types import Entry, EntryKind, HardState
+from trioraft.core.types import Entry, EntryKind, HardState, SnapshotMeta
 from trioraft.storage.errors import (
     LogCompacted,
     LogUnavailable,
@@ -709,6 +709,47 @@ class FileLogStore:
                 self._write_frames([], index + 1)
             self._trim_prefix()
             self._delete_dead_segments()
+
+    def persist(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: SnapshotMeta | None = None,
+    ) -> None:
+        """One Ready's write: ``snapshot``'s boundary, then ``entries`` and ``hard_state``.
+
+        The call the runtime makes for every Ready that has something to
+        write; when it returns, all of it is durable.  Entries take one
+        fdatasync (group commit).  The hard state is its own file, rewritten
+        atomically with its own sync: it changes only with the term or the
+        vote (the core leaves a commit-only change out), so that sync is paid
+        once per election, not per write.  When a Ready carries both (a
+        follower's first append from a new leader), the new term and vote are
+        made durable before the entries and the commit index after them, so
+        no crash leaves entries of a term above the stored one.  A hard state
+        inside the log's frames would save those syncs but must then survive
+        segment deletion (copied forward into every new segment): a format
+        change not worth one or two fsyncs per term.  A snapshot's boundary
+        likewise has its own file.
+
+        Raises:
+            ValueError: the entries do not fit the log.
+            StorageFatalError: an I/O error; stop the node.
+        """
+        if snapshot is not None:
+            self.compact(snapshot.index, snapshot.term)
+        hs, old = hard_state, self._hard
+        if entries and hs is not None and (hs.term, hs.vote) != (old.term, old.vote):
+            # A new term and its vote go first, so a crash between the two
+            # writes never leaves entries of a term the node has not durably
+            # entered (it would restart in a lower term, accept a deposed
+            # leader's appends over committed entries and forget a vote).  The
+            # commit index goes last: it may cover the entries being written.
+            self.save_hard_state(HardState(hs.term, hs.vote, min(old.commit, hs.commit)))
+        if entries:
+            self.append(entries)
+        if hs is not None and hs != self._hard:
+            self.save_hard_state(hs)
 
     # ------------------------------------------------------------ hard state
 

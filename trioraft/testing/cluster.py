@@ -138,7 +138,7 @@ class MemoryCluster:
         """Stop a node (like kill: nothing more is written, durable state stays)."""
         self._scopes.pop(node_id).cancel()
         node = self.nodes.pop(node_id)
-        await node._stopped.wait()
+        await node.wait_stopped()
 
     async def wipe(self, node_id: NodeId) -> None:
         """Stop a node and delete its data directory."""

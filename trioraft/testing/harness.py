@@ -23,10 +23,12 @@ A test reads like a transcript::
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from trioraft.core.driver import ReadyDriver
 from trioraft.core.raft import RaftConfig, RaftCore
 from trioraft.core.types import (
     Entry,
@@ -36,6 +38,7 @@ from trioraft.core.types import (
     NodeId,
     ReadFailed,
     ReadState,
+    Ready,
     Role,
     SnapshotMeta,
 )
@@ -61,6 +64,37 @@ class NodeRecord:
     failed_reads: list[ReadFailed] = field(default_factory=list)
     snapshots_installed: list[SnapshotMeta] = field(default_factory=list)
     up: bool = True
+
+
+def _persist(d: Disk, rd: Ready) -> None:
+    if rd.snapshot is not None:
+        d.snapshot = rd.snapshot
+        d.entries = []
+    if rd.entries:
+        first = rd.entries[0].index
+        d.entries = [e for e in d.entries if e.index < first] + list(rd.entries)
+    if rd.hard_state is not None:
+        d.hard_state = rd.hard_state
+
+
+class _HarnessIO:
+    """Messages go to the cluster's pool; applies are recorded (``ReadyIO``)."""
+
+    def __init__(self, cluster: Cluster, rec: NodeRecord) -> None:
+        self.cluster, self.rec = cluster, rec
+
+    def send(self, message: Message) -> None:
+        self.cluster.inflight.append(message)
+
+    def apply(self, rd: Ready) -> int | None:
+        rec = self.rec
+        if rd.snapshot is not None:
+            rec.snapshots_installed.append(rd.snapshot)
+            rec.applied = []
+        rec.applied.extend(rd.committed)
+        rec.reads.extend(rd.reads)
+        rec.failed_reads.extend(rd.failed_reads)
+        return None
 
 
 class Cluster:
@@ -187,25 +221,9 @@ class Cluster:
         for n in [node] if node is not None else list(self.cores):
             if not self._live(n):
                 continue
-            core, rec = self.cores[n], self.records[n]
-            while core.has_ready():
-                rd = core.ready()
-                d = rec.disk
-                if rd.snapshot is not None:
-                    d.snapshot = rd.snapshot
-                    d.entries = []
-                    rec.snapshots_installed.append(rd.snapshot)
-                    rec.applied = []
-                if rd.entries:
-                    first = rd.entries[0].index
-                    d.entries = [e for e in d.entries if e.index < first] + list(rd.entries)
-                if rd.hard_state is not None:
-                    d.hard_state = rd.hard_state
-                self.inflight.extend(rd.messages)
-                rec.applied.extend(rd.committed)
-                rec.reads.extend(rd.reads)
-                rec.failed_reads.extend(rd.failed_reads)
-                core.advance(rd)
+            ReadyDriver(self.cores[n], _HarnessIO(self, self.records[n])).run(
+                functools.partial(_persist, self.records[n].disk)
+            )
 
     def deliver(
         self,

@@ -55,10 +55,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from trioraft.core.driver import ReadyDriver
 from trioraft.core.errors import NotLeader, ProposalRejected
 from trioraft.core.raft import RaftConfig, RaftCore
 from trioraft.core.types import (
-    AppendEntries,
     Entry,
     HardState,
     InstallSnapshot,
@@ -142,6 +142,22 @@ class _Node:
         self.timer_at = -1.0
         self.paused_until = 0.0
         self.reads: dict[int, tuple[int, int]] = {}  # request id -> (bound, read id)
+
+
+class _SimIO:
+    """One node's sends and applies for the shared Ready driver (``ReadyIO``)."""
+
+    __slots__ = ("node", "sim")
+
+    def __init__(self, sim: Simulation, node: _Node) -> None:
+        self.sim, self.node = sim, node
+
+    def send(self, message: Message) -> None:
+        self.sim._send(self.node, message)
+
+    def apply(self, rd: Ready) -> int | None:
+        self.sim._apply_ready(self.node, rd)
+        return None
 
 
 def _entry_key(e: Entry) -> tuple[Any, ...]:
@@ -245,14 +261,8 @@ class Simulation:
                 self.leaders[-core.term] = n.id
                 self.result.elections += 1
                 self._check_leader_complete(n)
-        if n.pending is None and core.has_ready():
-            rd = n.pending = core.ready()
-            if rd.hard_state is None and rd.snapshot is None:
-                # The contract's one exception: a leader's appends may leave
-                # before its own write (as the runtime does).
-                for m in rd.messages:
-                    if isinstance(m, AppendEntries):
-                        self._send(n, m)
+        if n.pending is None and (rd := ReadyDriver(core, _SimIO(self, n)).start()) is not None:
+            n.pending = rd  # its early messages have left (the core's decision)
             self._push(self.now + self.rng.uniform(0, 0.002), 1, n.id)  # fsync latency
         deadline = core.next_deadline()
         if deadline != n.timer_at:
@@ -351,12 +361,15 @@ class Simulation:
             self._check_persisted(n, rd.entries)
         if rd.hard_state is not None:
             n.durable_hs = rd.hard_state
-        # send (a leader's appends may have left already, see _after)
-        early = rd.hard_state is None and rd.snapshot is None
-        for m in rd.messages:
-            if not (early and isinstance(m, AppendEntries)):
-                self._send(n, m)
-        # apply
+        n.pending = None
+        ReadyDriver(core, _SimIO(self, n)).finish(rd)  # send the rest, apply, advance
+        self._maybe_snapshot(n)
+        self._after(n)
+
+    def _apply_ready(self, n: _Node, rd: Ready) -> None:
+        """The apply step of ``rd`` on node ``n``, checking safety as it goes."""
+        core = n.core
+        assert core is not None
         if rd.snapshot is not None:
             n.sm_index, n.sm_hash = rd.snapshot.index, n.durable_snap[1] if n.durable_snap else 0
             want = self.hash_at.get(n.sm_index)
@@ -383,10 +396,6 @@ class Simulation:
                 )
         for fr in rd.failed_reads:
             n.reads.pop(fr.request_id, None)
-        n.pending = None
-        core.advance(rd)
-        self._maybe_snapshot(n)
-        self._after(n)
 
     def _maybe_snapshot(self, n: _Node) -> None:
         core = n.core

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from trioraft.core.types import Entry, EntryKind, HardState, Membership
+from trioraft.core.types import Entry, EntryKind, HardState, Membership, SnapshotMeta
 from trioraft.storage import LogStore
 
 __all__ = ["LogStoreSuite", "entries"]
@@ -241,6 +241,24 @@ class LogStoreSuite:
         s.save_hard_state(HardState(term=4, vote=None, commit=7))
         s = self.reopen(s, path)
         assert s.hard_state() == HardState(4, None, 7)
+        s.close()
+
+    # ---------------------------------------------------------------- persist
+
+    def test_persist_writes_snapshot_boundary_entries_and_hard_state(self, tmp_path: Path) -> None:
+        s, path = self._store(tmp_path)
+        s.persist(HardState(1, 1, 0), entries(1, 10), None)
+        # A snapshot at 12 above the log's end: the log restarts after it,
+        # and the entries that follow in the same call land after it.
+        meta = SnapshotMeta(12, 2, Membership.of([1]))
+        s.persist(HardState(2, None, 12), entries(13, 15, term=2), meta)
+        s = self.reopen(s, path)
+        assert s.boundary() == (12, 2)
+        assert (s.first_index(), s.last_index()) == (13, 14)
+        assert s.entries(13, 15) == entries(13, 15, term=2)
+        assert s.hard_state() == HardState(2, None, 12)
+        s.persist(None, (), None)  # nothing to write is no write
+        assert s.hard_state() == HardState(2, None, 12)
         s.close()
 
     # ----------------------------------------------------------------- reopen

@@ -1,8 +1,15 @@
-"""Chaos: real processes, a faulty proxy on every link, SIGKILL/SIGSTOP, membership churn.
+"""Chaos: real processes, a faulty proxy on every link, SIGKILL/SIGSTOP, membership churn,
+overlapping faults and wall-clock jumps, for the KV machine and for docstore.
 
-The short run (``CHAOS_DURATION`` seconds, default 60) is what CI runs; a
-long one goes by hand: ``python -m trioraft.testing.chaos --duration 600``.
-``CHAOS_SEED`` replays a seed (the run prints it first).
+The short runs (``CHAOS_DURATION`` seconds each, default 25; ``TRIORAFT_SLOW=1``:
+300) are what CI runs; a long one goes by hand::
+
+    python -m trioraft.testing.chaos --duration 600
+    python -m trioraft.testing.chaos --system tests.chaos.docstore_system:SYSTEM --duration 600
+
+``CHAOS_SEED`` replays a seed (each run prints it first).  Clock jumps need
+libfaketime (Debian: ``apt-get install faketime``); without it the runs go on
+without them and say so.
 """
 
 from __future__ import annotations
@@ -12,9 +19,13 @@ import pathlib
 
 import pytest
 
+from tests.chaos.docstore_system import SYSTEM as DOCSTORE
+from tests.chaos.docstore_system import Records
+from tests.conftest import SLOW
 from trioraft.testing.chaos import ChaosOptions, run_chaos
+from trioraft.testing.chaos.process import find_libfaketime
 
-DURATION = float(os.environ.get("CHAOS_DURATION", "60"))
+DURATION = float(os.environ.get("CHAOS_DURATION", "300" if SLOW else "25"))
 SEED = int(os.environ["CHAOS_SEED"]) if os.environ.get("CHAOS_SEED") else None
 
 
@@ -32,6 +43,42 @@ async def test_chaos_history_is_linearizable_and_replicas_agree(tmp_path: pathli
     assert not report.problems, report.summary()
     assert len(report.faults) >= DURATION / 15, report.summary()  # the nemesis did its job
     assert report.ops["write ok"] > 0 and report.ops["cas ok"] > 0, report.summary()
+
+
+@pytest.mark.slow
+async def test_docstore_under_overlapping_faults_and_clock_jumps(tmp_path: pathlib.Path) -> None:
+    """docstore writes, reads, sessions and TTL through faults that overlap and jumped clocks."""
+    clock = find_libfaketime() is not None
+    faults = None if SLOW else ("overlap", "clock-leader", "kill-leader", "membership")
+    report = await run_chaos(
+        ChaosOptions(
+            duration=DURATION,
+            seed=SEED,
+            workers=6,
+            keys=max(20, int(DURATION / 3)),
+            root=str(tmp_path),
+            system=DOCSTORE,
+            faults=faults,
+        )
+    )
+    print(report.summary())
+    assert report.ok, report.summary()
+    for op in ("put ok", "cas ok", "inc ok", "batch ok", "linearizable read ok", "local read ok"):
+        assert report.ops[op] > 0, (op, report.summary())
+    assert any(f.startswith("overlap") for f in report.faults), report.summary()
+    assert any(f.startswith("clock") for f in report.faults) == clock, report.summary()
+    assert any(k.startswith("n/") for k in report.final_values), report.summary()
+
+
+def test_counter_check_catches_lost_and_doubled_increments() -> None:
+    """The counter check can fail: below the acknowledged, above acknowledged plus unknown."""
+    rec = Records()
+    rec.counter("c0").acked, rec.counter("c0").unknown = 5, 2
+    for value, ok in ((5, True), (7, True), (4, False), (8, False)):
+        rec.final_counters["c0"] = value
+        assert (rec.check() == []) == ok, value
+    del rec.final_counters["c0"]
+    assert rec.check() == ["counter c0 was not read after the run"]
 
 
 @pytest.mark.slow

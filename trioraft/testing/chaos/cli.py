@@ -39,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the system under test, module:attribute (default: trioraft.testing.chaos.kv:SYSTEM)",
     )
     parser.add_argument("--bug", default="", help="a deliberate bug the system offers")
+    parser.add_argument(
+        "--faults", default=None, help="comma-separated faults to pick from (default: all)"
+    )
+    parser.add_argument("--no-clock", action="store_true", help="no wall-clock jumps")
     parser.add_argument("--dir", default=None, help="run directory (default: a new temp dir)")
     ns = parser.parse_args(args)
     keys = ns.keys if ns.keys is not None else max(30, int(ns.duration / 2))
@@ -51,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bug=ns.bug,
         root=ns.dir,
         system=load_system(ns.system) if ns.system else None,
+        faults=tuple(ns.faults.split(",")) if ns.faults else None,
+        clock_jumps=not ns.no_clock,
     )
     report = trio.run(run_chaos, options)
     print(report.summary(), flush=True)

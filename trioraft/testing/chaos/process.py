@@ -180,8 +180,8 @@ class NodeProcess:
         os.replace(tmp, self.clock_path)  # one read sees the old offset or the new one
         self.clock_offset = offset
 
-    async def start(self) -> None:
-        assert self.proc is None
+    def environment(self) -> dict[str, str]:
+        """The node process's environment: the source on its path, its clock."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [_SRC_ROOT, os.getcwd(), env.get("PYTHONPATH")])
@@ -193,6 +193,11 @@ class NodeProcess:
                 FAKETIME_NO_CACHE="1",
                 DONT_FAKE_MONOTONIC="1",
             )
+        return env
+
+    async def start(self) -> None:
+        assert self.proc is None
+        env = self.environment()
         with _open_log(self.log_path, f"--- start {self.starts} ---\n") as out:
             self.proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "trioraft.testing.chaos", "_node", str(self.config_path)],

@@ -15,7 +15,11 @@ fault every few seconds - partition into random halves, one-way block,
 isolate the leader, delays, flaky links, SIGKILL of a leader or follower
 (restarted at the heal), SIGSTOP/SIGCONT of a leader or follower, leadership
 transfer, membership change (add learner, promote, demote, never below three
-voters) - holds it, heals everything, and rests before the next.
+voters), a jump of a node's wall clock by 30 s to 2 h either way (with
+libfaketime, :mod:`.process`), or two of these overlapping (a partition
+while a node is paused, a kill while a membership change is in flight, ...)
+- holds it, heals everything (clocks back to true time), and rests before
+the next.
 
 *Clients* (``workers`` trio tasks of the system's, :meth:`System.client`)
 record each call in a :class:`~trioraft.testing.linearizability.History`
@@ -42,6 +46,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import pathlib
 import random
 import socket
@@ -54,7 +59,7 @@ from typing import Any, Protocol
 
 import trio
 
-from trioraft.testing.chaos.process import NodeProcess, NodeSpec
+from trioraft.testing.chaos.process import NodeProcess, NodeSpec, find_libfaketime
 from trioraft.testing.chaos.proxy import HOST, ProxyNet
 from trioraft.testing.chaos.router import ClientError, Router
 from trioraft.testing.chaos.routes import ROUTE_HOST
@@ -64,6 +69,22 @@ from trioraft.transport.messages import ClientRequest
 __all__ = ["ChaosOptions", "ChaosReport", "ChaosRun", "System", "run_chaos"]
 
 MIN_VOTERS = 3
+#: The nemesis' faults; besides these, ``overlap`` (two at once) and, with
+#: libfaketime, ``clock``/``clock-leader`` (a node's wall clock jumps).
+FAULTS = (
+    "partition",
+    "one-way",
+    "isolate-leader",
+    "delay",
+    "flaky",
+    "kill",
+    "kill-leader",
+    "pause",
+    "pause-leader",
+    "transfer",
+    "membership",
+    "membership",
+)
 
 log = logging.getLogger("trioraft.chaos")
 
@@ -126,6 +147,10 @@ class ChaosOptions:
     system: System | None = None
     #: Step budget per key for the checker.
     budget: int = 5_000_000
+    #: Jump nodes' wall clocks (needs libfaketime; noted in the report if missing).
+    clock_jumps: bool = True
+    #: The nemesis picks from these (None: all, see :data:`FAULTS`).
+    faults: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -142,6 +167,8 @@ class ChaosReport:
     digests: dict[int, object] = field(default_factory=dict)
     digests_equal: bool = False
     problems: list[str] = field(default_factory=list)
+    #: What the run could not do (e.g. no clock jumps), not failures.
+    notes: list[str] = field(default_factory=list)
     #: Failed checks of the system's own (counters, phantom reads...).
     violations: list[str] = field(default_factory=list)
     logs: dict[int, str] = field(default_factory=dict)
@@ -164,7 +191,9 @@ class ChaosReport:
         lines = [f"chaos seed {self.seed}, {self.duration:g}s of faults, {self.elapsed:.1f}s total"]
         ops = ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items()))
         lines.append(f"  ops: {ops}")
-        kinds = Counter(f.split(" ", 1)[0] for f in self.faults if f != "heal all")
+        kinds = Counter(
+            f.split(" ", 1)[0] for f in self.faults if f != "heal all" and "(failed" not in f
+        )
         lines.append(
             f"  faults ({kinds.total()}): "
             + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
@@ -173,6 +202,7 @@ class ChaosReport:
             lines.append(f"  {name}: " + (res.explain() if res is not None else "not checked"))
         digests = {n: _short(d) for n, d in self.digests.items()}
         lines.append(f"  digests {'equal' if self.digests_equal else 'DIFFER'}: {digests}")
+        lines.extend(f"  note: {v}" for v in self.notes)
         lines.extend(f"  violation: {v}" for v in self.violations)
         lines.extend(f"  problem: {p}" for p in self.problems)
         lines.append(f"  result: {'PASS' if self.ok else 'FAIL'} (run directory {self.root})")
@@ -193,8 +223,8 @@ class ChaosRun:
     """One run: the processes, the proxies, the history and the report.
 
     A system's clients use ``history``, ``report.ops``, ``keys``,
-    ``stop_clients``, ``rng_for`` and ``procs`` (``direct``: each node's own
-    port).
+    ``stop_clients``, ``rng_for``, ``next_value``, ``scratch`` and ``procs``
+    (``direct``: each node's own port).
     """
 
     def __init__(self, options: ChaosOptions, root: pathlib.Path, seed: int) -> None:
@@ -210,6 +240,13 @@ class ChaosRun:
         self.keys = [f"k{i:03d}" for i in range(options.keys)]
         self.stop_clients = False
         self.values = 0
+        #: The system's own records of this run (a system object serves many runs).
+        self.scratch: dict[str, Any] = {}
+        self.libfaketime = find_libfaketime() if options.clock_jumps else None
+        #: Whether the nemesis can jump a node's wall clock.
+        self.clock = self.libfaketime is not None
+        if options.clock_jumps and not self.clock:
+            self.report.notes.append("no libfaketime (apt-get install faketime): no clock jumps")
 
     def rng_for(self, worker: int) -> random.Random:
         """Worker ``worker``'s own random stream (from the seed)."""
@@ -240,7 +277,7 @@ class ChaosRun:
                 bug=self.o.bug,
                 **self.system.spec_settings,
             )
-            self.procs[n] = NodeProcess(spec, self.root, libfaketime=None)
+            self.procs[n] = NodeProcess(spec, self.root, libfaketime=self.libfaketime)
         for p in self.procs.values():
             await p.start()
         s = self.procs[ids[0]].spec
@@ -310,31 +347,56 @@ class ChaosRun:
     async def nemesis(self, router: Router, until: float) -> None:
         rng = self.rng
         ids = sorted(self.procs)
-        faults = [
-            "partition",
-            "one-way",
-            "isolate-leader",
-            "delay",
-            "flaky",
-            "kill",
-            "kill-leader",
-            "pause",
-            "pause-leader",
-            "transfer",
-            "membership",
-            "membership",
-        ]
+        faults = [*FAULTS, "overlap", "overlap"]
+        if self.clock:
+            faults += ["clock", "clock-leader"]
+        if self.o.faults is not None:
+            faults = [f for f in self.o.faults if self.clock or not f.startswith("clock")]
         while trio.current_time() < until:
             await trio.sleep(rng.uniform(1.0, 3.0))
             if trio.current_time() >= until:
                 break
             choice = rng.choice(faults)
             hold = rng.uniform(2.0, 6.0)
-            try:
-                await self.inject(router, choice, ids, hold)
-            except ClientError as exc:
-                self.fault(f"{choice} (failed: {exc})")
+            if choice == "overlap":
+                await self.overlap(router, ids, hold)
+            else:
+                await self.attempt(router, choice, ids, hold)
             await self.heal(router, quiet=True)
+
+    async def attempt(self, router: Router, choice: str, ids: list[int], hold: float) -> None:
+        """:meth:`inject`, with a failed admin call noted rather than raised."""
+        try:
+            await self.inject(router, choice, ids, hold)
+        except ClientError as exc:
+            self.fault(f"{choice} (failed: {exc})")
+
+    async def overlap(self, router: Router, ids: list[int], hold: float) -> None:
+        """Two faults at once: the second starts while the first holds.
+
+        Half the time one of the pairs that matter most (a partition while a
+        node is paused, a kill while a membership change is in flight, a
+        clock jump of a paused or cut-off node), else any two.
+        """
+        rng = self.rng
+        pairs: list[tuple[str, str, float]] = [
+            ("pause", "partition", 1.0),
+            ("pause-leader", "partition", 1.0),
+            ("membership", "kill-leader", 0.05),
+            ("membership", "kill", 0.05),
+        ]
+        if self.clock:
+            pairs += [("pause", "clock", 1.0), ("isolate-leader", "clock-leader", 1.0)]
+        if rng.random() < 0.5:
+            first, second, within = rng.choice(pairs)
+        else:
+            first, second = rng.sample([*FAULTS, *(["clock"] if self.clock else [])], 2)
+            within = 1.0
+        self.fault(f"overlap {first} + {second}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.attempt, router, first, ids, hold)
+            await trio.sleep(rng.uniform(0, within))
+            nursery.start_soon(self.attempt, router, second, ids, hold)
 
     async def inject(self, router: Router, choice: str, ids: list[int], hold: float) -> None:
         rng = self.rng
@@ -401,6 +463,16 @@ class ChaosRun:
             await self.admin(router, leader, "transfer_leader", {"target": target}, within=5.0)
         elif choice == "membership":
             await self.change_membership(router, ids)
+        elif choice in ("clock", "clock-leader"):
+            target = await self.find_leader(router) if choice == "clock-leader" else None
+            if target is None:
+                target = rng.choice(ids)
+            # Log-uniform from 30 s to 2 h, either way.
+            offset = round(math.exp(rng.uniform(math.log(30), math.log(7200))))
+            offset = offset if rng.random() < 0.5 else -offset
+            self.procs[target].set_clock(offset)
+            self.fault(f"{choice} {target} {offset:+d}s for {hold:.1f}s")
+            await trio.sleep(hold)
 
     async def change_membership(self, router: Router, ids: list[int]) -> None:
         rng = self.rng
@@ -433,6 +505,8 @@ class ChaosRun:
     async def heal(self, router: Router, *, quiet: bool = False) -> None:
         self.net.heal()
         for n, p in self.procs.items():
+            if p.clock_offset:
+                p.set_clock(0)
             code = p.exited_on_its_own()
             if code is not None:
                 self.report.problems.append(f"node {n} exited with code {code}")

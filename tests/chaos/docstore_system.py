@@ -37,6 +37,7 @@ and the clocks are true again, no short-TTL document is visible on any node
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -109,7 +110,7 @@ class DocstoreSystem:
     """docstore nodes and clients (see the module docstring)."""
 
     name = "tests.chaos.docstore_system:SYSTEM"
-    spec_settings: dict[str, Any] = {
+    spec_settings: Mapping[str, Any] = {
         "cluster_id": "docstore-chaos",
         "client_id": "docstore",  # the operator's token: admin calls
         "token": "docstore-chaos-token",

@@ -271,16 +271,22 @@ class DocstoreStateMachine:
         fx: list[list[Any]] = []
         changes: list[Any] = []
         before = self._applied
-        for e in entries:
-            if e.index <= self._applied.index:
-                results.append(None)
-                continue
-            result: object = None
-            if e.kind == EntryKind.NORMAL:
-                self._time_ms = max(self._time_ms, e.timestamp_ms)
-                result = self._apply_one(e, fx, changes)
-            self._applied = LogId(e.index, e.term)
-            results.append(result)
+        done: Entry | None = None  # the last entry applied: _applied once the loop ends
+        try:
+            for e in entries:
+                if e.index <= before.index or (done is not None and e.index <= done.index):
+                    results.append(None)
+                    continue
+                result: object = None
+                if e.kind == EntryKind.NORMAL:
+                    if e.timestamp_ms > self._time_ms:
+                        self._time_ms = e.timestamp_ms
+                    result = self._apply_one(e, fx, changes)
+                done = e
+                results.append(result)
+        finally:
+            if done is not None:
+                self._applied = LogId(done.index, done.term)
         if self._applied != before and self._log is not None:
             last = self._applied
             self._log.write(encode_record(last.index, fx, t=last.term, ms=self._time_ms))

@@ -18,6 +18,9 @@ with the network and Raft left out:
 * ``client``: ``docstore.connect``'s per-put work before the wire: the command
   built and checked, encoded once, its request framed (a frame of
   ``--batch`` requests, as the connection's sender sends them).
+* ``call``: ``coll.put`` through ``docstore.connect``'s executor (lanes,
+  sessions, retry loop and timeout) from ``--lanes`` tasks, to a connection
+  that answers at once: the client's per-call work but the codec and socket.
 * ``query``: a ``get`` on the leader: the server's query check and
   :meth:`DocstoreStateMachine.query` (the Raft round of a linearizable read
   is the KV path's too and is not measured here).
@@ -47,13 +50,14 @@ import trio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from docstore import commands as C
+from docstore.client import RemoteDatabase, RemoteExecutor, _Link
 from docstore.engine.validate import validate_query
 from docstore.engine.values import check_key
 from docstore.server import DocstoreService, ServerConfig
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine
 from trioraft.core.types import Entry
 from trioraft.transport.codec import decode_frame, encode_frame, encode_value
-from trioraft.transport.messages import ClientRequest
+from trioraft.transport.messages import ClientRequest, ClientResponse
 
 DOC = {"v": "x" * 96}
 KEYS = 1000
@@ -190,6 +194,50 @@ def bench_client(n: int, batch: int, lanes: int) -> Callable[[], float]:
     return run
 
 
+class _FakeConn:
+    """A connection that answers every call at once (what the client does per call,
+    without the socket): a put's result, or a get's document."""
+
+    closed = False
+    remote = "fake"
+
+    def __init__(self) -> None:
+        self.rev = 0
+
+    async def call(self, req: ClientRequest) -> ClientResponse:
+        self.rev += 1
+        if req.kind == "query":
+            return ClientResponse(req.request_id, True, {"ok": True, "value": dict(DOC)})
+        return ClientResponse(req.request_id, True, {"ok": True, "rev": self.rev, "key": "k"})
+
+
+def bench_client_call(n: int, batch: int, lanes: int) -> Callable[[], float]:
+    """``coll.put`` through ``docstore.connect``'s executor to a connection that
+    answers at once, ``lanes`` tasks at a time (the bench's writers)."""
+
+    def run() -> float:
+        async def main() -> float:
+            ex = RemoteExecutor(["fake"], token="t")
+            ex._link = _Link(_FakeConn(), trio.Event())  # type: ignore[arg-type]
+            db = RemoteDatabase(ex)
+            coll = db.collection("bench")
+            per = n // lanes
+
+            async def writer(w: int) -> None:
+                for i in range(per):
+                    await coll.put(f"k{(w * per + i) % KEYS:04}", DOC)
+
+            t = time.process_time()
+            async with trio.open_nursery() as nursery:
+                for w in range(lanes):
+                    nursery.start_soon(writer, w)
+            return (time.process_time() - t) * n / (per * lanes)
+
+        return trio.run(main)
+
+    return run
+
+
 def bench_query(n: int, batch: int, lanes: int) -> Callable[[], float]:
     tmp = tempfile.mkdtemp(prefix="ds-query-")
 
@@ -240,6 +288,7 @@ PARTS: dict[str, Callable[[int, int, int], Callable[[], float]]] = {
     "apply": bench_apply,
     "server": bench_server,
     "client": bench_client,
+    "call": bench_client_call,
     "query": bench_query,
 }
 

@@ -31,7 +31,9 @@ once), remove a voter and add it back (learner, then promoted), transfer
 leadership, snapshot a node, jump the wall clock a leader stamps entries
 with (hours, either way: sessions expire by those stamps), or wipe a node's
 data directory (it comes back with a new incarnation; the operator removes
-it and adds it back).  A
+it and adds it back).  The leader records the cluster's settings as
+docstore's leader does (``mixed_settings`` configures each node's
+``max_sessions`` on its own).  A
 dead node is restarted from its disk's image by a supervisor a little
 later.  A node that stops without an injected fault is a violation.
 

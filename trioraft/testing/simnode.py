@@ -860,6 +860,8 @@ def first_violation(cfg: SimConfig, seeds: range) -> SimResult | None:
 
 def _replay_command(seed: int, a: argparse.Namespace) -> str:
     faults = "".join(f" --fault {f}" for f in a.fault)
+    if a.mixed_settings:
+        faults += " --mixed-settings"
     return (
         f"python -m trioraft.testing.simnode --seed {seed} --nodes {a.nodes} "
         f"--steps {a.steps}{faults}"
@@ -878,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=SimConfig.steps)
     p.add_argument("--trace", action="store_true", help="with --seed: print the run's trace")
     p.add_argument(
+        "--mixed-settings", action="store_true", help="configure each node's max_sessions alone"
+    )
+    p.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -886,7 +891,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.steps < 1 or a.seeds < 1:
         p.error("--steps and --seeds must be positive")
-    cfg = SimConfig(nodes=a.nodes, steps=a.steps, faults=frozenset(a.fault))
+    cfg = SimConfig(
+        nodes=a.nodes, steps=a.steps, faults=frozenset(a.fault), mixed_settings=a.mixed_settings
+    )
     logging.disable(logging.CRITICAL)  # nodes log every injected fault
     if a.seed is not None:
         trace: list[str] = []

@@ -54,7 +54,7 @@ from trioraft.testing.chaos.run import ChaosRun
 __all__ = ["SYSTEM", "DocstoreSystem", "Records"]
 
 COUNTERS: Final = 4
-#: A register put with a TTL gets this one: longer than any clock jump (2 h).
+#: A register put with a TTL gets this one: longer than any clock jump (3 h).
 LONG_TTL: Final = 86_400.0
 #: How long after the run short-TTL documents may still be visible.
 TTL_GRACE: Final = 20.0
@@ -135,7 +135,8 @@ class DocstoreSystem:
         )
         await serve(config)
 
-    def _connect(self, run: ChaosRun, timeout: float) -> Any:
+    def connect(self, run: ChaosRun, timeout: float) -> Any:
+        """A ``docstore.connect`` to the run's nodes, calls bounded by ``timeout``."""
         s = next(iter(run.procs.values())).spec
         return docstore.connect(
             [p.direct for p in run.procs.values()],
@@ -150,7 +151,7 @@ class DocstoreSystem:
     async def client(self, run: ChaosRun, router: Router, worker: int) -> None:
         rng = run.rng_for(worker)
         last: dict[str, object] = {}
-        async with self._connect(run, run.o.op_timeout) as db:
+        async with self.connect(run, run.o.op_timeout) as db:
             while not run.stop_clients:
                 key = rng.choice(run.keys)
                 x = rng.random()
@@ -367,7 +368,7 @@ class DocstoreSystem:
 
     async def final_reads(self, run: ChaosRun, router: Router) -> None:
         rec = _records(run)
-        async with self._connect(run, 10.0) as db:
+        async with self.connect(run, 10.0) as db:
             for key in run.keys:
                 while True:
                     h = run.history.invoke("final", f"r/{key}", "read")

@@ -18,11 +18,13 @@ import os
 import pathlib
 
 import pytest
+import trio
 
+from docstore.engine.errors import DocstoreError
 from tests.chaos.docstore_system import SYSTEM as DOCSTORE
 from tests.chaos.docstore_system import Records
 from tests.conftest import SLOW
-from trioraft.testing.chaos import ChaosOptions, run_chaos
+from trioraft.testing.chaos import ChaosOptions, ChaosRun, run_chaos
 from trioraft.testing.chaos.process import find_libfaketime
 
 DURATION = float(os.environ.get("CHAOS_DURATION", "300" if SLOW else "25"))
@@ -68,6 +70,44 @@ async def test_docstore_under_overlapping_faults_and_clock_jumps(tmp_path: pathl
     assert any(f.startswith("overlap") for f in report.faults), report.summary()
     assert any(f.startswith("clock") for f in report.faults) == clock, report.summary()
     assert any(k.startswith("n/") for k in report.final_values), report.summary()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_libfaketime() is None, reason="no libfaketime (apt-get install faketime)")
+async def test_a_leader_clock_jump_moves_docstore_time_forward_for_good(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The nemesis' clock jumps reach docstore: a leader two hours ahead stamps its entries so,
+    which expires a ten-minute TTL document and every session; after its clock is true again
+    the replicated time does not go back (the document stays expired), and a day's TTL holds."""
+    run = ChaosRun(ChaosOptions(system=DOCSTORE, nodes=3, voters=3), tmp_path, 0)
+    async with trio.open_nursery() as nursery:
+        try:
+            router = await run.setup(nursery)
+            async with DOCSTORE.connect(run, 10.0) as db:
+                r, t = db.collection("r"), db.collection("t")
+                await r.put("a", {"v": 1})
+                await t.put("x", {"v": 1}, ttl=600)
+                await r.put("b", {"v": 1}, ttl=86_400)
+                assert await t.get("x") is not None
+                leader = await run.find_leader(router)
+                assert leader is not None
+                run.procs[leader].set_clock(7200)
+                with trio.fail_after(10):
+                    while await t.get("x") is not None:  # noqa: ASYNC110 - the expire duty
+                        await trio.sleep(0.2)
+                with pytest.raises(DocstoreError) as err:
+                    await r.put("a", {"v": 2})  # its lane's session is two hours old now
+                assert err.value.code == "session_expired"
+                run.procs[leader].set_clock(0)
+                await r.put("a", {"v": 3})  # a new lane, a new session
+                assert (await r.get("a") or {}).get("v") == 3
+                assert await t.get("x") is None
+                assert (await r.get("b") or {}).get("v") == 1
+        finally:
+            for p in run.procs.values():
+                await p.kill()
+            nursery.cancel_scope.cancel()
 
 
 def test_counter_check_catches_lost_and_doubled_increments() -> None:

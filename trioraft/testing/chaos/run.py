@@ -15,7 +15,7 @@ fault every few seconds - partition into random halves, one-way block,
 isolate the leader, delays, flaky links, SIGKILL of a leader or follower
 (restarted at the heal), SIGSTOP/SIGCONT of a leader or follower, leadership
 transfer, membership change (add learner, promote, demote, never below three
-voters), a jump of a node's wall clock by 30 s to 2 h either way (with
+voters), a jump of a node's wall clock by 30 s to 3 h either way (with
 libfaketime, :mod:`.process`), or two of these overlapping (a partition
 while a node is paused, a kill while a membership change is in flight, ...)
 - holds it, heals everything (clocks back to true time), and rests before
@@ -467,8 +467,9 @@ class ChaosRun:
             target = await self.find_leader(router) if choice == "clock-leader" else None
             if target is None:
                 target = rng.choice(ids)
-            # Log-uniform from 30 s to 2 h, either way.
-            offset = round(math.exp(rng.uniform(math.log(30), math.log(7200))))
+            # Log-uniform from 30 s to 3 h, either way (past an hour, a forward jump
+            # of the leader expires every client session).
+            offset = round(math.exp(rng.uniform(math.log(30), math.log(3 * 3600))))
             offset = offset if rng.random() < 0.5 else -offset
             self.procs[target].set_clock(offset)
             self.fault(f"{choice} {target} {offset:+d}s for {hold:.1f}s")

@@ -47,17 +47,15 @@ leader hints).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
 import os
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 import trio.lowlevel
@@ -84,37 +82,38 @@ from trioraft.runtime.errors import (
     NotCaughtUpError,
     NotLeaderError,
     OverloadedError,
-    ProposalDroppedError,
     ProposalRejectedError,
     ReadFailedError,
 )
-from trioraft.runtime.metrics import Histogram, HistogramSnapshot
+from trioraft.runtime.metrics import Histogram
+from trioraft.runtime.pending import Done, Pending
 from trioraft.runtime.service import ClientService, error_code, error_response, generic_service
-from trioraft.statemachine import SnapshotError, SnapshotInfo, StateMachine
+from trioraft.runtime.snapshots import NodeSnapshots
+from trioraft.runtime.status import (
+    NodeStatistics,
+    NodeStatus,
+    PeerProgress,
+    node_statistics,
+    node_status,
+)
+from trioraft.statemachine import SnapshotInfo, StateMachine
 from trioraft.storage import LogStore
-from trioraft.storage.errors import StorageFatalError
 from trioraft.storage.fs import FileSystem, OsFileSystem
 from trioraft.storage.log import FileLogStore
 from trioraft.storage.recovery import reconcile
 from trioraft.storage.snapshots import (
-    SnapshotReceiver,
     SnapshotStore,
-    StaleSnapshotError,
-    StoredSnapshot,
 )
 from trioraft.transport._ws import open_service_nursery
 from trioraft.transport.base import (
     ClientConnection,
     Transport,
-    TransportStatistics,
 )
 from trioraft.transport.codec import MAX_ENTRY_DATA, MAX_INT, MAX_SESSION_ID
 from trioraft.transport.messages import (
     AnyMessage,
     ClientRequest,
     ClientResponse,
-    SnapshotChunk,
-    SnapshotChunkAck,
 )
 
 __all__ = [
@@ -136,114 +135,6 @@ CONSISTENCY = ("linearizable", "lease", "local")
 TransportFactory = Callable[["Node"], AbstractAsyncContextManager[Transport]]
 #: Builds the node's client service: ``factory(node)`` -> ClientService.
 ServiceFactory = Callable[["Node"], ClientService]
-
-
-@dataclass(frozen=True, slots=True)
-class PeerProgress:
-    match_index: int
-    lag: int
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    """Where the node stands (``Node.status()``)."""
-
-    node_id: NodeId
-    role: str
-    term: int
-    leader_id: NodeId | None
-    leader_address: str | None
-    commit_index: int
-    applied_index: int
-    last_index: int
-    snapshot_index: int
-    voters: tuple[NodeId, ...]
-    learners: tuple[NodeId, ...]
-    joint: bool
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain values (lists, not tuples) for a CBOR or JSON answer."""
-        return {
-            "node_id": self.node_id,
-            "role": self.role,
-            "term": self.term,
-            "leader_id": self.leader_id,
-            "leader_address": self.leader_address,
-            "commit_index": self.commit_index,
-            "applied_index": self.applied_index,
-            "last_index": self.last_index,
-            "snapshot_index": self.snapshot_index,
-            "voters": list(self.voters),
-            "learners": list(self.learners),
-            "joint": self.joint,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatistics:
-    """Counters and latencies (``Node.statistics()``)."""
-
-    node_id: NodeId
-    role: str
-    term: int
-    commit_index: int
-    applied_index: int
-    peers: dict[NodeId, PeerProgress] = field(default_factory=dict)
-    proposals_pending: int = 0
-    proposals_committed: int = 0
-    proposal_latency_ms: dict[str, float] = field(default_factory=dict)
-    entries_applied: int = 0
-    persist_batches: int = 0
-    persist_entries: int = 0
-    snapshots_taken: int = 0
-    snapshots_installed: int = 0
-    snapshots_sent: int = 0
-    inbox_dropped: int = 0
-    transport: TransportStatistics | None = None
-    leader_id: NodeId | None = None
-    last_index: int = 0
-    #: Proposals that failed after their append, by reason: ``replaced``
-    #: (another entry took the index), ``timeout``, ``stopped``.
-    proposals_failed: dict[str, int] = field(default_factory=dict)
-    proposal_seconds: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
-    #: Answered reads by consistency.
-    read_seconds: dict[str, HistogramSnapshot] = field(default_factory=dict)
-    #: One durable log write (append, hard state, fsync).
-    persist_seconds: HistogramSnapshot = field(default_factory=lambda: Histogram().snapshot())
-    elections_started: int = 0
-    elections_won: int = 0
-    leader_changes: int = 0
-    snapshot_index: int = 0
-    snapshot_bytes: int = 0
-
-
-Done = Callable[[object, BaseException | None], None]
-
-
-class _Waiter:
-    __slots__ = ("deadline", "done", "error", "event", "result", "started", "term")
-
-    def __init__(self, term: int, deadline: float, done: Done | None = None) -> None:
-        self.term = term
-        self.deadline = deadline
-        self.done = done
-        self.event = trio.Event()
-        self.result: object = None
-        self.error: BaseException | None = None
-        self.started = time.perf_counter()
-
-    def resolve(self, result: object) -> None:
-        self.result = result
-        self.event.set()
-        if self.done is not None:
-            self.done(result, None)
-
-    def fail(self, error: BaseException) -> None:
-        self.error = error
-        self.event.set()
-        if self.done is not None:
-            self.done(None, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,17 +195,7 @@ class _NodeIO:
         return self.node._hand_over(rd)
 
 
-class _Read:
-    __slots__ = ("deadline", "error", "event", "index")
-
-    def __init__(self, deadline: float) -> None:
-        self.index: int | None = None
-        self.deadline = deadline
-        self.event = trio.Event()
-        self.error: BaseException | None = None
-
-
-class Node:
+class Node(NodeSnapshots):
     """A running Raft node.  Get one from :func:`open_node` or :func:`serve_node`."""
 
     def __init__(
@@ -355,29 +236,18 @@ class Node:
         self._kicked = False
         apply_send, self._apply_recv = trio.open_memory_channel[_ApplyItem](math.inf)
         self._apply_send = apply_send
-        self._chunks_send, self._chunks_recv = trio.open_memory_channel[SnapshotChunk](256)
-        self._waiters: dict[int, _Waiter] = {}
-        self._reads: dict[int, _Read] = {}
-        self._read_ids = 0
+        #: Proposals and reads waiting for an answer (trioraft/runtime/pending.py).
+        self._pending = Pending(config.proposal_timeout)
         self._applied = 0
         self._storage_lock = trio.Lock()
-        self._snapshot_lock = trio.Lock()
-        self._snapshot_running = False
-        self._last_snapshot_index = 0
-        self._bytes_since_snapshot = 0
-        self._current_snapshot: StoredSnapshot | None = None
-        self._snap_senders: dict[NodeId, trio.MemorySendChannel[SnapshotChunkAck]] = {}
-        self._snap_rx_meta: dict[NodeId, InstallSnapshot] = {}
-        self._snap_rx: dict[NodeId, tuple[SnapshotReceiver, int]] = {}
+        self._init_snapshots()
         self._election_scope: trio.CancelScope | None = None
         self._heartbeat_scope: trio.CancelScope | None = None
         self._observed: tuple[Role, int, NodeId | None] | None = None
         self._membership_seen: Membership | None = None
         self._reachable: tuple[Membership, Membership] | None = None
         self._bad_addresses_seen: set[tuple[NodeId, str]] = set()
-        self._latencies: deque[float] = deque(maxlen=4096)
         self._stats: dict[str, int] = {
-            "proposals_committed": 0,
             "entries_applied": 0,
             "persist_batches": 0,
             "persist_entries": 0,
@@ -385,15 +255,11 @@ class Node:
             "snapshots_installed": 0,
             "snapshots_sent": 0,
             "inbox_dropped": 0,
-            "proposals_replaced": 0,
-            "proposals_timed_out": 0,
-            "proposals_stopped": 0,
             "elections_started": 0,
             "elections_won": 0,
             "leader_changes": 0,
         }
         # Latency histograms for Node.statistics() (trioraft/runtime/metrics.py).
-        self._proposal_seconds = Histogram()
         self._read_seconds = {c: Histogram() for c in CONSISTENCY}
         self._persist_seconds = Histogram()
         self._known_leader: NodeId | None = None
@@ -464,7 +330,7 @@ class Node:
                 nursery.start_soon(self._election_timer)
                 nursery.start_soon(self._heartbeat_timer)
                 nursery.start_soon(self._snapshot_receiver)
-                nursery.start_soon(self._timeout_sweeper)
+                nursery.start_soon(self._pending.sweep_forever)
                 self.log.info(
                     "node %d started: incarnation %s, term %d, log %d..%d, applied %d",
                     self.id,
@@ -478,7 +344,7 @@ class Node:
                 self._kick()
         finally:
             self._closed = True
-            self._fail_everything(self._fatal or NodeClosedError("node closed"))
+            self._pending.fail_everything(self._fatal or NodeClosedError("node closed"))
             with trio.CancelScope(shield=True):
                 try:
                     await self.state_machine.close()
@@ -545,20 +411,9 @@ class Node:
         """Transport callback: never blocks."""
         raft: list[Message] = []
         for m in messages:
-            if isinstance(m, SnapshotChunk):
-                try:
-                    self._chunks_send.send_nowait(m)
-                except trio.WouldBlock:
-                    self._stats["inbox_dropped"] += 1
-            elif isinstance(m, SnapshotChunkAck):
-                ch = self._snap_senders.get(m.src)
-                if ch is not None:
-                    with suppress(trio.WouldBlock):
-                        ch.send_nowait(m)
-            elif isinstance(m, InstallSnapshot):
-                # Held back until its bytes have arrived and verified.
-                self._snap_rx_meta[m.src] = m
-            elif isinstance(m, ClientRequest | ClientResponse):
+            if self._route_snapshot_message(m):
+                continue
+            if isinstance(m, ClientRequest | ClientResponse):
                 continue  # not on a peer connection
             else:
                 raft.append(m)  # type: ignore[arg-type]
@@ -670,16 +525,11 @@ class Node:
             for i in range(0, len(rd.committed), step):
                 self._apply_send.send_nowait(_ApplyEntries(rd.committed[i : i + step]))
         for rs in rd.reads:
-            r = self._reads.get(rs.request_id)
-            if r is not None:
-                r.index = rs.index
+            self._pending.read_index(rs.request_id, rs.index)
         if rd.reads:
             self._apply_send.send_nowait(_RELEASE_READS)
         for fr in rd.failed_reads:
-            r = self._reads.get(fr.request_id)
-            if r is not None:
-                r.error = self._not_leader_error(fr.leader, fr.reason)
-                r.event.set()
+            self._pending.read_failed(fr.request_id, self._not_leader_error(fr.leader, fr.reason))
         return self._applied
 
     def _persist(self, rd: Ready) -> None:
@@ -766,20 +616,7 @@ class Node:
             async for item in self._apply_recv:
                 if isinstance(item, _ApplyEntries):
                     chunk = item.entries
-                    results = await sm.apply(chunk)
-                    for e, res in zip(chunk, results, strict=True):
-                        w = self._waiters.pop(e.index, None)
-                        if w is None:
-                            continue
-                        if w.term == e.term:
-                            took = time.perf_counter() - w.started
-                            self._latencies.append(took)
-                            self._proposal_seconds.observe(took)
-                            self._stats["proposals_committed"] += 1
-                            w.resolve(res)
-                        else:
-                            self._stats["proposals_replaced"] += 1
-                            w.fail(ProposalDroppedError(f"entry {e.index} was replaced"))
+                    self._pending.applied(chunk, await sm.apply(chunk))
                     self._set_applied(chunk[-1].index)
                     self._stats["entries_applied"] += len(chunk)
                     self._bytes_since_snapshot += sum(len(e.data) for e in chunk)
@@ -794,15 +631,8 @@ class Node:
                     self._last_snapshot_index = max(self._last_snapshot_index, meta.index)
                     self._adopt(stored)
                     self._stats["snapshots_installed"] += 1
-                    for idx in [i for i in self._waiters if i <= meta.index]:
-                        self._stats["proposals_replaced"] += 1
-                        self._waiters.pop(idx).fail(
-                            ProposalDroppedError(
-                                "outcome unknown: a snapshot replaced the log; "
-                                "retry with the same client session"
-                            )
-                        )
-                self._release_reads()
+                    self._pending.snapshot_installed(meta.index)
+                self._pending.release_reads(self._applied)
                 self._notify()
                 self._maybe_snapshot()
         except BaseException as exc:
@@ -816,11 +646,6 @@ class Node:
         self._applied = index
         assert self.core is not None
         self.core.applied_to(index)
-
-    def _release_reads(self) -> None:
-        for r in self._reads.values():
-            if r.index is not None and r.index <= self._applied:
-                r.event.set()
 
     # ============================================================ client
 
@@ -878,9 +703,7 @@ class Node:
         """
         core = self._check_open()
         index = self._append_proposal(core, command, client_id, sequence)
-        self._add_waiter(
-            index, _Waiter(core.term, trio.current_time() + self.config.proposal_timeout, done)
-        )
+        self._pending.wait_for(index, core.term, done)
         self._kick()
 
     def _append_proposal(
@@ -903,8 +726,8 @@ class Node:
             raise TypeError("sequence is an int")
         if not 0 <= sequence <= MAX_INT:
             raise ValueError(f"sequence must be in 0..{MAX_INT}, got {sequence}")
-        if len(self._waiters) >= self.config.max_pending_proposals:
-            raise OverloadedError(f"{len(self._waiters)} proposals pending")
+        if len(self._pending) >= self.config.max_pending_proposals:
+            raise OverloadedError(f"{len(self._pending)} proposals pending")
         try:
             return core.propose(
                 data,
@@ -918,54 +741,9 @@ class Node:
             raise ProposalRejectedError(str(exc)) from None
 
     async def _wait_index(self, index: int, term: int) -> object:
-        # No cancel scope per call (it showed up as a fifth of the leader's
-        # time under load): the timeout sweeper fails waiters past deadline.
-        w = _Waiter(term, trio.current_time() + self.config.proposal_timeout)
-        self._add_waiter(index, w)
+        w = self._pending.wait_for(index, term)
         self._kick()
-        try:
-            await w.event.wait()
-        finally:
-            if not w.event.is_set() and self._waiters.get(index) is w:  # the caller was cancelled
-                del self._waiters[index]
-        if w.error is not None:
-            raise w.error
-        return w.result
-
-    def _add_waiter(self, index: int, w: _Waiter) -> None:
-        """Wait for ``index``; a proposal still waiting there was replaced: fail it.
-
-        A node that leads again after a snapshot install (or a truncation) can
-        append at an index where one of its old proposals waits; that entry
-        is gone, and without this its caller would wait forever.
-        """
-        old = self._waiters.get(index)
-        if old is not None:
-            self._stats["proposals_replaced"] += 1
-            old.fail(
-                ProposalDroppedError(f"entry {index} was replaced: a new proposal took its index")
-            )
-        self._waiters[index] = w
-
-    async def _timeout_sweeper(self) -> None:
-        """Fail proposals and reads that outlived ``proposal_timeout``."""
-        period = max(self.config.proposal_timeout / 10, 0.01)
-        while True:
-            await trio.sleep(period)
-            now = trio.current_time()
-            late = [i for i, w in self._waiters.items() if w.deadline <= now]
-            self._stats["proposals_timed_out"] += len(late)
-            for i in late:
-                self._waiters.pop(i).fail(
-                    TimeoutError(
-                        f"entry {i} not applied within {self.config.proposal_timeout}s; "
-                        "it may still be applied later"
-                    )
-                )
-            for r in self._reads.values():
-                if r.deadline <= now and not r.event.is_set():
-                    r.error = TimeoutError("read not confirmed in time")
-                    r.event.set()
+        return await self._pending.result(index, w)
 
     async def read(
         self,
@@ -987,17 +765,13 @@ class Node:
         if consistency == "local":
             await trio.lowlevel.checkpoint()  # a loop of local reads must not starve the node
         else:
-            self._read_ids += 1
-            rid = self._read_ids
-            now = trio.current_time()
-            r = _Read(now + self.config.proposal_timeout)
-            self._reads[rid] = r
+            rid, r = self._pending.new_read()
             try:
-                core.read(rid, now, lease=consistency == "lease")
+                core.read(rid, trio.current_time(), lease=consistency == "lease")
                 self._kick()
                 await r.event.wait()
             finally:
-                self._reads.pop(rid, None)
+                self._pending.done_read(rid)
             if r.error is not None:
                 if isinstance(r.error, NotLeaderError) and core.role is Role.LEADER:
                     raise ReadFailedError(str(r.error))
@@ -1116,289 +890,6 @@ class Node:
             return target
         raise TimeoutError(f"leadership did not move to {target} within {limit}s")
 
-    # ========================================================= snapshots
-
-    def _maybe_snapshot(self) -> None:
-        due = (
-            self._applied - self._last_snapshot_index >= self.config.snapshot_entries
-            or self._bytes_since_snapshot >= self.config.snapshot_bytes
-        )
-        if due and not self._snapshot_running and self._nursery is not None:
-            self._snapshot_running = True
-            self._nursery.start_soon(self._take_snapshot_task)
-
-    async def _take_snapshot_task(self) -> None:
-        try:
-            await self.snapshot()
-        finally:
-            self._snapshot_running = False
-
-    async def snapshot(self) -> SnapshotMeta:
-        """Snapshot the state machine now and compact the log behind it.
-
-        Returns the newest snapshot's metadata: this one's, or that of a
-        newer snapshot received from the leader while this one was written
-        (an older snapshot is never committed over a newer one).  The log
-        store keeps the entries after the oldest snapshot kept
-        (``SnapshotStore.fallback_index``), so a damaged newest snapshot can
-        fall back to the older one at a restart.
-
-        A storage error stops the node, whoever called (and is raised here).
-        """
-        try:
-            return await self._snapshot()
-        except (OSError, StorageFatalError) as exc:
-            self._stop_fatally(exc)
-            raise
-
-    def _stop_fatally(self, exc: BaseException) -> None:
-        """Storage failed in a caller's task (not the node's own): stop the node with it."""
-        if self._fatal is None:
-            self._fatal = exc
-            self.log.critical("node %d stops: %r", self.id, exc)
-        if self._nursery is not None and not self._closed:
-            self._nursery.start_soon(_fail, StorageFatalError(f"storage failed: {exc!r}"))
-
-    async def _snapshot(self) -> SnapshotMeta:
-        core = self._check_open()
-        assert self._snaps is not None and self._logstore is not None
-        snaps, logstore = self._snaps, self._logstore
-        async with self._snapshot_lock:
-            path = snaps.new_path()
-            info = await self.state_machine.write_snapshot(path)
-            newest = await trio.to_thread.run_sync(snaps.latest_stored)
-            known = max(
-                self._last_snapshot_index,
-                core.snapshot.index if core.snapshot is not None else 0,
-                newest.meta.index if newest is not None else 0,
-            )
-            newer = newest.meta if newest is not None else core.snapshot
-            if info.index <= known and newer is not None:
-                await trio.to_thread.run_sync(self.fs.unlink, path)
-                return self._skip_snapshot(known, newer)
-            meta = SnapshotMeta(info.index, info.term, core.membership_at(info.index))
-            try:
-                stored = await trio.to_thread.run_sync(
-                    snaps.commit, path, meta, info.checksum, info.size
-                )
-            except StaleSnapshotError:  # a received snapshot won the race (path is gone)
-                newest = await trio.to_thread.run_sync(snaps.latest_stored)
-                assert newest is not None
-                return self._skip_snapshot(newest.meta.index, newest.meta)
-            await self.state_machine.flush()  # its own state must not lag the log start
-            self._adopt(stored)
-            self._last_snapshot_index = info.index
-            self._bytes_since_snapshot = 0
-            core.compact(info.index, self.config.snapshot_keep_entries)
-            floor = await trio.to_thread.run_sync(snaps.fallback_index)
-            start = min(core.offset, floor)
-            async with self._storage_lock:
-                if start > logstore.boundary()[0]:
-                    term = logstore.term(start)  # committed: the log's term is the one
-                    await trio.to_thread.run_sync(logstore.compact, start, term)
-            self._stats["snapshots_taken"] += 1
-            self.log.info("node %d took snapshot %d, log starts at %d", self.id, info.index, start)
-            return meta
-
-    def _skip_snapshot(self, known: int, newer: SnapshotMeta) -> SnapshotMeta:
-        """The snapshot just written is not newer than one stored: drop it."""
-        self._last_snapshot_index = max(self._last_snapshot_index, known)
-        self._bytes_since_snapshot = 0
-        return newer
-
-    def _adopt(self, stored: StoredSnapshot) -> None:
-        """``stored`` is the core's snapshot now (what a leader streams); never go back."""
-        cur = self._current_snapshot
-        if cur is None or stored.meta.index > cur.meta.index:
-            self._current_snapshot = stored
-
-    async def _stored(self, meta: SnapshotMeta) -> StoredSnapshot:
-        """The stored snapshot the core installed (the receiver committed it first)."""
-        assert self._snaps is not None
-        cur = self._current_snapshot
-        if cur is not None and (cur.meta.index, cur.meta.term) == (meta.index, meta.term):
-            return cur
-        stored = await trio.to_thread.run_sync(self._snaps.find, meta)
-        if stored is None:
-            raise RuntimeError(f"snapshot {meta.index} (term {meta.term}) to install is not stored")
-        return stored
-
-    def _start_snapshot_send(self, msg: InstallSnapshot) -> None:
-        if msg.dst in self._snap_senders or self._nursery is None:
-            return
-        members = self._reachable_membership(msg.meta.membership)
-        if members is not msg.meta.membership:  # the codec carries host:port only
-            msg = dataclasses.replace(msg, meta=dataclasses.replace(msg.meta, membership=members))
-        send, recv = trio.open_memory_channel[SnapshotChunkAck](64)
-        self._snap_senders[msg.dst] = send
-        self._nursery.start_soon(self._send_snapshot, msg, recv)
-
-    async def _send_snapshot(
-        self, msg: InstallSnapshot, acks: trio.MemoryReceiveChannel[SnapshotChunkAck]
-    ) -> None:
-        """Stream the snapshot file to one follower, resuming where its acks say."""
-        core = self.core
-        assert core is not None and self.transport is not None
-        peer, ok = msg.dst, False
-        stored = self._current_snapshot
-        try:
-            if stored is None or stored.meta.index != msg.meta.index:
-                return
-            digest = bytes.fromhex(stored.checksum)
-            size, chunk = stored.size, self.config.snapshot_chunk_bytes
-            acked, failures = 0, 0
-            try:
-                f = await trio.to_thread.run_sync(self.fs.open, stored.path)
-            except FileNotFoundError:
-                # Pruned: a newer snapshot was committed and not adopted yet (the
-                # node's own snapshot task between commit and adopt).  Lost like a
-                # failed stream; the core asks again with the newer one.
-                return
-            try:
-                while acked < size or size == 0:
-                    if core.term != msg.term or core.role is not Role.LEADER:
-                        # A stream of an earlier term never ends by itself: the
-                        # follower refuses its chunks and acks offset 0.
-                        return
-                    self.transport.send(peer, msg)
-                    offset = acked
-                    for _ in range(4):  # a small window of chunks in flight
-                        if offset >= size and size > 0:
-                            break
-                        data = await trio.to_thread.run_sync(f.pread, chunk, offset)
-                        done = offset + len(data) >= size
-                        self.transport.send(
-                            peer,
-                            SnapshotChunk(
-                                msg.term,
-                                self.id,
-                                peer,
-                                msg.meta.index,
-                                msg.meta.term,
-                                offset,
-                                data,
-                                size,
-                                digest,
-                                done,
-                            ),
-                        )
-                        offset += len(data)
-                        if done:
-                            break
-                    with trio.move_on_after(self.config.election_timeout_max) as cs:
-                        ack = await acks.receive()
-                        while ack.snapshot_index != msg.meta.index:
-                            ack = await acks.receive()
-                    if cs.cancelled_caught:
-                        failures += 1
-                        if failures >= 5 or core.role is not Role.LEADER:
-                            return
-                        continue
-                    failures = 0
-                    acked = ack.next_offset
-                    if acked >= size:
-                        ok = True
-                        self._stats["snapshots_sent"] += 1
-                        return
-            finally:
-                f.close()
-        finally:
-            del self._snap_senders[peer]
-            if not self._closed:
-                core.report_snapshot(peer, ok)
-                self._kick()
-
-    async def _snapshot_receiver(self) -> None:
-        """Collect streamed snapshot chunks; hand the core a verified InstallSnapshot."""
-        assert self._snaps is not None and self.transport is not None
-        async for c in self._chunks_recv:
-            meta_msg = self._snap_rx_meta.get(c.src)
-            core = self.core
-            assert core is not None
-            if (
-                meta_msg is None
-                or meta_msg.meta.index != c.snapshot_index
-                or meta_msg.meta.term != c.snapshot_term
-                or c.term < core.term
-            ):
-                self._ack_chunk(c, 0)
-                continue
-            rx = self._snap_rx.get(c.src)
-            if rx is None and meta_msg.meta.index <= core.commit:
-                # We hold all of it already (a leader restarting a stream it
-                # lost track of): no bytes needed; the core answers with our commit.
-                self._ack_chunk(c, c.total_size)
-                if c.offset == 0:
-                    await self._inbox_send.send(meta_msg)
-                continue
-            if rx is not None and (rx[0].meta.index, rx[0].meta.term) != (
-                c.snapshot_index,
-                c.snapshot_term,
-            ):
-                await trio.to_thread.run_sync(rx[0].abort)
-                rx = None
-            if rx is None:
-                if c.offset != 0:
-                    self._ack_chunk(c, 0)
-                    continue
-                receiver = await trio.to_thread.run_sync(
-                    self._snaps.receive, meta_msg.meta, c.sha256.hex(), c.total_size
-                )
-                rx = (receiver, 0)
-            receiver, expect = rx
-            if c.offset != expect:
-                self._snap_rx[c.src] = rx
-                self._ack_chunk(c, expect)
-                continue
-            try:
-                await trio.to_thread.run_sync(receiver.write, c.data)
-                expect += len(c.data)
-                if c.done:
-                    install = await self._commit_received(receiver, meta_msg)
-                    self._snap_rx.pop(c.src, None)
-                    self._ack_chunk(c, expect)
-                    self.log.info("node %d received snapshot %d", self.id, c.snapshot_index)
-                    try:
-                        self._inbox_send.send_nowait(install)
-                    except trio.WouldBlock:
-                        await self._inbox_send.send(install)
-                    continue
-            except SnapshotError as exc:  # a bad stream: start over (storage errors are fatal)
-                self.log.warning("node %d: snapshot stream from %d failed: %s", self.id, c.src, exc)
-                self._snap_rx.pop(c.src, None)
-                self._ack_chunk(c, 0)
-                continue
-            self._snap_rx[c.src] = (receiver, expect)
-            self._ack_chunk(c, expect)
-
-    async def _commit_received(
-        self, receiver: SnapshotReceiver, msg: InstallSnapshot
-    ) -> InstallSnapshot:
-        """Commit a received snapshot; the InstallSnapshot the core should step.
-
-        The core does not see the snapshot before it is durable.  If a newer
-        one is stored already (one the core refused earlier, its term having
-        moved), the core is handed that one instead: any committed snapshot
-        is committed state, whichever leader sent it, and the older one would
-        not even be stored (the store never commits one below its newest).
-        """
-        assert self._snaps is not None
-        with suppress(StaleSnapshotError):
-            await trio.to_thread.run_sync(receiver.commit)
-        newest = await trio.to_thread.run_sync(self._snaps.latest_stored)
-        if newest is not None and newest.meta.index > msg.meta.index:
-            return dataclasses.replace(msg, meta=newest.meta)
-        return msg
-
-    def _ack_chunk(self, c: SnapshotChunk, next_offset: int) -> None:
-        assert self.transport is not None and self.core is not None
-        self.transport.send(
-            c.src,
-            SnapshotChunkAck(
-                self.core.term, self.id, c.src, c.snapshot_index, c.snapshot_term, next_offset
-            ),
-        )
-
     # ======================================================== inspection
 
     def _update_peers(self) -> None:
@@ -1434,73 +925,16 @@ class Node:
         return clean
 
     def status(self) -> NodeStatus:
-        core = self._check_open()
-        m = core.membership
-        return NodeStatus(
-            self.id,
-            core.role.value,
-            core.term,
-            core.leader,
-            self._address_of(core.leader),
-            core.commit,
-            self._applied,
-            core.last_index(),
-            core.offset,
-            tuple(sorted(m.all_voters)),
-            tuple(sorted(m.learners - m.all_voters)),
-            m.joint,
-        )
+        """Where the node stands (trioraft/runtime/status.py)."""
+        return node_status(self)
+
+    def statistics(self) -> NodeStatistics:
+        """Counters and latencies (trioraft/runtime/status.py)."""
+        return node_statistics(self)
 
     @property
     def membership(self) -> Membership:
         return self._check_open().membership
-
-    def statistics(self) -> NodeStatistics:
-        core = self._check_open()
-        last = core.last_index()
-        peers = {
-            n: PeerProgress(p.match, last - p.match, p.state.value)
-            for n, p in core.progress.items()
-        }
-        lat = sorted(self._latencies)
-
-        def pct(q: float) -> float:
-            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 3) if lat else 0.0
-
-        return NodeStatistics(
-            self.id,
-            core.role.value,
-            core.term,
-            core.commit,
-            self._applied,
-            peers,
-            len(self._waiters),
-            self._stats["proposals_committed"],
-            {"p50": pct(0.5), "p99": pct(0.99), "p999": pct(0.999)},
-            self._stats["entries_applied"],
-            self._stats["persist_batches"],
-            self._stats["persist_entries"],
-            self._stats["snapshots_taken"],
-            self._stats["snapshots_installed"],
-            self._stats["snapshots_sent"],
-            self._stats["inbox_dropped"],
-            self.transport.statistics() if self.transport is not None else None,
-            leader_id=core.leader,
-            last_index=last,
-            proposals_failed={
-                "replaced": self._stats["proposals_replaced"],
-                "timeout": self._stats["proposals_timed_out"],
-                "stopped": self._stats["proposals_stopped"],
-            },
-            proposal_seconds=self._proposal_seconds.snapshot(),
-            read_seconds={c: h.snapshot() for c, h in self._read_seconds.items()},
-            persist_seconds=self._persist_seconds.snapshot(),
-            elections_started=self._stats["elections_started"],
-            elections_won=self._stats["elections_won"],
-            leader_changes=self._stats["leader_changes"],
-            snapshot_index=core.offset,
-            snapshot_bytes=self._current_snapshot.size if self._current_snapshot else 0,
-        )
 
     @property
     def is_leader(self) -> bool:
@@ -1524,15 +958,6 @@ class Node:
         while self._applied < index:
             await self._changed.wait()
 
-    def _fail_everything(self, error: BaseException) -> None:
-        self._stats["proposals_stopped"] += len(self._waiters)
-        for w in self._waiters.values():
-            w.fail(error)
-        self._waiters.clear()
-        for r in self._reads.values():
-            r.error = error
-            r.event.set()
-
     async def aclose(self) -> None:
         """Stop the node: cancel its tasks, fail pending calls, close storage.
 
@@ -1555,10 +980,6 @@ class Node:
     async def handle_client(self, conn: ClientConnection) -> None:
         """Serve one client connection with :attr:`client_service` (trioraft/runtime/service.py)."""
         await self.client_service.handle(conn)
-
-
-async def _fail(exc: BaseException) -> None:
-    raise exc
 
 
 def _ready_bytes(rd: Ready) -> int:

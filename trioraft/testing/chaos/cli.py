@@ -15,9 +15,11 @@ from collections.abc import Sequence
 import trio
 
 from trioraft.testing.chaos.process import load_system, node_main
-from trioraft.testing.chaos.run import ChaosOptions, run_chaos
+from trioraft.testing.chaos.run import FAULTS, ChaosOptions, run_chaos
 
 __all__ = ["main"]
+
+KNOWN_FAULTS = frozenset({*FAULTS, "overlap", "clock", "clock-leader"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,10 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m trioraft.testing.chaos", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults and load")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=None, help="replay a run (printed first)")
+    parser.add_argument("--workers", type=int, default=10, help="client tasks")
     parser.add_argument("--keys", type=int, default=None, help="default: 30, more for long runs")
-    parser.add_argument("--no-nemesis", action="store_true")
+    parser.add_argument("--no-nemesis", action="store_true", help="load without faults")
     parser.add_argument(
         "--system",
         default=None,
@@ -40,11 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--bug", default="", help="a deliberate bug the system offers")
     parser.add_argument(
-        "--faults", default=None, help="comma-separated faults to pick from (default: all)"
+        "--faults",
+        default=None,
+        help="comma-separated faults to pick from (default: all): "
+        + ", ".join(sorted(KNOWN_FAULTS)),
     )
     parser.add_argument("--no-clock", action="store_true", help="no wall-clock jumps")
     parser.add_argument("--dir", default=None, help="run directory (default: a new temp dir)")
     ns = parser.parse_args(args)
+    unknown = sorted(set(ns.faults.split(",")) - KNOWN_FAULTS) if ns.faults else []
+    if unknown:
+        parser.error(f"unknown faults: {', '.join(unknown)}")
     keys = ns.keys if ns.keys is not None else max(30, int(ns.duration / 2))
     options = ChaosOptions(
         duration=ns.duration,

@@ -1,59 +1,52 @@
 """The Trio runtime: a Raft node made of the pure core, durable storage and a transport.
 
-Theory of operation
-===================
+This module owns the node's life (start, recovery from disk, stop) and its
+*Raft loop*, the one task that drives the core; the other parts of
+:class:`Node` are their own modules:
 
-One task, the *Raft loop*, owns the core's Ready cycle.  Everything that
-happens to the node reaches the core as an event, all in this Trio thread:
+=================================  ===========================================
+trioraft/runtime/node.py           lifecycle, recovery, the Raft loop, timers,
+                                   ``open_node`` / ``serve_node``
+trioraft/runtime/calls.py          propose, read, membership changes, transfer
+trioraft/runtime/apply.py          the apply task (entries, installed snapshots)
+trioraft/runtime/pending.py        waiters, reads, the timeout sweeper
+trioraft/runtime/snapshots.py      take, stream and receive snapshots
+trioraft/runtime/peers.py          routes, addresses, incarnation warnings
+trioraft/runtime/status.py         NodeStatus, NodeStatistics
+trioraft/runtime/service.py        the client service (requests on a connection)
+trioraft/core/driver.py            the Ready cycle, in the core's order
+=================================  ===========================================
 
-* peer messages: the transport calls ``_on_messages`` (never blocking), which
-  queues them in a bounded inbox (full: dropped; Raft retries);
-* timers: the election timer is a cancel scope whose deadline follows
-  ``core.election_deadline`` (pushed back on every valid contact from the
-  leader); the heartbeat task fires at ``core.heartbeat_deadline`` while
-  leading;
-* client calls (``propose``, ``read``, membership changes) call the core
-  directly - it is plain synchronous code, safe to step between ``ready()``
-  and ``advance()`` - and then wake the loop.
-
-The loop drains the inbox, then runs the contract of ``trioraft.core.raft``:
-persist (in a worker thread, one fsync per batch, so many proposals and
-acknowledgements share a write) -> send -> hand committed entries to the
-apply task -> ``advance``.  Entries are applied away from the loop, in
-order, in chunks, by the *apply task*, which resolves each proposal's waiter
-with the state machine's result (or with ``ProposalDroppedError`` when a
-different entry committed at its index) and releases reads whose read index
-has been applied.
-
-Snapshots: after ``snapshot_entries`` applied entries the state machine
-writes a snapshot, the snapshot store commits it, the state machine flushes,
-and the log is compacted (keeping ``snapshot_keep_entries`` behind it).  A
-follower behind the log start gets the snapshot streamed in checksummed
-chunks with acknowledgements (resumable); only when the whole file has
-arrived and verified does its core see the ``InstallSnapshot``.
+Everything that happens to the node reaches the core as an event, all in
+this Trio thread: peer messages (the transport calls ``_on_messages``,
+never blocking, which queues them in a bounded inbox: full, they are
+dropped and Raft retries); timers (cancel scopes whose deadlines follow
+``core.election_deadline`` and ``core.heartbeat_deadline``); client calls,
+which step the core directly and wake the loop.  The loop drains the inbox,
+then runs the core's contract through the shared Ready driver: the messages
+the core lets leave early, then the persist (one ``LogStore.persist`` call,
+inline when small, else in a worker thread, so many proposals and
+acknowledgements share one fsync), then the other messages, then the
+hand-over to the apply task, then ``advance``.
 
 A storage error (write or fsync) is fatal: the node stops and ``open_node``
-raises; nothing that could not be persisted is ever acknowledged.
+raises; nothing that could not be persisted is ever acknowledged.  Nothing
+a client or a peer sends may stop or freeze the node.
 
-Nothing a client sends may stop or freeze the node: requests are checked
-against the wire's limits before anything is appended (a command of at
-most ``MAX_ENTRY_DATA`` bytes, a session id of at most ``MAX_SESSION_ID``
-characters, node ids in 1..2**63-1, ``host:port`` addresses), so no entry
-a follower would refuse reaches the log.  A log written by earlier code may
-still hold a member address that is not ``host:port``: it is ignored, with
-one warning, wherever the node would use it (peer routes, InstallSnapshot,
-leader hints).
+Why this file is past 600 lines: the lifecycle, the loop and the timers
+share the loop's state (the core, the inbox, the timers' cancel scopes), and
+``open_node`` / ``serve_node`` are the two ways in; split further, each
+piece would reach into the others.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 
@@ -61,32 +54,24 @@ import trio
 import trio.lowlevel
 
 from trioraft.core.driver import ReadyDriver
-from trioraft.core.errors import NotLeader, ProposalRejected
 from trioraft.core.raft import RaftCore
 from trioraft.core.types import (
-    Entry,
     InstallSnapshot,
     Membership,
     Message,
     NodeId,
     Ready,
     Role,
-    SnapshotMeta,
-    check_node_id,
-    parse_address,
 )
+from trioraft.runtime.apply import NodeApply
+from trioraft.runtime.calls import CONSISTENCY, NodeCalls
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.errors import (
-    EntryTooLargeError,
     NodeClosedError,
-    NotCaughtUpError,
-    NotLeaderError,
-    OverloadedError,
-    ProposalRejectedError,
-    ReadFailedError,
 )
 from trioraft.runtime.metrics import Histogram
-from trioraft.runtime.pending import Done, Pending
+from trioraft.runtime.peers import NodePeers
+from trioraft.runtime.pending import Pending
 from trioraft.runtime.service import ClientService, error_code, error_response, generic_service
 from trioraft.runtime.snapshots import NodeSnapshots
 from trioraft.runtime.status import (
@@ -109,7 +94,6 @@ from trioraft.transport.base import (
     ClientConnection,
     Transport,
 )
-from trioraft.transport.codec import MAX_ENTRY_DATA, MAX_INT, MAX_SESSION_ID
 from trioraft.transport.messages import (
     AnyMessage,
     ClientRequest,
@@ -129,7 +113,6 @@ __all__ = [
     "serve_node",
 ]
 
-CONSISTENCY = ("linearizable", "lease", "local")
 
 #: Builds the node's transport: ``factory(node)`` -> async context manager.
 TransportFactory = Callable[["Node"], AbstractAsyncContextManager[Transport]]
@@ -156,30 +139,6 @@ _WAKE = _Wake()
 _InboxItem = _Wake | _PeerBatch | InstallSnapshot
 
 
-@dataclass(frozen=True, slots=True)
-class _ApplyEntries:
-    """Apply task item: committed entries to apply, in order."""
-
-    entries: Sequence[Entry]
-
-
-@dataclass(frozen=True, slots=True)
-class _ApplySnapshot:
-    """Apply task item: restore the state machine from this (durable) snapshot."""
-
-    meta: SnapshotMeta
-
-
-@dataclass(frozen=True, slots=True)
-class _ReleaseReads:
-    """Apply task item: reads got their read index; release those already applied."""
-
-
-_RELEASE_READS = _ReleaseReads()
-#: What the apply task's channel carries.
-_ApplyItem = _ApplyEntries | _ApplySnapshot | _ReleaseReads
-
-
 class _NodeIO:
     """The node as the Ready driver's ``ReadyIO`` (trioraft/core/driver.py)."""
 
@@ -195,7 +154,7 @@ class _NodeIO:
         return self.node._hand_over(rd)
 
 
-class Node(NodeSnapshots):
+class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
     """A running Raft node.  Get one from :func:`open_node` or :func:`serve_node`."""
 
     def __init__(
@@ -221,9 +180,7 @@ class Node(NodeSnapshots):
         self.id = config.node_id
         #: This node's data directory incarnation (hex), read from storage at start.
         self.incarnation = ""
-        # What each peer presented in its connection's handshake (transport news).
-        self._peer_incarnations: dict[NodeId, str] = {}
-        self._incarnations_told: set[tuple[NodeId, str]] = set()
+        self._init_peers()
         self.log = logging.getLogger(f"trioraft.node.{config.node_id}")
         self._transport_factory = transport_factory or websocket_transport
         self.transport: Transport | None = None
@@ -234,19 +191,15 @@ class Node(NodeSnapshots):
         inbox_send, self._inbox = trio.open_memory_channel[_InboxItem](config.inbox_size)
         self._inbox_send = inbox_send
         self._kicked = False
-        apply_send, self._apply_recv = trio.open_memory_channel[_ApplyItem](math.inf)
-        self._apply_send = apply_send
+        self._init_apply()
         #: Proposals and reads waiting for an answer (trioraft/runtime/pending.py).
         self._pending = Pending(config.proposal_timeout)
-        self._applied = 0
         self._storage_lock = trio.Lock()
         self._init_snapshots()
         self._election_scope: trio.CancelScope | None = None
         self._heartbeat_scope: trio.CancelScope | None = None
         self._observed: tuple[Role, int, NodeId | None] | None = None
         self._membership_seen: Membership | None = None
-        self._reachable: tuple[Membership, Membership] | None = None
-        self._bad_addresses_seen: set[tuple[NodeId, str]] = set()
         self._stats: dict[str, int] = {
             "entries_applied": 0,
             "persist_batches": 0,
@@ -369,7 +322,12 @@ class Node(NodeSnapshots):
             self.log.info("restoring the state machine from snapshot %d", snap_meta.index)
             await self.state_machine.restore_snapshot(
                 stored.path,
-                SnapshotInfo(snap_meta.index, snap_meta.term, stored.checksum, stored.size),
+                SnapshotInfo(
+                    index=snap_meta.index,
+                    term=snap_meta.term,
+                    checksum=stored.checksum,
+                    size=stored.size,
+                ),
             )
             applied = self.state_machine.last_applied()
         if applied.index < boundary:
@@ -403,20 +361,13 @@ class Node(NodeSnapshots):
             with suppress(trio.WouldBlock):  # a full inbox wakes the loop anyway
                 self._inbox_send.send_nowait(_WAKE)
 
-    def _on_peer(self, src: NodeId, incarnation: bytes) -> None:
-        """Transport callback: the batches from ``src`` that follow come from ``incarnation``."""
-        self._peer_incarnations[src] = incarnation.hex()
-
     def _on_messages(self, src: NodeId, messages: list[AnyMessage]) -> None:
         """Transport callback: never blocks."""
         raft: list[Message] = []
         for m in messages:
-            if self._route_snapshot_message(m):
-                continue
-            if isinstance(m, ClientRequest | ClientResponse):
-                continue  # not on a peer connection
-            else:
-                raft.append(m)  # type: ignore[arg-type]
+            if self._route_snapshot_message(m) or isinstance(m, ClientRequest | ClientResponse):
+                continue  # a snapshot stream's, or not on a peer connection
+            raft.append(m)  # type: ignore[arg-type]
         if raft:
             try:
                 batch = _PeerBatch(src, self._peer_incarnations.get(src, ""), raft)
@@ -458,31 +409,6 @@ class Node(NodeSnapshots):
         for m in item.messages:
             core.step(m, now)
 
-    def _tell_incarnation(self, core: RaftCore, node: NodeId) -> None:
-        """One warning per node and incarnation the cluster does not know it by."""
-        conflict = core.incarnation_conflict(node)
-        if conflict is None or (node, conflict[1]) in self._incarnations_told:
-            return
-        self._incarnations_told.add((node, conflict[1]))
-        old, new = conflict
-        if node == self.id:
-            self.log.warning(
-                "node %(n)d: this data directory is incarnation %(new)s but the cluster knows"
-                " node %(n)d as incarnation %(old)s (its data was lost or replaced): it will"
-                " not vote or campaign; an operator must remove node %(n)d and add it back as"
-                " a new member (docstore remove-node %(n)d, then docstore add-node %(n)d %(a)s)",
-                {"n": node, "new": new, "old": old, "a": self.config.address},
-            )
-        else:
-            self.log.warning(
-                "node %(me)d: node %(n)d presents incarnation %(new)s but the cluster knows it"
-                " as incarnation %(old)s (its data directory was lost or replaced): its votes"
-                " and acknowledgements are not counted until an operator removes it and adds"
-                " it back as a new member (docstore remove-node %(n)d, then docstore add-node"
-                " %(n)d ADDRESS)",
-                {"me": self.id, "n": node, "new": new, "old": old},
-            )
-
     async def _drain_ready(self, core: RaftCore) -> None:
         """Run the core's Ready cycle (trioraft/core/driver.py) until it has no work."""
         driver = self._driver
@@ -515,22 +441,6 @@ class Node(NodeSnapshots):
             self._start_snapshot_send(message)
         else:
             self.transport.send(message.dst, message)
-
-    def _hand_over(self, rd: Ready) -> int:
-        """Hand ``rd``'s snapshot, entries and reads to the apply task; what it has applied."""
-        if rd.snapshot is not None:
-            self._apply_send.send_nowait(_ApplySnapshot(rd.snapshot))
-        if rd.committed:
-            step = self.config.apply_chunk
-            for i in range(0, len(rd.committed), step):
-                self._apply_send.send_nowait(_ApplyEntries(rd.committed[i : i + step]))
-        for rs in rd.reads:
-            self._pending.read_index(rs.request_id, rs.index)
-        if rd.reads:
-            self._apply_send.send_nowait(_RELEASE_READS)
-        for fr in rd.failed_reads:
-            self._pending.read_failed(fr.request_id, self._not_leader_error(fr.leader, fr.reason))
-        return self._applied
 
     def _persist(self, rd: Ready) -> None:
         """Runs in a worker thread (or inline when small): one ``LogStore.persist`` call."""
@@ -608,321 +518,12 @@ class Node(NodeSnapshots):
                 self._kick()
             await trio.lowlevel.checkpoint()
 
-    # ============================================================= apply
-
-    async def _apply_loop(self) -> None:
-        sm = self.state_machine
-        try:
-            async for item in self._apply_recv:
-                if isinstance(item, _ApplyEntries):
-                    chunk = item.entries
-                    self._pending.applied(chunk, await sm.apply(chunk))
-                    self._set_applied(chunk[-1].index)
-                    self._stats["entries_applied"] += len(chunk)
-                    self._bytes_since_snapshot += sum(len(e.data) for e in chunk)
-                elif isinstance(item, _ApplySnapshot):
-                    meta = item.meta
-                    stored = await self._stored(meta)
-                    await sm.restore_snapshot(
-                        stored.path,
-                        SnapshotInfo(meta.index, meta.term, stored.checksum, stored.size),
-                    )
-                    self._set_applied(meta.index)
-                    self._last_snapshot_index = max(self._last_snapshot_index, meta.index)
-                    self._adopt(stored)
-                    self._stats["snapshots_installed"] += 1
-                    self._pending.snapshot_installed(meta.index)
-                self._pending.release_reads(self._applied)
-                self._notify()
-                self._maybe_snapshot()
-        except BaseException as exc:
-            if not isinstance(exc, trio.Cancelled):
-                self._fatal = exc
-                self.log.critical("node %d stops: apply failed: %r", self.id, exc)
-            raise
-
-    def _set_applied(self, index: int) -> None:
-        """The state machine holds ``index``: tell the core too, so both agree."""
-        self._applied = index
-        assert self.core is not None
-        self.core.applied_to(index)
-
-    # ============================================================ client
-
     def _check_open(self) -> RaftCore:
         if self._closed or self.core is None:
             raise NodeClosedError("node is closed") from self._fatal
         return self.core
 
-    def _address_of(self, node: NodeId | None) -> str | None:
-        if node is None:
-            return None
-        if node == self.id:
-            return self.config.address
-        core = self.core
-        if core is not None:
-            addr = self._reachable_membership(core.membership).address_of(node)
-            if addr is not None:
-                return addr
-        return self.config.peers.get(node)
-
-    def _not_leader_error(self, leader: NodeId | None, reason: str = "") -> NotLeaderError:
-        return NotLeaderError(leader, self._address_of(leader))
-
-    async def propose(
-        self,
-        command: bytes,
-        *,
-        client_id: str = "",
-        sequence: int = 0,
-    ) -> object:
-        """Replicate ``command`` and return the state machine's result for it.
-
-        Raises:
-            NotLeaderError: this node is not the leader (carries the leader's id and address).
-            OverloadedError: too many proposals are pending.
-            ProposalRejectedError: a leadership transfer is in progress.
-            ProposalDroppedError: a new leader replaced the entry; retry with the same session.
-            TimeoutError: not applied within ``proposal_timeout`` (wrap the call in
-                ``trio.fail_after`` for a shorter one); it may still be applied later.
-            NodeClosedError: the node stopped.
-        """
-        core = self._check_open()
-        index = self._append_proposal(core, command, client_id, sequence)
-        return await self._wait_index(index, core.term)
-
-    def propose_nowait(
-        self, command: bytes, done: Done, *, client_id: str = "", sequence: int = 0
-    ) -> None:
-        """Like :meth:`propose`, but calls ``done(result, error)`` instead of waiting.
-
-        For services that answer many requests: no task per proposal.  The
-        errors :meth:`propose` raises before appending are raised here;
-        later ones (dropped, timeout, closed) reach ``done`` as ``error``.
-        ``done`` runs in the node's apply task and must not block.
-        """
-        core = self._check_open()
-        index = self._append_proposal(core, command, client_id, sequence)
-        self._pending.wait_for(index, core.term, done)
-        self._kick()
-
-    def _append_proposal(
-        self, core: RaftCore, command: bytes, client_id: str, sequence: int
-    ) -> int:
-        # Followers refuse an entry beyond the wire's limits: refuse it here,
-        # before it is in the log, or replication would stop for good.
-        if not isinstance(command, bytes | bytearray | memoryview):
-            raise TypeError("a command is bytes")
-        data = bytes(command)
-        if len(data) > MAX_ENTRY_DATA:
-            raise EntryTooLargeError(
-                f"a command of {len(data)} bytes is over the entry limit of {MAX_ENTRY_DATA}"
-            )
-        if not isinstance(client_id, str):
-            raise TypeError("client_id is a str")
-        if len(client_id) > MAX_SESSION_ID:
-            raise ValueError(f"client_id of {len(client_id)} characters; at most {MAX_SESSION_ID}")
-        if not isinstance(sequence, int) or isinstance(sequence, bool):
-            raise TypeError("sequence is an int")
-        if not 0 <= sequence <= MAX_INT:
-            raise ValueError(f"sequence must be in 0..{MAX_INT}, got {sequence}")
-        if len(self._pending) >= self.config.max_pending_proposals:
-            raise OverloadedError(f"{len(self._pending)} proposals pending")
-        try:
-            return core.propose(
-                data,
-                client_id=client_id,
-                sequence=sequence,
-                timestamp_ms=int(self.wall_clock() * 1000),
-            )
-        except NotLeader as exc:
-            raise self._not_leader_error(exc.leader) from None
-        except ProposalRejected as exc:
-            raise ProposalRejectedError(str(exc)) from None
-
-    async def _wait_index(self, index: int, term: int) -> object:
-        w = self._pending.wait_for(index, term)
-        self._kick()
-        return await self._pending.result(index, w)
-
-    async def read(
-        self,
-        query: object,
-        *,
-        consistency: str = "linearizable",
-    ) -> object:
-        """Answer ``query`` from the state machine.
-
-        ``"linearizable"`` (ReadIndex: confirmed by a quorum, sees every
-        write acknowledged before it started), ``"lease"`` (the leader's
-        lease, no round trip; relies on bounded clock drift) or ``"local"``
-        (this node's state as it is, possibly stale; any node).
-        """
-        core = self._check_open()
-        if consistency not in CONSISTENCY:
-            raise ValueError(f"consistency must be one of {CONSISTENCY}")
-        started = time.perf_counter()
-        if consistency == "local":
-            await trio.lowlevel.checkpoint()  # a loop of local reads must not starve the node
-        else:
-            rid, r = self._pending.new_read()
-            try:
-                core.read(rid, trio.current_time(), lease=consistency == "lease")
-                self._kick()
-                await r.event.wait()
-            finally:
-                self._pending.done_read(rid)
-            if r.error is not None:
-                if isinstance(r.error, NotLeaderError) and core.role is Role.LEADER:
-                    raise ReadFailedError(str(r.error))
-                raise r.error
-        result = await self.state_machine.query(query)
-        self._read_seconds[consistency].observe(time.perf_counter() - started)
-        return result
-
-    # ======================================================== membership
-
-    async def _change(
-        self,
-        voters: set[NodeId],
-        learners: set[NodeId],
-        addresses: dict[NodeId, str],
-    ) -> None:
-        core = self._check_open()
-        # proposal_timeout bounds the change as a whole: waiting for one in
-        # progress, the entry's apply and, for a voter change, leaving the
-        # joint configuration.
-        deadline = trio.current_time() + self.config.proposal_timeout
-        # A change in progress (the leader may be recording an incarnation on
-        # its own) is waited for rather than refused.
-        with trio.move_on_at(deadline):
-            while core.role is Role.LEADER and (
-                core.membership.joint or core.commit < core.config_index
-            ):
-                await self._changed.wait()
-        try:
-            index = core.change_membership(voters, learners, addresses)
-        except NotLeader as exc:
-            raise self._not_leader_error(exc.leader) from None
-        except ProposalRejected as exc:
-            raise ProposalRejectedError(str(exc)) from None
-        with trio.move_on_at(deadline) as scope:
-            await self._wait_index(index, core.term)
-            while core.membership.joint or core.commit < core.config_index:
-                if core.role is not Role.LEADER:
-                    raise self._not_leader_error(core.leader)
-                await self._changed.wait()
-        if scope.cancelled_caught:
-            raise TimeoutError(
-                f"membership change at entry {index} not done within "
-                f"{self.config.proposal_timeout}s; it may still complete"
-            )
-        self._update_peers()
-
-    async def add_learner(self, node_id: NodeId, address: str) -> None:
-        """Add ``node_id`` (listening at ``address``) as a learner: it gets the log, never votes.
-
-        Raises ValueError for a node id outside 1..2**63-1 or an address that
-        is not ``host:port``, before anything is proposed.
-        """
-        check_node_id(node_id)
-        parse_address(address)
-        core = self._check_open()
-        m = core.membership
-        if m.is_voter(node_id):
-            raise ValueError(f"node {node_id} is already a voter")
-        await self._change(set(m.voters), set(m.learners) | {node_id}, {node_id: address})
-
-    async def promote(self, node_id: NodeId) -> None:
-        """Make learner ``node_id`` a voter, once it has caught up with the log."""
-        check_node_id(node_id)
-        core = self._check_open()
-        m = core.membership
-        if node_id not in m.learners:
-            raise ValueError(f"node {node_id} is not a learner")
-        conflict = core.incarnation_conflict(node_id)
-        if conflict is not None:
-            raise ValueError(
-                f"node {node_id} presents incarnation {conflict[1]}, not the {conflict[0]}"
-                " it was added with: remove it and add it again"
-            )
-        pr = core.progress.get(node_id)
-        lag = core.last_index() - (pr.match if pr else 0)
-        if lag > self.config.promote_max_lag:
-            raise NotCaughtUpError(f"node {node_id} lags {lag} entries")
-        await self._change(set(m.voters) | {node_id}, set(m.learners) - {node_id}, {})
-
-    async def remove_node(self, node_id: NodeId) -> None:
-        """Remove a voter or learner (the leader may remove itself: it then steps down)."""
-        check_node_id(node_id)
-        core = self._check_open()
-        m = core.membership
-        if node_id not in m.members:
-            raise ValueError(f"node {node_id} is not a member")
-        voters = set(m.voters) - {node_id}
-        if not voters:
-            raise ValueError("cannot remove the last voter")
-        await self._change(voters, set(m.learners) - {node_id}, {})
-
-    async def transfer_leadership(self, target: NodeId | None = None) -> NodeId:
-        """Hand leadership to ``target`` (default: the most caught-up voter); returns it."""
-        if target is not None:
-            check_node_id(target)
-        core = self._check_open()
-        if core.role is not Role.LEADER:
-            raise self._not_leader_error(core.leader)
-        if target is None:
-            refused = core.refused_peers()
-            candidates = [
-                (p.match, n)
-                for n, p in core.progress.items()
-                if core.membership.is_voter(n) and n not in refused
-            ]
-            if not candidates:
-                raise ValueError("no other voter to transfer to")
-            target = max(candidates)[1]
-        core.transfer_leadership(target)
-        self._kick()
-        limit = self.config.election_timeout_max * 2
-        with trio.move_on_after(limit):
-            while core.leader != target or core.role is Role.LEADER:
-                await self._changed.wait()
-            return target
-        raise TimeoutError(f"leadership did not move to {target} within {limit}s")
-
     # ======================================================== inspection
-
-    def _update_peers(self) -> None:
-        core, transport = self.core, self.transport
-        if core is None or transport is None:
-            return
-        # Locally configured routes win over the addresses in the membership
-        # (an operator may reach a peer through a proxy or another interface).
-        addresses = {**self._reachable_membership(core.membership).address_map, **self.config.peers}
-        members = core.membership.members | set(self.config.peers)
-        transport.set_peers({n: a for n, a in addresses.items() if n in members and n != self.id})
-
-    def _reachable_membership(self, m: Membership) -> Membership:
-        """``m`` without addresses that are not ``host:port``; warns once for each.
-
-        Only a log written by earlier code holds such an address (the core
-        refuses them now).  Using it would stop the transport, or make an
-        InstallSnapshot no follower decodes.
-        """
-        if self._reachable is not None and self._reachable[0] is m:
-            return self._reachable[1]
-        clean = m.without_bad_addresses()
-        for n, a in set(m.addresses) - set(clean.addresses) - self._bad_addresses_seen:
-            self._bad_addresses_seen.add((n, a))
-            self.log.warning(
-                "node %d: ignoring the address %r of member %d in the configuration:"
-                " not host:port (written by an earlier version?)",
-                self.id,
-                a,
-                n,
-            )
-        self._reachable = (m, clean)
-        return clean
 
     def status(self) -> NodeStatus:
         """Where the node stands (trioraft/runtime/status.py)."""

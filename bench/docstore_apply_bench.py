@@ -25,6 +25,11 @@ with the network and Raft left out:
   :meth:`DocstoreStateMachine.query` (the Raft round of a linearizable read
   is the KV path's too and is not measured here).
 
+``--cpu WRITERS`` measures instead, end to end, the CPU milliseconds per
+write of each process (leader, followers, the client) of a 3-node docstore
+cluster under WRITERS writers through ``docstore.connect``, then of the
+trioraft KV path, with bench/cluster's processes and loads.
+
 Prints entries (or requests) per second of CPU time and CPU microseconds
 per entry (``time.process_time``: a shared machine's other processes inflate
 it less than wall time), the median of ``--runs`` runs; compare runs made
@@ -284,6 +289,75 @@ def bench_query(n: int, batch: int, lanes: int) -> Callable[[], float]:
     return run
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_write(seconds: float, clients: int, runs: int) -> None:
+    """CPU ms per write of each process: a 3-node docstore cluster under ``clients``
+    writers through ``docstore.connect``, then the trioraft KV path (bench/cluster)."""
+    from bench.cluster import docstore as ds
+    from bench.cluster import kv
+
+    root = tempfile.mkdtemp(prefix="ds-cpu-")
+    rows: dict[str, list[dict[str, float]]] = {"docstore": [], "KV": []}
+    try:
+        for name in ("docstore", "KV"):
+            cluster: Any = (ds.DocstoreCluster if name == "docstore" else kv.TrioraftCluster)(root)
+            cluster.start()
+            try:
+                if name == "docstore":
+                    leader = cluster.leader_pid()
+                    pids = {n: p.pid for n, p in cluster.procs.items()}
+                    target: Any = list(cluster.addresses.values())
+                    load_fn: Any = ds.docstore_load
+                    extra: tuple[Any, ...] = (0.0,)  # no warm-up inside the load
+                else:
+                    pids = {i + 1: p.pid for i, p in enumerate(cluster.procs)}
+                    leader_n = {a: n for n, a in cluster.addresses.items()}[cluster.leader]
+                    leader = pids[leader_n]
+                    target, load_fn, extra = cluster.leader, kv.remote_load, (4,)  # connections
+
+                def load(s: float, fn: Any = load_fn, to: Any = target, x: Any = extra) -> int:
+                    lat, _, _ = trio.run(fn, to, "put", clients, s, 0, *x)
+                    return len(lat)
+
+                load(1.0)  # warm-up: connections, sessions
+                for _ in range(runs):
+                    before = {n: _cpu_seconds(pid) for n, pid in pids.items()}
+                    own = time.process_time()
+                    writes = load(seconds)
+                    own = time.process_time() - own
+                    after = {n: _cpu_seconds(pid) for n, pid in pids.items()}
+                    per = {n: (after[n] - before[n]) * 1000 / writes for n in pids}
+                    lead = next(n for n, pid in pids.items() if pid == leader)
+                    follow = [v for n, v in per.items() if n != lead]
+                    rows[name].append(
+                        {
+                            "writes/s": writes / seconds,
+                            "leader": per[lead],
+                            "follower": sum(follow) / len(follow),
+                            "client": own * 1000 / writes,
+                            "total": sum(per.values()) + own * 1000 / writes,
+                        }
+                    )
+            finally:
+                cluster.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"CPU ms per write, {clients} writers, {seconds:g} s, median of {runs}:")
+    print("           writes/s   leader  follower  client   total")
+    for name, rs in rows.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        print(
+            f"{name:9} {med['writes/s']:9,.0f} {med['leader']:8.3f} {med['follower']:9.3f}"
+            f" {med['client']:7.3f} {med['total']:7.3f}"
+        )
+
+
 PARTS: dict[str, Callable[[int, int, int], Callable[[], float]]] = {
     "apply": bench_apply,
     "server": bench_server,
@@ -301,7 +375,18 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--only", default=",".join(PARTS), help="parts, comma-separated")
     p.add_argument("--profile", default="", help="print a cProfile of one more run of PART")
+    p.add_argument(
+        "--cpu",
+        type=int,
+        default=0,
+        metavar="WRITERS",
+        help="instead: CPU ms per write of each process of a docstore and a KV cluster",
+    )
+    p.add_argument("--seconds", type=float, default=3.0, help="per --cpu measurement")
     args = p.parse_args()
+    if args.cpu:
+        cpu_per_write(args.seconds, args.cpu, args.runs)
+        return
     for name in args.only.split(","):
         run = PARTS[name](args.n, args.batch, args.lanes)
         run()  # warm-up

@@ -27,11 +27,13 @@ Work out: ``ready()`` returns a :class:`~trioraft.core.types.Ready`.  The
 contract, written once, here:
 
     **persist -> send -> apply -> advance.**  Persist the Ready's snapshot,
-    entries and hard state with one fsync; only then send its messages; then
-    install the snapshot and apply the committed entries in order and answer
-    the reads; then call ``advance(ready)``.  ``ready()`` may not be called
-    again before ``advance``; events may be stepped in between (their work
-    goes into the next Ready).
+    entries and hard state (one ``LogStore.persist`` call, group commit);
+    only then send its messages; then install the snapshot and apply the
+    committed entries in order and answer the reads; then call
+    ``advance(ready, applied=...)``.  ``ready()`` may not be called again
+    before ``advance``; events may be stepped in between (their work goes
+    into the next Ready).  ``trioraft.core.driver.ReadyDriver`` carries this
+    out for every user of the core.
 
 Everything that makes a message safe to send is in the same Ready as the
 message: a vote is granted only in a Ready carrying the hard state that
@@ -92,6 +94,12 @@ Rules upheld (each has a named scenario test in tests/core/):
 
 Test-only fault switches (``RaftConfig.faults``) break single guards so the
 simulator's tests can prove that it catches each broken guard.
+
+Why this is one file of ~1,500 lines: every rule above reads and writes the
+same state (term, log, commit, progress, membership, read rounds), and each
+event handler upholds several rules at once; split by rule, a reader would
+have to hold several modules open to check one handler.  The types, the
+errors and the Ready driver live beside it (types.py, errors.py, driver.py).
 """
 
 from __future__ import annotations

@@ -63,6 +63,11 @@ fsync.
 The checksum is ``zlib.crc32``: for the frame sizes Raft writes it costs the
 same as ``crc32c`` per call (see docs/storage.md), it is in the standard
 library, and every frame also carries its index so misplaced data is caught.
+
+Why this is one file past 600 lines: the frame format, the replay that
+validates it and the writes that produce it must agree byte for byte, and
+the in-memory index (frames, term runs, the cache) is updated by both; apart
+they would be three files that only make sense together.
 """
 
 from __future__ import annotations

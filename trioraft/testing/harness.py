@@ -6,8 +6,9 @@ Theory of operation
 Where the simulator (``trioraft.testing.sim``) throws dice, ``Cluster`` does
 exactly what a test says: which node's timer fires, which messages are
 delivered, dropped or held back, who crashes.  Each node follows the
-runtime's contract (persist, send, apply, advance) immediately when the test
-calls :meth:`Cluster.process`; messages then wait in ``Cluster.inflight``
+core's contract (persist, send, apply, advance; the shared Ready driver of
+``trioraft.core.driver``) immediately when the test calls
+:meth:`Cluster.process`; messages then wait in ``Cluster.inflight``
 until :meth:`Cluster.deliver` hands them over.  A crash throws away
 everything not persisted and rebuilds the core from its "disk".
 

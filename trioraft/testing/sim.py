@@ -17,10 +17,12 @@ file because the network, the fault schedule and the checker share that
 queue, the nodes' state and one random stream, whose order of draws is what
 makes a seed replay.
 
-Each node follows the runtime's contract: it takes a Ready, the write
-reaches "disk" after a simulated latency (a crash before then loses it:
-unsynced writes are lost), and only then are its messages sent, its
-committed entries applied and ``advance`` called.  The state machine is a
+Each node runs the core's contract through the shared Ready driver
+(``trioraft.core.driver``, as the runtime does): it takes a Ready and sends
+what the core lets leave early, the write reaches "disk" after a simulated
+latency (a crash before then loses it: unsynced writes are lost), and only
+then are its other messages sent, its committed entries applied and
+``advance`` called.  The state machine is a
 running hash of applied entries, so replicas compare in O(1).  A snapshot
 carries (index, hash).
 

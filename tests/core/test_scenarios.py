@@ -20,6 +20,7 @@ from trioraft.core.types import (
     HeartbeatResponse,
     InstallSnapshot,
     Membership,
+    Message,
     RequestVote,
     RequestVoteResponse,
     Role,
@@ -68,7 +69,7 @@ def _figure8(faults: frozenset[str]) -> Cluster:
     c.fire_election(1)  # term 3 with 3's vote; 3 gets (2, term 1) but not the NOOP at 3
     carried_noop: list[object] = []
 
-    def noop_after_probe(m: object) -> bool:
+    def noop_after_probe(m: Message) -> bool:
         # The first append carrying index 3 is the probe node 3 rejects;
         # lose the ones after it, so only index 2 reaches node 3.
         if m.dst == 3 and isinstance(m, AppendEntries) and any(e.index == 3 for e in m.entries):

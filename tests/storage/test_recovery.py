@@ -125,7 +125,8 @@ def test_crash_at_every_step_of_reconcile(snap_index: int, snap_term: int) -> No
         put_snapshot(fs, snaps, snap_index, snap_term)
         return fs.crash()
 
-    want = ((snap_index, snap_term), snap_index, [])
+    no_entries: list[tuple[int, int]] = []
+    want = ((snap_index, snap_term), snap_index, no_entries)
     points = 0
     for cut in range(1, 100):
         fs = setup()

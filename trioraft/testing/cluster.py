@@ -22,7 +22,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 import trio
 import trio.lowlevel
@@ -89,9 +89,10 @@ class MemoryCluster:
             **self.config,
         )
 
-    async def __aenter__(self) -> MemoryCluster:
+    async def __aenter__(self) -> Self:
         self._cm = self._run()
-        return await self._cm.__aenter__()
+        await self._cm.__aenter__()
+        return self
 
     async def __aexit__(self, *exc: Any) -> bool | None:
         return await self._cm.__aexit__(*exc)

@@ -11,6 +11,7 @@ The parts, each usable on its own:
 * :mod:`.router` - the harness's client connections and leader guess;
 * :mod:`.run` - the run: setup, nemesis, clients, heal, final checks, report;
   the :class:`~.run.System` protocol a system under test implements;
+* :mod:`.report` - what a run saw and found, and its summary;
 * :mod:`.kv` - the default system, :mod:`trioraft.kv`'s machine;
 * :mod:`.cli` - ``python -m trioraft.testing.chaos``.
 
@@ -22,7 +23,8 @@ machine, ``client`` records register operations) and run
 
 from trioraft.testing.chaos.process import NodeProcess, NodeSpec
 from trioraft.testing.chaos.proxy import HOST, Link, ProxyNet
-from trioraft.testing.chaos.run import ChaosOptions, ChaosReport, ChaosRun, System, run_chaos
+from trioraft.testing.chaos.report import ChaosReport
+from trioraft.testing.chaos.run import ChaosOptions, ChaosRun, System, run_chaos
 
 __all__ = [
     "HOST",

@@ -850,7 +850,15 @@ class RaftCore:
         if not entries and not allow_empty and pr.state is ProgressState.REPLICATE:
             return
         self._msgs.append(
-            AppendEntries(self.term, self.id, peer, prev, prev_term, tuple(entries), self.commit)
+            AppendEntries(
+                term=self.term,
+                src=self.id,
+                dst=peer,
+                prev_index=prev,
+                prev_term=prev_term,
+                entries=tuple(entries),
+                commit=self.commit,
+            )
         )
         if pr.state is ProgressState.REPLICATE:
             if entries:
@@ -1148,7 +1156,16 @@ class RaftCore:
             raise ValueError("use change_membership() for configuration changes")
         index = self.last_index() + 1
         stamp = max(timestamp_ms, self._stamp)  # never below an earlier leader's clock
-        self._append([Entry(index, self.term, kind, data, client_id, sequence, stamp)])
+        entry = Entry(
+            index=index,
+            term=self.term,
+            kind=kind,
+            data=data,
+            client_id=client_id,
+            sequence=sequence,
+            timestamp_ms=stamp,
+        )
+        self._append([entry])
         self._broadcast_wanted = True
         return index
 
@@ -1458,16 +1475,16 @@ class RaftCore:
     def status(self) -> CoreStatus:
         peers = {n: PeerStatus(p.match, p.next, p.state.value) for n, p in self.progress.items()}
         return CoreStatus(
-            self.id,
-            self.role,
-            self.term,
-            self.leader,
-            self.commit,
-            self.applied,
-            self.last_index(),
-            self.offset,
-            self.membership,
-            peers,
+            node_id=self.id,
+            role=self.role,
+            term=self.term,
+            leader=self.leader,
+            commit=self.commit,
+            applied=self.applied,
+            last_index=self.last_index(),
+            snapshot_index=self.offset,
+            membership=self.membership,
+            peers=peers,
         )
 
     @property

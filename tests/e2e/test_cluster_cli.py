@@ -166,7 +166,7 @@ async def wait_digests_equal(db: docstore.RemoteDatabase, nodes: int = 3) -> str
         if len(digests) == nodes and len({d["applied_index"] for d in digests.values()}) == 1:
             values = {d["digest"] for d in digests.values()}
             assert len(values) == 1, digests
-            return values.pop()
+            return str(values.pop())
         await trio.sleep(0.1)
 
 

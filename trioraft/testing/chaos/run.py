@@ -323,7 +323,7 @@ class ChaosRun:
         if rng.random() < 0.5:
             first, second, within = rng.choice(pairs)
         else:
-            first, second = rng.sample([*FAULTS, *(["clock"] if self.clock else [])], 2)
+            first, second = rng.sample(sorted({*FAULTS, *(["clock"] if self.clock else [])}), 2)
             within = 1.0
         self.fault(f"overlap {first} + {second}")
         async with trio.open_nursery() as nursery:

@@ -51,7 +51,9 @@ async def test_chaos_history_is_linearizable_and_replicas_agree(tmp_path: pathli
 async def test_docstore_under_overlapping_faults_and_clock_jumps(tmp_path: pathlib.Path) -> None:
     """docstore writes, reads, sessions and TTL through faults that overlap and jumped clocks."""
     clock = find_libfaketime() is not None
-    faults = None if SLOW else ("overlap", "clock-leader", "kill-leader", "membership")
+    # Short: each fault an overlap (half of them a partition while a node is paused, a kill
+    # during a membership change or a clock jump of a paused or cut-off node), a leader's jump.
+    faults = None if SLOW else ("overlap", "clock-leader", "overlap")
     report = await run_chaos(
         ChaosOptions(
             duration=DURATION,

@@ -148,7 +148,7 @@ class ChaosOptions:
     budget: int = 5_000_000
     #: Jump nodes' wall clocks (needs libfaketime; noted in the report if missing).
     clock_jumps: bool = True
-    #: The nemesis picks from these (None: all, see :data:`FAULTS`).
+    #: The nemesis picks from these, each once first (None: all, see :data:`FAULTS`).
     faults: tuple[str, ...] | None = None
 
 
@@ -223,12 +223,18 @@ class ChaosRun:
             token=s.token.encode(),
         )
         with trio.fail_after(60):
-            leader = await self.wait_leader(router)
+            await self.wait_leader(router)
             for n in ids:
-                if n not in bootstrap:
-                    await self.admin(
-                        router, leader, "add_learner", {"id": n, "address": self.procs[n].address}
-                    )
+                while n not in bootstrap:
+                    # A new leader refuses membership changes until it has
+                    # committed an entry of its term; it may also lose the lead.
+                    leader = await self.wait_leader(router)
+                    args = {"id": n, "address": self.procs[n].address}
+                    try:
+                        await self.admin(router, leader, "add_learner", args)
+                        break
+                    except ClientError:
+                        await trio.sleep(0.2)
         return router
 
     # ---------------------------------------------------------- helpers
@@ -283,13 +289,16 @@ class ChaosRun:
         faults = [*FAULTS, "overlap", "overlap"]
         if self.clock:
             faults += ["clock", "clock-leader"]
+        first: list[str] = []
         if self.o.faults is not None:
             faults = [f for f in self.o.faults if self.clock or not f.startswith("clock")]
+            # Each fault asked for comes once before the random picks.
+            first = rng.sample(faults, len(faults))
         while trio.current_time() < until:
             await trio.sleep(rng.uniform(1.0, 3.0))
             if trio.current_time() >= until:
                 break
-            choice = rng.choice(faults)
+            choice = first.pop() if first else rng.choice(faults)
             hold = rng.uniform(2.0, 6.0)
             if choice == "overlap":
                 await self.overlap(router, ids, hold)

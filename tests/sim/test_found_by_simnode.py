@@ -146,18 +146,17 @@ def test_a_leader_again_in_a_later_term_streams_its_snapshot_anew() -> None:
     assert not [v for v in res.violations if "liveness" in v]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: a restarted node reports more applied than its core handed over"
-)
-def test_a_restarted_node_reports_no_more_applied_than_was_handed_over() -> None:
-    """Found by the simulator on 53f21be (seed 8114, 3 nodes), not fixed yet.
+def test_a_restarted_node_keeps_the_entries_it_appended_after_a_discarding_snapshot() -> None:
+    """Found by the simulator on 53f21be (seed 8114, 3 nodes).
 
-    Half a second after node 2 restarts from a power loss, its Raft loop
-    stops with ``InvariantViolated('applied 335, but only entries up to 331
-    were handed over')``: the state machine's applied index (335, durable in
-    docstore's apply log) is above the core's apply cursor (331), the check
-    ``RaftCore.applied_to`` added with the Ready driver (7799042).  Replay:
-    ``python -m trioraft.testing.simnode --seed 8114``.
+    Node 2 installed a snapshot (326, term 9) whose entry conflicted with its
+    log, so the log was discarded, then appended and applied the new leader's
+    entries 327-335.  On restart the log store dropped them again: the old
+    term-8 entry at 326 was still in the segment, and recovery took it for a
+    discard that had never become durable.  The state machine (at 335) was
+    then ahead of the log, and the core stopped with ``InvariantViolated``.
+    The storage-level test is
+    tests/storage/test_recovery.py::test_entries_appended_after_a_discarding_compaction_survive_a_restart.
     """
     res = run_seed(8114, SimConfig())
     assert not [v for v in res.violations if "InvariantViolated" in v]

@@ -148,3 +148,26 @@ def test_crash_at_every_step_of_reconcile(snap_index: int, snap_term: int) -> No
             log, snaps = open_both(crashed.crash())
             assert state(log) == want, f"cut {cut}: not durable"
     assert points >= 5  # the boundary write, the discard frame, the segment deletions
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_entries_appended_after_a_discarding_compaction_survive_a_restart(crash: bool) -> None:
+    # A follower installs a snapshot whose entry conflicts with its log: the
+    # log is discarded, then the new leader's entries are appended after the
+    # boundary.  Reopening must keep them.  The old-term entry at the boundary
+    # stayed in the segment, so recovery took the log for one whose discard
+    # had not been made durable and dropped the new entries too (found by the
+    # whole-node simulator, seed 8114: the state machine had applied them).
+    fs = FaultFS()
+    log = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
+    log.append(entries(1, 9, term=2))  # uncommitted entries of an old leader
+    log.compact(5, 3)
+    log.append(entries(6, 9, term=3))
+    expected = ((5, 3), 8, [(6, 3), (7, 3), (8, 3)])
+    assert state(log) == expected
+    fs = fs.crash() if crash else fs
+    again = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
+    assert state(again) == expected
+    again.append(entries(9, 10, term=3))
+    third = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs.crash())
+    assert state(third) == ((5, 3), 9, [(6, 3), (7, 3), (8, 3), (9, 3)])

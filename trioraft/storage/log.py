@@ -334,7 +334,7 @@ class FileLogStore:
             # compact() on a log whose entry at the boundary has another term
             # discards the whole log; it crashed before that was durable.
             log.warning("%s: log conflicts with snapshot boundary %d; discarding it", self._dir, b)
-            self._cut(b + 1)
+            self._write_frames([], b)  # durably, as compact() does
         self._trim_prefix()
         if self._fidx and self._fidx[0] > b + 1:
             seg = self._segments[self._fseg[0]]
@@ -343,8 +343,6 @@ class FileLogStore:
                 seg.path,
                 self._foff[0],
             )
-        if discard:
-            self._write_frames([], b + 1)
         self._delete_dead_segments()
 
     def _scan(self, data: bytes, path: str, *, last: bool) -> tuple[list[_ScannedFrame], int]:
@@ -614,7 +612,9 @@ class FileLogStore:
 
     def _write_frames(self, entries: Sequence[Entry], start: int) -> None:
         """Encode, write with one pwrite, sync once, then update memory."""
-        prev_term = self.term(start - 1)
+        # An empty frame at the boundary itself (compact's discard) follows
+        # nothing readable: the boundary's term stands in.
+        prev_term = self._b_term if start - 1 < self._b_index else self.term(start - 1)
         pack = _ENT.pack
         frames: list[tuple[int, int, list[tuple[int, int]], bytes, Sequence[Entry]]] = []
         parts: list[bytes] = []
@@ -711,7 +711,11 @@ class FileLogStore:
             )
             self._b_index, self._b_term = index, term
             if discard:
-                self._write_frames([], index + 1)
+                # The empty frame starts at the boundary, not after it: the
+                # old entry at ``index`` must not survive in the file, or
+                # recovery takes it for a discard that never became durable
+                # and drops the entries appended after the boundary since.
+                self._write_frames([], index)
             self._trim_prefix()
             self._delete_dead_segments()
 

@@ -31,6 +31,14 @@ file.  Data directory layout (``ServerConfig.data``)::
     DATA/log/         the Raft log and hard state (trioraft.storage)
     DATA/snapshots/   Raft snapshots (state machine snapshots + membership)
     DATA/docstore/    the state machine's base snapshot and apply log
+
+Why this is one file past 600 lines: it owns the node side of docstore,
+the configuration a node starts from (:class:`ServerConfig`,
+:func:`load_config`), the service answering clients (:class:`DocstoreService`,
+its admin handlers, roles, watches and backups) and :func:`serve`, which
+puts them on a trioraft node.  The seam is the configuration (about 150
+lines that read TOML and flags and start nothing): it could be a
+``docstore/config.py``, and is not split yet.
 """
 
 from __future__ import annotations

@@ -62,6 +62,13 @@ about a microsecond.
 Values must be hashable (they are cached) and are compared with ``==``; a
 delete is a write of None.
 
+Why this is one file past 600 lines: the theory above is a tenth of it,
+and the rest is one checker: :class:`Op` and :class:`Result`, the per-key
+filtering (``_relevant``), the search (``_Search``) and the recorder
+(:class:`History`) that builds the operations it checks, with one meaning
+of ``"ok"``/``"fail"``/``"info"`` throughout.  The seam, if it grows, is
+:class:`History` (a recorder with no part in the search); not split yet.
+
 Example::
 
     h = History()

@@ -42,6 +42,14 @@ bug) or an exception from ``on_messages`` crashes the network's nursery,
 failing the test.  A message larger than the frame limit is logged and
 dropped, as the WebSocket transport does.
 
+Why this is one file past 600 lines: :class:`MemoryTransport` is a thin
+handle on :class:`MemoryNetwork`, whose delivery queue, fault settings and
+random stream every send goes through, so the two only make sense together.
+:class:`MemoryClientConnection` (about 150 lines at the end) does not use
+the network at all, only the codec and the WebSocket transport's response
+queue; it is the seam if this file grows (a ``memory_client.py``), and is
+not split yet.
+
 Example::
 
     async with MemoryNetwork(seed=7, delay=(0.001, 0.01)) as net:

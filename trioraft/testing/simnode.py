@@ -901,7 +901,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SimConfig(
         nodes=a.nodes, steps=a.steps, faults=frozenset(a.fault), mixed_settings=a.mixed_settings
     )
+    previous = logging.root.manager.disable
     logging.disable(logging.CRITICAL)  # nodes log every injected fault
+    try:
+        return _run(a, cfg)
+    finally:
+        logging.disable(previous)  # main() also runs inside test processes
+
+
+def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
     if a.seed is not None:
         trace: list[str] = []
         res = run_seed(a.seed, cfg, trace=trace)

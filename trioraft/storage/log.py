@@ -93,6 +93,7 @@ from trioraft.storage.errors import (
     StorageFatalError,
 )
 from trioraft.storage.fs import FileHandle, FileSystem, OsFileSystem, atomic_write, read_all
+from trioraft.storage.ready import persist_ready
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "FileLogStore"]
 
@@ -745,20 +746,7 @@ class FileLogStore:
             ValueError: the entries do not fit the log.
             StorageFatalError: an I/O error; stop the node.
         """
-        if snapshot is not None:
-            self.compact(snapshot.index, snapshot.term)
-        hs, old = hard_state, self._hard
-        if entries and hs is not None and (hs.term, hs.vote) != (old.term, old.vote):
-            # A new term and its vote go first, so a crash between the two
-            # writes never leaves entries of a term the node has not durably
-            # entered (it would restart in a lower term, accept a deposed
-            # leader's appends over committed entries and forget a vote).  The
-            # commit index goes last: it may cover the entries being written.
-            self.save_hard_state(HardState(hs.term, hs.vote, min(old.commit, hs.commit)))
-        if entries:
-            self.append(entries)
-        if hs is not None and hs != self._hard:
-            self.save_hard_state(hs)
+        persist_ready(self, hard_state, entries, snapshot)
 
     # ------------------------------------------------------------ hard state
 

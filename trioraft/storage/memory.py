@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from trioraft.core.types import Entry, HardState, SnapshotMeta
 from trioraft.storage.errors import LogCompacted, LogUnavailable, StorageError
+from trioraft.storage.ready import persist_ready
 
 __all__ = ["MemoryLogStore"]
 
@@ -139,20 +140,7 @@ class MemoryLogStore:
     ) -> None:
         """One Ready's write, in :meth:`FileLogStore.persist`'s order (kept so a fault-injecting
         subclass sees the same calls)."""
-        if snapshot is not None:
-            self.compact(snapshot.index, snapshot.term)
-        hs, old = hard_state, self._hard
-        if entries and hs is not None and (hs.term, hs.vote) != (old.term, old.vote):
-            # A new term and its vote go first, so a crash between the two
-            # writes never leaves entries of a term the node has not durably
-            # entered (it would restart in a lower term, accept a deposed
-            # leader's appends over committed entries and forget a vote).  The
-            # commit index goes last: it may cover the entries being written.
-            self.save_hard_state(HardState(hs.term, hs.vote, min(old.commit, hs.commit)))
-        if entries:
-            self.append(entries)
-        if hs is not None and hs != self._hard:
-            self.save_hard_state(hs)
+        persist_ready(self, hard_state, entries, snapshot)
 
     def incarnation(self) -> str:
         """This store's incarnation id (random, fixed for the object's life)."""

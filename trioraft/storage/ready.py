@@ -1,0 +1,50 @@
+"""The order of one Ready's write, for every log store.
+
+A Ready may carry a snapshot boundary, entries and a hard state.  They are
+separate durable writes, so a crash can fall between any two; the order
+below is the one that leaves no state Raft forbids:
+
+1. the snapshot's boundary (the log is then compacted or discarded to it);
+2. a new term and its vote, if the Ready has both entries and a term/vote
+   change: entries of a term the node has not durably entered would make it
+   restart in a lower term, accept a deposed leader's appends over committed
+   entries and forget a vote;
+3. the entries (one sync: group commit);
+4. the rest of the hard state (the commit index may cover the entries just
+   written, so it goes last).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from trioraft.core.types import Entry, HardState, SnapshotMeta
+
+
+class _Store(Protocol):
+    def compact(self, index: int, term: int) -> None: ...
+
+    def append(self, entries: Sequence[Entry]) -> None: ...
+
+    def hard_state(self) -> HardState: ...
+
+    def save_hard_state(self, hs: HardState) -> None: ...
+
+
+def persist_ready(
+    store: _Store,
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+    snapshot: SnapshotMeta | None,
+) -> None:
+    """Write one Ready's parts to ``store`` in the order above."""
+    if snapshot is not None:
+        store.compact(snapshot.index, snapshot.term)
+    hs, old = hard_state, store.hard_state()
+    if entries and hs is not None and (hs.term, hs.vote) != (old.term, old.vote):
+        store.save_hard_state(HardState(hs.term, hs.vote, min(old.commit, hs.commit)))
+    if entries:
+        store.append(entries)
+    if hs is not None and hs != store.hard_state():
+        store.save_hard_state(hs)

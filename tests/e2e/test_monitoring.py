@@ -34,7 +34,7 @@ import docstore
 from docstore.monitor import MAX_HEAD
 from tests.e2e.test_cluster_cli import TIMING, ClusterProcess, docstore_cmd
 
-HTTP_OFFSET = 1000  # docstore.cli.HTTP_PORT_OFFSET, written out: the test pins it
+HTTP_OFFSET = 1000  # docstore.supervisor.HTTP_PORT_OFFSET, written out: the test pins it
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 

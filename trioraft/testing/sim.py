@@ -59,7 +59,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from trioraft.core.driver import ReadyDriver
 from trioraft.core.errors import NotLeader, ProposalRejected
@@ -799,13 +799,26 @@ def run_seed(seed: int, cfg: SimConfig | None = None) -> SimResult:
     return Simulation(seed, cfg or SimConfig()).run()
 
 
-def sweep(
-    seeds: range, cfg: SimConfig, on_result: Callable[[SimResult], None] | None = None
-) -> list[SimResult]:
-    """Run many seeds; returns the results that found violations."""
+class Outcome(Protocol):
+    """What a seeded run reports (this simulator's and the whole-node one's)."""
+
+    violations: list[str]
+
+
+R = TypeVar("R", bound=Outcome)
+C = TypeVar("C")
+
+
+def sweep_runs(
+    run: Callable[[int, C], R],
+    seeds: range,
+    cfg: C,
+    on_result: Callable[[R], None] | None = None,
+) -> list[R]:
+    """``run(seed, cfg)`` for every seed; returns the results that found violations."""
     bad = []
     for s in seeds:
-        res = run_seed(s, cfg)
+        res = run(s, cfg)
         if on_result is not None:
             on_result(res)
         if res.violations:
@@ -813,13 +826,25 @@ def sweep(
     return bad
 
 
-def first_violation(cfg: SimConfig, seeds: range) -> SimResult | None:
-    """The first seed in ``seeds`` whose run finds a violation, or None."""
+def first_violating_run(run: Callable[[int, C], R], cfg: C, seeds: range) -> R | None:
+    """The first seed's result in ``seeds`` that finds a violation, or None."""
     for s in seeds:
-        res = run_seed(s, cfg)
+        res = run(s, cfg)
         if res.violations:
             return res
     return None
+
+
+def sweep(
+    seeds: range, cfg: SimConfig, on_result: Callable[[SimResult], None] | None = None
+) -> list[SimResult]:
+    """Run many seeds; returns the results that found violations."""
+    return sweep_runs(run_seed, seeds, cfg, on_result)
+
+
+def first_violation(cfg: SimConfig, seeds: range) -> SimResult | None:
+    """The first seed in ``seeds`` whose run finds a violation, or None."""
+    return first_violating_run(run_seed, cfg, seeds)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,7 @@ from trioraft.core.types import Entry, NodeId, Role
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.node import Node
 from trioraft.testing.cluster import inline_threads
+from trioraft.testing.sim import first_violating_run, sweep_runs
 from trioraft.testing.simclients import Workload
 from trioraft.testing.simfs import SimFS
 from trioraft.transport.base import Transport, TransportStatistics
@@ -846,23 +847,12 @@ def sweep(
     seeds: range, cfg: SimConfig, on_result: Callable[[SimResult], None] | None = None
 ) -> list[SimResult]:
     """Run many seeds; returns the results that found violations."""
-    bad = []
-    for s in seeds:
-        res = run_seed(s, cfg)
-        if on_result is not None:
-            on_result(res)
-        if res.violations:
-            bad.append(res)
-    return bad
+    return sweep_runs(run_seed, seeds, cfg, on_result)
 
 
 def first_violation(cfg: SimConfig, seeds: range) -> SimResult | None:
     """The first seed in ``seeds`` whose run finds a violation, or None."""
-    for s in seeds:
-        res = run_seed(s, cfg)
-        if res.violations:
-            return res
-    return None
+    return first_violating_run(run_seed, cfg, seeds)
 
 
 def _replay_command(seed: int, a: argparse.Namespace) -> str:

@@ -86,6 +86,7 @@ from trioraft.storage import LogStore
 from trioraft.storage.fs import FileSystem, OsFileSystem
 from trioraft.storage.log import FileLogStore
 from trioraft.storage.recovery import reconcile
+from trioraft.storage.seed import LOG_DIR, SNAPSHOTS_DIR
 from trioraft.storage.snapshots import (
     SnapshotStore,
 )
@@ -257,14 +258,14 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
         if self._logstore is None:
             self._logstore = await trio.to_thread.run_sync(
                 functools.partial(FileLogStore.open, fs=self.fs, randbytes=self.randbytes),
-                os.path.join(cfg.data_dir, "log"),
+                os.path.join(cfg.data_dir, LOG_DIR),
             )
         log = self._logstore
         try:
             self.incarnation = log.incarnation()
             self._snaps = await trio.to_thread.run_sync(
                 functools.partial(SnapshotStore, fs=self.fs, randbytes=self.randbytes),
-                os.path.join(cfg.data_dir, "snapshots"),
+                os.path.join(cfg.data_dir, SNAPSHOTS_DIR),
             )
         except BaseException:
             with trio.CancelScope(shield=True):

@@ -162,17 +162,19 @@ def test_a_restarted_node_keeps_the_entries_it_appended_after_a_discarding_snaps
     assert not [v for v in res.violations if "InvariantViolated" in v]
 
 
-@pytest.mark.xfail(strict=True, reason="open: two acknowledged $inc increments lost (seed 20482)")
 def test_acknowledged_increments_survive_power_losses_and_clock_jumps() -> None:
-    """Found by the simulator on 8801bef (seed 20482, 3 nodes), not fixed yet.
+    """Found by the simulator on 8801bef (seed 20482, 3 nodes).
 
-    After repeated power losses (one at the docstore apply log's directory
-    sync), leader clock jumps of about -1 h and a removal that failed with
-    NodeClosedError, the cluster converges with counter ``n1`` at 14 while
-    16 increments were acknowledged (2 more unknown): two acknowledged
-    writes are gone.  The same run happens on the commit before 8801bef, so
-    that change did not cause it.  Replay:
-    ``python -m trioraft.testing.simnode --seed 20482 --trace``.
+    Node 3, a deposed leader whose log ended at 45 (term 2), installed the
+    new leader's snapshot (45, term 3), then appended and acknowledged
+    entries 46-69, two of them acknowledged ``$inc`` increments.  After a
+    power loss, recovery found the old term-2 entry at the boundary: the
+    log store's compaction discarded a conflicting entry from the file only
+    when it was *not* the last one, so recovery took it for an undurable
+    discard and dropped 46-69.  The entries were committed (nodes 2 and 3)
+    and, once node 2 had lost power too, gone: counter ``n1`` ended at 14
+    with 16 acknowledged.  The storage-level test is
+    tests/storage/test_recovery.py::test_entries_appended_after_a_snapshot_conflicting_with_the_last_entry_survive.
     """
     res = run_seed(20482, SimConfig())
     assert not [v for v in res.violations if "acknowledged increments" in v]

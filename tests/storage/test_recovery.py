@@ -171,3 +171,25 @@ def test_entries_appended_after_a_discarding_compaction_survive_a_restart(crash:
     again.append(entries(9, 10, term=3))
     third = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs.crash())
     assert state(third) == ((5, 3), 9, [(6, 3), (7, 3), (8, 3), (9, 3)])
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_entries_appended_after_a_snapshot_conflicting_with_the_last_entry_survive(
+    crash: bool,
+) -> None:
+    # As above, but the conflicting entry is the log's last one: a deposed
+    # leader's log ends at 5 (term 2) and it installs snapshot (5, term 3).
+    # compact() dropped the entry in memory but left it in the file, so a
+    # restart after the new leader's entries 6-8 had been appended (and
+    # acknowledged) took the log for an undurable discard and dropped them:
+    # committed entries lost (the whole-node simulator, seed 20482).
+    fs = FaultFS()
+    log = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
+    log.append(entries(1, 6, term=2))
+    log.compact(5, 3)
+    log.append(entries(6, 9, term=3))
+    expected = ((5, 3), 8, [(6, 3), (7, 3), (8, 3)])
+    assert state(log) == expected
+    fs = fs.crash() if crash else fs
+    again = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
+    assert state(again) == expected

@@ -706,7 +706,10 @@ class FileLogStore:
         if index <= self._b_index:
             return
         with self._io("compact"):
-            discard = index < self._last and self.term(index) != term
+            # ``<=``: an entry at the boundary with another term must go from
+            # the file even when it is the last one, or recovery takes it for
+            # a discard that never became durable (seeds 8114 and 20482).
+            discard = index <= self._last and self.term(index) != term
             atomic_write(
                 self._fs, self._path(BOUNDARY_FILE), _seal(b"TRBD", _BOUND.pack(index, term))
             )

@@ -248,7 +248,9 @@ class Workload:
         count = self.counts.setdefault(c, _Counter())
         count.unknown += d  # until answered
         res = await self._session_write(cl, cmd)
-        if res is not None and res.get("ok"):
+        ok = res is not None and bool(res.get("ok"))
+        self.sim.note(f"op {cl.cid} inc {c} +{d} seq {cl.sequence} {'ok' if ok else 'info'}")
+        if ok:
             count.unknown -= d
             count.acked += d
         elif res is not None:
@@ -271,6 +273,7 @@ class Workload:
         res = await self._session_write(cl, cmd)
         ok = res is not None and bool(res.get("ok"))
         self._end(h, "ok" if ok else "info")
+        self.sim.note(f"op {cl.cid} inc {c} +1 seq {cl.sequence} {'ok' if ok else 'info'}")
         if ok:
             count.unknown -= 1
             count.acked += 1

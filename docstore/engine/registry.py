@@ -12,7 +12,7 @@ instead of guessing: that stops its apply loop until the code is deployed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from docstore.engine.errors import InvalidCommandError, RegistryError
 from docstore.engine.values import check_name
@@ -63,6 +63,8 @@ class CommandContext(Protocol):
 CommandHandler = Callable[[CommandContext, Any], list[dict[str, Any]]]
 """``handler(ctx, args) -> [command, ...]``: the commands to apply atomically."""
 
+_T = TypeVar("_T")
+
 
 class Registry:
     """Extension code known to this process.
@@ -109,27 +111,23 @@ class Registry:
         return any(n == name for n, _ in self._types)
 
     def type(self, name: str, version: int) -> CollectionType:
-        t = self._types.get((name, version))
-        if t is None:
-            raise RegistryError(
-                f"collection type {name!r} version {version} is in force but this "
-                f"process registered {self._have(self._types, name)}"
-            )
-        return t
+        return _in_force(self._types, "collection type", name, version)
 
     def command(self, name: str, version: int) -> CommandHandler:
-        c = self._commands.get((name, version))
-        if c is None:
-            raise RegistryError(
-                f"command {name!r} version {version} is in force but this process "
-                f"registered {self._have(self._commands, name)}"
-            )
-        return c
+        return _in_force(self._commands, "command", name, version)
 
-    @staticmethod
-    def _have(table: dict[tuple[str, int], Any], name: str) -> str:
+
+def _in_force(table: dict[tuple[str, int], _T], what: str, name: str, version: int) -> _T:
+    """The code of ``what`` ``name`` at ``version``, which the replicated state has in
+    force; :class:`RegistryError` (naming the versions held) if this process lacks it."""
+    code = table.get((name, version))
+    if code is None:
         versions = sorted(v for n, v in table if n == name)
-        return f"versions {versions}" if versions else "none"
+        held = f"versions {versions}" if versions else "none"
+        raise RegistryError(
+            f"{what} {name!r} version {version} is in force but this process registered {held}"
+        )
+    return code
 
 
 def _check_version(v: object) -> None:

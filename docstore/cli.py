@@ -26,6 +26,7 @@ import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -68,17 +69,15 @@ def _json_default(v: object) -> Any:
     raise TypeError(f"{type(v).__name__} is not JSON")
 
 
+@dataclass(frozen=True)
 class Target:
     """Where and as whom a client command connects."""
 
-    def __init__(
-        self, addresses: list[str], token: str, cluster_id: str, client: str, tls_ca: str | None
-    ) -> None:
-        self.addresses = addresses
-        self.token = token
-        self.cluster_id = cluster_id
-        self.client = client
-        self.tls_ca = tls_ca
+    addresses: list[str]
+    token: str
+    cluster_id: str
+    client: str
+    tls_ca: str | None
 
     def ssl_context(self) -> Any:
         if not self.tls_ca:
@@ -121,7 +120,11 @@ def _target(args: argparse.Namespace) -> Target:
         where = "" if client == DEFAULT_CLIENT else f" of client {client!r}"
         raise CliError(f"no client token{where}: use --token (or DOCSTORE_TOKEN)", EXIT_USAGE)
     return Target(
-        [a for a in str(addresses).split(",") if a], str(token), cluster_id, client, tls_ca
+        addresses=[a for a in str(addresses).split(",") if a],
+        token=str(token),
+        cluster_id=cluster_id,
+        client=client,
+        tls_ca=tls_ca,
     )
 
 

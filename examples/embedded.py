@@ -49,8 +49,5 @@ async def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        trio.run(main, sys.argv[1])
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            trio.run(main, d)
+    with tempfile.TemporaryDirectory() as scratch:
+        trio.run(main, sys.argv[1] if len(sys.argv) > 1 else scratch)

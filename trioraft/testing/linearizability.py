@@ -690,6 +690,10 @@ class History:
         ]
         return sorted([*self._done, *pending], key=lambda op: op.index)
 
+    def finished(self) -> Sequence[Op]:
+        """The operations that have an outcome, in the order they finished."""
+        return self._done
+
     def __len__(self) -> int:
         return len(self._done) + len(self._pending)
 

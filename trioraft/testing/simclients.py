@@ -32,7 +32,6 @@ collection ``r``, :mod:`trioraft.testing.linearizability`):
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from trioraft.runtime.errors import (
     ProposalRejectedError,
     ReadFailedError,
 )
-from trioraft.testing.linearizability import Kind, Op, Status, check
+from trioraft.testing.linearizability import History, Op, check
 
 if TYPE_CHECKING:
     from trioraft.runtime.node import Node
@@ -99,10 +98,9 @@ class Workload:
     op_timeout: float = 4.0
     attempt: float = 1.0
     think: float = 0.02
-    ops: list[Op] = field(default_factory=list)
+    history: History = field(default_factory=lambda: History(clock=trio.current_time))
     counts: dict[str, _Counter] = field(default_factory=dict)
     written: set[Hashable] = field(default_factory=lambda: {None})
-    pending: dict[int, Op] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
 
     def _count(self, what: str) -> None:
@@ -110,62 +108,8 @@ class Workload:
 
     # ------------------------------------------------------------ history
 
-    def _begin(
-        self,
-        process: Hashable,
-        key: str,
-        kind: Kind,
-        value: Hashable = None,
-        expected: Hashable = None,
-    ) -> int:
-        h = len(self.ops) + len(self.pending)
-        self.pending[h] = Op(
-            process,
-            key,
-            kind,
-            value,
-            expected,
-            invoke=trio.current_time(),
-            index=h,
-        )
-        return h
-
-    def _end(self, h: int, status: Status, output: Hashable = None) -> None:
-        op = self.pending.pop(h)
-        now = trio.current_time()
-        done = Op(
-            op.process,
-            op.key,
-            op.kind,
-            op.value,
-            op.expected,
-            output,
-            op.invoke,
-            now if status != "info" else math.inf,
-            status,
-            op.index,
-        )
-        self.ops.append(done)
-        self.sim.note(f"op {done.process} {done.kind} {done.key} {done.value} {status} {output}")
-
-    def history(self) -> list[Op]:
-        """Every operation; those still pending count as unknown."""
-        unfinished = [
-            Op(
-                p.process,
-                p.key,
-                p.kind,
-                p.value,
-                p.expected,
-                None,
-                p.invoke,
-                math.inf,
-                "info",
-                p.index,
-            )
-            for p in self.pending.values()
-        ]
-        return sorted([*self.ops, *unfinished], key=lambda op: op.index)
+    def _finished(self, op: Op) -> None:
+        self.sim.note(f"op {op.process} {op.kind} {op.key} {op.value} {op.status} {op.output}")
 
     # ------------------------------------------------------------ clients
 
@@ -212,15 +156,17 @@ class Workload:
         await self._write(cl, key, v, {"op": "put", "coll": "r", "key": key, "doc": {"v": v}})
 
     async def _write(self, cl: _Client, key: str, v: int | None, cmd: dict[str, Any]) -> None:
-        h = self._begin(cl.cid, key, "write", v)
+        h = self.history.invoke(cl.cid, key, "write", v)
         res = await self._session_write(cl, cmd)
-        self._end(h, "ok" if res is not None and res.get("ok") else "info")
+        ok = res is not None and bool(res.get("ok"))
+        self._finished(self.history.ok(h) if ok else self.history.timeout(h))
         if res is not None and not res.get("ok"):
             self.sim.violation(f"client {cl.cid}: {cmd['op']} answered {res}")
 
     async def _cas(self, cl: _Client, key: str) -> None:
         r = cl.rng
-        seen = [op.value for op in self.ops[-50:] if op.key == key and op.kind != "read"]
+        recent = self.history.finished()[-50:]
+        seen = [op.value for op in recent if op.key == key and op.kind != "read"]
         expected = r.choice(seen) if seen and r.random() < 0.8 else None
         v = self._value(cl)
         cmd: dict[str, Any] = {"op": "put", "coll": "r", "key": key, "doc": {"v": v}}
@@ -228,16 +174,13 @@ class Workload:
             cmd["if_rev"] = 0
         else:
             cmd["if_match"] = {"v": expected}
-        h = self._begin(cl.cid, key, "cas", v, expected)
+        h = self.history.invoke(cl.cid, key, "cas", v, expected=expected)
         res = await self._session_write(cl, cmd)
-        if res is None:
-            self._end(h, "info")
-        elif res.get("ok"):
-            self._end(h, "ok", True)
-        elif res.get("error") == "conflict":
-            self._end(h, "ok", False)
+        if res is not None and (res.get("ok") or res.get("error") == "conflict"):
+            self._finished(self.history.ok(h, bool(res.get("ok"))))
         else:
-            self._end(h, "info")
+            self._finished(self.history.timeout(h))
+        if res is not None and not res.get("ok") and res.get("error") != "conflict":
             self.sim.violation(f"client {cl.cid}: conditional put answered {res}")
 
     async def _inc(self, cl: _Client) -> None:
@@ -269,10 +212,10 @@ class Workload:
         }
         count = self.counts.setdefault(c, _Counter())
         count.unknown += 1
-        h = self._begin(cl.cid, key, "write", v)
+        h = self.history.invoke(cl.cid, key, "write", v)
         res = await self._session_write(cl, cmd)
         ok = res is not None and bool(res.get("ok"))
-        self._end(h, "ok" if ok else "info")
+        self._finished(self.history.ok(h) if ok else self.history.timeout(h))
         self.sim.note(f"op {cl.cid} inc {c} +1 seq {cl.sequence} {'ok' if ok else 'info'}")
         if ok:
             count.unknown -= 1
@@ -345,17 +288,17 @@ class Workload:
         return False, None
 
     async def _read(self, cl: _Client, key: str, consistency: str) -> None:
-        h = self._begin(cl.cid, key, "read")
+        h = self.history.invoke(cl.cid, key, "read")
         ok, doc = await self._query(
             cl, {"op": "get", "coll": "r", "key": key}, consistency, cl.leader
         )
         if ok:
             self._count(f"{consistency} read")
-            self._end(h, "ok", doc["v"] if isinstance(doc, dict) else None)
+            self._finished(self.history.ok(h, doc["v"] if isinstance(doc, dict) else None))
         else:
             if cl.leader is None:
                 cl.leader = cl.rng.choice(sorted(self.sim.nodes))
-            self._end(h, "fail")
+            self._finished(self.history.fail(h))
 
     async def _local_read(self, cl: _Client, key: str) -> None:
         target = cl.rng.choice(sorted(self.sim.nodes))
@@ -373,7 +316,7 @@ class Workload:
     def check(self, counters: dict[str, int]) -> list[str]:
         """Violations of the history (linearizability per key) and of the counters."""
         out = []
-        res = check(self.history(), budget=500_000)
+        res = check(self.history.ops(), budget=500_000)
         if res.ok is False:
             out.append("linearizability: " + res.explain())
         elif res.ok is None:

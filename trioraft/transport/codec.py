@@ -437,19 +437,25 @@ def _bool(v: Any, where: str) -> bool:
 
 
 def _bytes(v: Any, where: str, limit: int, minimum: int = 0) -> bytes:
-    if type(v) is not bytes:
-        _fail(where, "a byte string", v)
-    if not minimum <= len(v) <= limit:
-        raise ProtocolError(f"{where}: {len(v)} bytes, allowed {minimum}..{limit}")
+    if type(v) is not bytes or not minimum <= len(v) <= limit:
+        _bad_string(v, where, bytes, limit, minimum)
     return v
 
 
 def _text(v: Any, where: str, limit: int, minimum: int = 0) -> str:
-    if type(v) is not str:
-        _fail(where, "a text string", v)
-    if not minimum <= len(v) <= limit:
-        raise ProtocolError(f"{where}: {len(v)} characters, allowed {minimum}..{limit}")
+    if type(v) is not str or not minimum <= len(v) <= limit:
+        _bad_string(v, where, str, limit, minimum)
     return v
+
+
+def _bad_string(
+    v: Any, where: str, want: type[bytes] | type[str], limit: int, minimum: int
+) -> NoReturn:
+    """Why ``v`` failed :func:`_bytes` (``want`` is bytes) or :func:`_text` (str)."""
+    if type(v) is not want:
+        _fail(where, "a byte string" if want is bytes else "a text string", v)
+    unit = "bytes" if want is bytes else "characters"
+    raise ProtocolError(f"{where}: {len(v)} {unit}, allowed {minimum}..{limit}")
 
 
 def _check_value(v: Any, where: str, depth: int) -> Any:
@@ -467,31 +473,27 @@ def _check_value(v: Any, where: str, depth: int) -> Any:
         return v
     if depth >= MAX_VALUE_DEPTH:
         raise ProtocolError(f"{where}: nested deeper than {MAX_VALUE_DEPTH}")
-    # Leaves that pass as they are (strings within the limit, null, booleans,
-    # floats) are checked in the loops, without a call: most items are leaves.
+    items: Any
     if t is list or t is tuple:
-        for item in v:
-            ti = type(item)
-            if ti is str:
-                if len(item) <= MAX_VALUE_BYTES:
-                    continue
-            elif item is None or ti is bool or ti is float:
-                continue
-            _check_value(item, where, depth + 1)
-        return v
-    if t is dict:
-        for key, item in v.items():
+        items = v
+    elif t is dict:
+        for key in v:
             if type(key) is not str and type(key) is not bytes:
                 _fail(where, "map keys that are text or byte strings", key)
-            ti = type(item)
-            if ti is str:
-                if len(item) <= MAX_VALUE_BYTES:
-                    continue
-            elif item is None or ti is bool or ti is float:
+        items = v.values()
+    else:
+        _fail(where, "a plain CBOR value", v)
+    # Leaves that pass as they are (strings within the limit, null, booleans,
+    # floats) are checked here, without a call: most items are leaves.
+    for item in items:
+        ti = type(item)
+        if ti is str:
+            if len(item) <= MAX_VALUE_BYTES:
                 continue
-            _check_value(item, where, depth + 1)
-        return v
-    _fail(where, "a plain CBOR value", v)
+        elif item is None or ti is bool or ti is float:
+            continue
+        _check_value(item, where, depth + 1)
+    return v
 
 
 def _arity(m: list[Any], n: int, name: str) -> None:
@@ -499,17 +501,40 @@ def _arity(m: list[Any], n: int, name: str) -> None:
         raise ProtocolError(f"{name}: expected {n - 1} fields, got {len(m) - 1}")
 
 
-def _peers(src: Any, dst: Any, name: str) -> None:
-    _pos(src, name + ".src")
-    _pos(dst, name + ".dst")
+def _raft_head(m: list[Any], n: int, name: str) -> None:
+    """Check what every Raft message opens with: ``[tag, term, src, dst, ...]``, ``n`` in all.
+
+    The checks are inlined and the field names built only on failure: every
+    message crosses here.
+    """
+    if len(m) != n:
+        _arity(m, n, name)
+    term, src, dst = m[1], m[2], m[3]
+    if type(term) is not int or not 0 <= term <= MAX_INT:
+        _uint(term, name + ".term")
+    if type(src) is not int or not 0 < src <= MAX_INT:
+        _pos(src, name + ".src")
+    if type(dst) is not int or not 0 < dst <= MAX_INT:
+        _pos(dst, name + ".dst")
     if src == dst:
         raise ProtocolError(f"{name}: src and dst are both {src}")
 
 
-def _log_pos(index: int, term: int, where: str) -> None:
-    """Index 0 is the empty log, whose term is 0; any real entry has term >= 1."""
-    if (index == 0) != (term == 0):
-        raise ProtocolError(f"{where}: index {index} with term {term}")
+def _log_pos(index: Any, log_term: Any, term: int, name: str, field: str) -> None:
+    """A position in the sender's log: ``<field>_index`` and ``<field>_term`` of ``name``.
+
+    Index 0 is the empty log, whose term is 0; any real entry has term >= 1,
+    and none is newer than the message's ``term``.
+    """
+    if type(index) is not int or not 0 <= index <= MAX_INT:
+        _uint(index, f"{name}.{field}_index")
+    if type(log_term) is not int or not 0 <= log_term <= MAX_INT:
+        _uint(log_term, f"{name}.{field}_term")
+    if (index == 0) != (log_term == 0):
+        where = f"{name}.{field}_index/{field}_term"
+        raise ProtocolError(f"{where}: index {index} with term {log_term}")
+    if log_term > term:
+        raise ProtocolError(f"{name}: {field}_term {log_term} is newer than term {term}")
 
 
 # --------------------------------------------------------------------------
@@ -518,15 +543,9 @@ def _log_pos(index: int, term: int, where: str) -> None:
 
 
 def _d_request_vote(m: list[Any]) -> RequestVote:
-    _arity(m, 8, "RequestVote")
+    _raft_head(m, 8, "RequestVote")
     _, term, src, dst, last_index, last_term, pre_vote, transfer = m
-    _uint(term, "RequestVote.term")
-    _peers(src, dst, "RequestVote")
-    _uint(last_index, "RequestVote.last_index")
-    _uint(last_term, "RequestVote.last_term")
-    _log_pos(last_index, last_term, "RequestVote.last_index/last_term")
-    if last_term > term:
-        raise ProtocolError(f"RequestVote: last_term {last_term} is newer than term {term}")
+    _log_pos(last_index, last_term, term, "RequestVote", "last")
     return RequestVote(
         term,
         src,
@@ -539,10 +558,8 @@ def _d_request_vote(m: list[Any]) -> RequestVote:
 
 
 def _d_request_vote_response(m: list[Any]) -> RequestVoteResponse:
-    _arity(m, 6, "RequestVoteResponse")
+    _raft_head(m, 6, "RequestVoteResponse")
     _, term, src, dst, granted, pre_vote = m
-    _uint(term, "RequestVoteResponse.term")
-    _peers(src, dst, "RequestVoteResponse")
     return RequestVoteResponse(
         term,
         src,
@@ -553,15 +570,9 @@ def _d_request_vote_response(m: list[Any]) -> RequestVoteResponse:
 
 
 def _d_append_entries(m: list[Any]) -> AppendEntries:
-    _arity(m, 8, "AppendEntries")
+    _raft_head(m, 8, "AppendEntries")
     _, term, src, dst, prev_index, prev_term, commit, raw = m
-    _uint(term, "AppendEntries.term")
-    _peers(src, dst, "AppendEntries")
-    _uint(prev_index, "AppendEntries.prev_index")
-    _uint(prev_term, "AppendEntries.prev_term")
-    _log_pos(prev_index, prev_term, "AppendEntries.prev_index/prev_term")
-    if prev_term > term:
-        raise ProtocolError(f"AppendEntries: prev_term {prev_term} is newer than term {term}")
+    _log_pos(prev_index, prev_term, term, "AppendEntries", "prev")
     _uint(commit, "AppendEntries.commit")
     if type(raw) is not list:
         _fail("AppendEntries.entries", "an array", raw)
@@ -617,10 +628,8 @@ def _d_append_entries(m: list[Any]) -> AppendEntries:
 
 
 def _d_append_entries_response(m: list[Any]) -> AppendEntriesResponse:
-    _arity(m, 8, "AppendEntriesResponse")
+    _raft_head(m, 8, "AppendEntriesResponse")
     _, term, src, dst, success, index, hint_index, hint_term = m
-    _uint(term, "AppendEntriesResponse.term")
-    _peers(src, dst, "AppendEntriesResponse")
     return AppendEntriesResponse(
         term,
         src,
@@ -633,18 +642,14 @@ def _d_append_entries_response(m: list[Any]) -> AppendEntriesResponse:
 
 
 def _d_heartbeat(m: list[Any]) -> Heartbeat:
-    _arity(m, 6, "Heartbeat")
+    _raft_head(m, 6, "Heartbeat")
     _, term, src, dst, commit, ctx = m
-    _uint(term, "Heartbeat.term")
-    _peers(src, dst, "Heartbeat")
     return Heartbeat(term, src, dst, _uint(commit, "Heartbeat.commit"), _uint(ctx, "Heartbeat.ctx"))
 
 
 def _d_heartbeat_response(m: list[Any]) -> HeartbeatResponse:
-    _arity(m, 5, "HeartbeatResponse")
+    _raft_head(m, 5, "HeartbeatResponse")
     _, term, src, dst, ctx = m
-    _uint(term, "HeartbeatResponse.term")
-    _peers(src, dst, "HeartbeatResponse")
     return HeartbeatResponse(term, src, dst, _uint(ctx, "HeartbeatResponse.ctx"))
 
 
@@ -657,38 +662,43 @@ def _d_ids(v: Any, where: str) -> frozenset[int]:
     return ids
 
 
+def _d_per_node(
+    v: Any, where: str, what: str, check: Callable[[Any, str], str]
+) -> list[tuple[int, str]]:
+    """An array of ``[node id, <what>]`` pairs; ``check`` checks (and converts) the second."""
+    if type(v) is not list:
+        _fail(where, f"an array of [id, {what}]", v)
+    pairs = []
+    for i, pair in enumerate(v):
+        if type(pair) is not list or len(pair) != 2:
+            raise ProtocolError(f"{where}[{i}]: expected [id, {what}]")
+        node = _pos(pair[0], f"{where}[{i}].id")
+        pairs.append((node, check(pair[1], f"{where}[{i}].{what}")))
+    return pairs
+
+
+def _d_address(v: Any, where: str) -> str:
+    address = _text(v, where, MAX_ID, 1)
+    try:
+        parse_address(address)
+    except ValueError:
+        _fail(where, "host:port", address)
+    return address
+
+
+def _d_incarnation(v: Any, where: str) -> str:
+    return _bytes(v, where, INCARNATION_SIZE, INCARNATION_SIZE).hex()
+
+
 def _d_install_snapshot(m: list[Any]) -> InstallSnapshot:
-    _arity(m, 11, "InstallSnapshot")
+    _raft_head(m, 11, "InstallSnapshot")
     _, term, src, dst, index, sterm, voters, outgoing, learners, addrs, incs = m
-    _uint(term, "InstallSnapshot.term")
-    _peers(src, dst, "InstallSnapshot")
     _pos(index, "InstallSnapshot.index")
     _pos(sterm, "InstallSnapshot.snapshot_term")
     if sterm > term:
         raise ProtocolError(f"InstallSnapshot: snapshot term {sterm} is newer than term {term}")
-    if type(addrs) is not list:
-        _fail("InstallSnapshot.addresses", "an array of [id, address]", addrs)
-    addresses = []
-    for i, pair in enumerate(addrs):
-        if type(pair) is not list or len(pair) != 2:
-            raise ProtocolError(f"InstallSnapshot.addresses[{i}]: expected [id, address]")
-        _pos(pair[0], f"InstallSnapshot.addresses[{i}].id")
-        _text(pair[1], f"InstallSnapshot.addresses[{i}].address", MAX_ID, 1)
-        try:
-            parse_address(pair[1])
-        except ValueError:
-            _fail(f"InstallSnapshot.addresses[{i}].address", "host:port", pair[1])
-        addresses.append((pair[0], pair[1]))
-    if type(incs) is not list:
-        _fail("InstallSnapshot.incarnations", "an array of [id, incarnation]", incs)
-    incarnations = []
-    for i, pair in enumerate(incs):
-        if type(pair) is not list or len(pair) != 2:
-            raise ProtocolError(f"InstallSnapshot.incarnations[{i}]: expected [id, incarnation]")
-        _pos(pair[0], f"InstallSnapshot.incarnations[{i}].id")
-        where = f"InstallSnapshot.incarnations[{i}].incarnation"
-        _bytes(pair[1], where, INCARNATION_SIZE, INCARNATION_SIZE)
-        incarnations.append((pair[0], pair[1].hex()))
+    addresses = _d_per_node(addrs, "InstallSnapshot.addresses", "address", _d_address)
+    incarnations = _d_per_node(incs, "InstallSnapshot.incarnations", "incarnation", _d_incarnation)
     try:
         membership = Membership(
             _d_ids(voters, "InstallSnapshot.voters"),
@@ -705,18 +715,14 @@ def _d_install_snapshot(m: list[Any]) -> InstallSnapshot:
 
 
 def _d_timeout_now(m: list[Any]) -> TimeoutNow:
-    _arity(m, 4, "TimeoutNow")
+    _raft_head(m, 4, "TimeoutNow")
     _, term, src, dst = m
-    _uint(term, "TimeoutNow.term")
-    _peers(src, dst, "TimeoutNow")
     return TimeoutNow(term, src, dst)
 
 
 def _d_snapshot_chunk(m: list[Any]) -> SnapshotChunk:
-    _arity(m, 11, "SnapshotChunk")
+    _raft_head(m, 11, "SnapshotChunk")
     _, term, src, dst, sindex, sterm, offset, data, total, digest, done = m
-    _uint(term, "SnapshotChunk.term")
-    _peers(src, dst, "SnapshotChunk")
     _pos(sindex, "SnapshotChunk.snapshot_index")
     _pos(sterm, "SnapshotChunk.snapshot_term")
     _uint(offset, "SnapshotChunk.offset")
@@ -735,10 +741,8 @@ def _d_snapshot_chunk(m: list[Any]) -> SnapshotChunk:
 
 
 def _d_snapshot_chunk_ack(m: list[Any]) -> SnapshotChunkAck:
-    _arity(m, 7, "SnapshotChunkAck")
+    _raft_head(m, 7, "SnapshotChunkAck")
     _, term, src, dst, sindex, sterm, next_offset = m
-    _uint(term, "SnapshotChunkAck.term")
-    _peers(src, dst, "SnapshotChunkAck")
     return SnapshotChunkAck(
         term,
         src,

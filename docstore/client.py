@@ -38,6 +38,7 @@ and are not split yet.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import secrets
 import ssl
@@ -243,6 +244,66 @@ class _Link:
         self.done = done
 
 
+class _Retry:
+    """One call's retries on a cluster, as the module docstring says.
+
+    Every call that goes to the leader (a request, a watch, a read of the
+    current revision, a backup) connects through :meth:`connect` and judges an
+    error answer with :meth:`answered`; its own cancel scope bounds the whole,
+    be it an overall timeout or a deadline for the next backup chunk.
+    """
+
+    __slots__ = ("delay", "ex", "last", "refused")
+
+    def __init__(self, ex: RemoteExecutor) -> None:
+        self.ex = ex
+        self.delay = 0.02
+        #: The last failure, for the error raised when time runs out.
+        self.last = "no answer"
+        # Addresses that refused since a node last answered: once that is all
+        # of them no cluster is running, and waiting for the timeout helps nobody.
+        self.refused: set[str] = set()
+
+    async def backoff(self, deadline: float = math.inf) -> None:
+        """Sleep the current delay (no later than ``deadline``), then double it up to 1 s."""
+        await trio.sleep_until(min(trio.current_time() + self.delay, deadline))
+        self.delay = min(self.delay * 2, 1.0)
+
+    async def connect(self) -> _Link:
+        """The connection to use, trying the addresses in turn until one answers."""
+        ex = self.ex
+        while True:
+            try:
+                link = await ex._get_link()
+            except HandshakeError as exc:
+                raise ClusterError("unauthorized", str(exc)) from None
+            except NoListenerError as exc:
+                self.refused.add(exc.address)
+                if self.refused.issuperset(ex.addresses):
+                    raise ex.nobody_listens() from None
+                self.last = str(exc)
+                continue  # the next address at once
+            except (ClientConnectionError, OSError) as exc:
+                self.last = str(exc)
+                await self.backoff()
+                continue
+            self.refused.clear()
+            return link
+
+    def answered(self, link: _Link, resp: ClientResponse) -> bool:
+        """Note the error answer ``resp``, and raise it unless it is worth retrying.
+
+        Returns whether to retry at once: the node named the leader to go to.
+        """
+        self.last = f"{resp.error_code}: {resp.error_message}"
+        if resp.error_code == "not_leader":
+            self.ex._redirect(link, resp.leader_addr)
+            return bool(resp.leader_addr)
+        if resp.error_code not in RETRY_CODES:
+            raise _response_error(resp)
+        return False
+
+
 class RemoteExecutor:
     """Runs command and query maps on a cluster (see the module docstring)."""
 
@@ -363,50 +424,23 @@ class RemoteExecutor:
         if self._closed:
             raise DatabaseClosedError("the client is closed")
         limit = self.timeout if limit is None else limit
-        delay = 0.02
-        last = "no answer"
         req = ClientRequest(0, kind, payload, client_id, sequence, consistency)
-        # Addresses that refused since a node last answered: once that is all
-        # of them no cluster is running, and waiting out ``limit`` helps nobody.
-        refused: set[str] = set()
+        retry = _Retry(self)
         with trio.move_on_after(limit):
             while True:
-                try:
-                    link = await self._get_link()
-                except HandshakeError as exc:
-                    raise ClusterError("unauthorized", str(exc)) from None
-                except NoListenerError as exc:
-                    refused.add(exc.address)
-                    if refused.issuperset(self.addresses):
-                        raise self.nobody_listens() from None
-                    last = str(exc)
-                    continue
-                except (ClientConnectionError, OSError) as exc:
-                    last = str(exc)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                refused.clear()
+                link = await retry.connect()
                 try:
                     resp = await link.conn.call(req)
                 except ClientConnectionError as exc:
-                    last = str(exc)
+                    retry.last = str(exc)
                     self._drop(link)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                if resp.ok:
-                    return resp.result
-                last = f"{resp.error_code}: {resp.error_message}"
-                if resp.error_code == "not_leader":
-                    self._redirect(link, resp.leader_addr)
-                    if resp.leader_addr:
-                        continue  # go there at once
-                elif resp.error_code not in RETRY_CODES:
-                    raise _response_error(resp)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise UnavailableError(f"no answer from the cluster within {limit}s ({last})")
+                else:
+                    if resp.ok:
+                        return resp.result
+                    if retry.answered(link, resp):
+                        continue
+                await retry.backoff()
+        raise UnavailableError(f"no answer from the cluster within {limit}s ({retry.last})")
 
     def nobody_listens(self) -> UnavailableError:
         """The error when every address refused the connection: no cluster is running."""
@@ -561,13 +595,12 @@ class RemoteWatcher:
     async def _open(self) -> None:
         """(Re)start the stream on the leader from ``last_rev``."""
         ex = self._ex
-        delay = 0.02
-        last = "no answer"
+        retry = _Retry(ex)
         with trio.move_on_after(ex.timeout):
             while True:
                 await self._close_stream()
+                link = await retry.connect()
                 try:
-                    link = await ex._get_link()
                     payload = {
                         "coll": self.coll,
                         "filter": self._flt,
@@ -581,27 +614,19 @@ class RemoteWatcher:
                     self._stack, self._responses, self._stream_link = stack, responses, link
                     self._stream_id = link.conn._next_id
                     first = await responses.receive()
-                except HandshakeError as exc:
-                    raise ClusterError("unauthorized", str(exc)) from None
                 except (ClientConnectionError, OSError, trio.EndOfChannel) as exc:
-                    last = str(exc) or "stream ended"
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                if first.ok:
-                    if self.last_rev is None and isinstance(first.result, dict):
-                        self.last_rev = int(first.result.get("rev", 0))
-                    return
-                last = f"{first.error_code}: {first.error_message}"
-                if first.error_code == "not_leader":
-                    ex._redirect(link, first.leader_addr)
-                elif first.error_code == "resync_required":
-                    raise ResyncRequired(first.error_message)
-                elif first.error_code not in RETRY_CODES:
-                    raise _response_error(first)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise UnavailableError(f"cannot watch: no answer within {ex.timeout}s ({last})")
+                    retry.last = str(exc) or "stream ended"
+                else:
+                    if first.ok:
+                        if self.last_rev is None and isinstance(first.result, dict):
+                            self.last_rev = int(first.result.get("rev", 0))
+                        return
+                    if first.error_code == "resync_required":
+                        raise ResyncRequired(first.error_message)
+                    if retry.answered(link, first):
+                        continue
+                await retry.backoff()
+        raise UnavailableError(f"cannot watch: no answer within {ex.timeout}s ({retry.last})")
 
     async def __anext__(self) -> dict[str, Any]:
         while True:
@@ -734,42 +759,26 @@ class RemoteDatabase(Database):
         ex = self._executor
         barrier = ClientRequest(0, "query", {"op": "collections"}, consistency="linearizable")
         status = ClientRequest(0, "status", None, consistency="local")
-        last = "no answer"
-        delay = 0.02
-        refused: set[str] = set()
+        retry = _Retry(ex)
         with trio.move_on_after(ex.timeout):
             while True:
-                link: _Link | None = None
+                link = await retry.connect()
                 try:
-                    link = await ex._get_link()
                     # Both on one connection, so one node: its applied index only grows,
                     # and after the barrier it covers every acknowledged write.
                     resp = await link.conn.call(barrier)
                     if resp.ok:
                         resp = await link.conn.call(status)
-                except HandshakeError as exc:
-                    raise ClusterError("unauthorized", str(exc)) from None
-                except NoListenerError as exc:
-                    refused.add(exc.address)
-                    if refused.issuperset(ex.addresses):
-                        raise ex.nobody_listens() from None
-                    continue
                 except (ClientConnectionError, OSError) as exc:
-                    last = str(exc)
+                    retry.last = str(exc)
                     ex._drop(link)
                 else:
                     if resp.ok and isinstance(resp.result, dict):
                         return int(resp.result["applied_index"])
-                    last = f"{resp.error_code}: {resp.error_message}"
-                    if resp.error_code == "not_leader":
-                        ex._redirect(link, resp.leader_addr)
-                        if resp.leader_addr:
-                            continue
-                    elif resp.error_code not in RETRY_CODES:
-                        raise _response_error(resp)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise UnavailableError(f"no answer from the cluster within {ex.timeout}s ({last})")
+                    if retry.answered(link, resp):
+                        continue
+                await retry.backoff()
+        raise UnavailableError(f"no answer from the cluster within {ex.timeout}s ({retry.last})")
 
     @asynccontextmanager
     async def backup_stream(
@@ -795,30 +804,18 @@ class RemoteDatabase(Database):
 
     async def _backup_chunks(self, stall_timeout: float) -> AsyncGenerator[BackupChunk, None]:
         ex = self._executor
-        delay = 0.02
-        last = "no answer"
+        retry = _Retry(ex)
         deadline = trio.current_time() + stall_timeout  # for the next chunk
 
         def stalled() -> UnavailableError:
-            return UnavailableError(f"backup: no chunk for {stall_timeout}s ({last})")
+            return UnavailableError(f"backup: no chunk for {stall_timeout}s ({retry.last})")
 
-        refused: set[str] = set()
         while True:
             link: _Link | None = None
             with trio.move_on_at(deadline):
-                try:
-                    link = await ex._get_link()
-                except HandshakeError as exc:
-                    raise ClusterError("unauthorized", str(exc)) from None
-                except NoListenerError as exc:
-                    refused.add(exc.address)
-                    if refused.issuperset(ex.addresses):
-                        raise ex.nobody_listens() from None
-                    last = str(exc)
-                    continue
-                except (ClientConnectionError, OSError) as exc:
-                    last = str(exc)
+                link = await retry.connect()
             offset = 0
+            at_once = False
             if link is not None:
                 digest = hashlib.sha256()
                 try:
@@ -836,11 +833,7 @@ class RemoteDatabase(Database):
                                     raise BackupInterruptedError(
                                         f"at byte {offset}: {resp.error_code}: {resp.error_message}"
                                     )
-                                last = f"{resp.error_code}: {resp.error_message}"
-                                if resp.error_code == "not_leader":
-                                    ex._redirect(link, resp.leader_addr)
-                                elif resp.error_code not in RETRY_CODES:
-                                    raise _response_error(resp)
+                                at_once = retry.answered(link, resp)
                                 break
                             chunk = _backup_chunk(resp.result)
                             if chunk.offset != offset:
@@ -863,11 +856,11 @@ class RemoteDatabase(Database):
                         raise BackupInterruptedError(
                             f"at byte {offset}: {exc or 'the connection closed'}"
                         ) from None
-                    last = str(exc) or "the connection closed"
+                    retry.last = str(exc) or "the connection closed"
             if trio.current_time() >= deadline:
                 raise stalled()
-            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
-            delay = min(delay * 2, 1.0)
+            if not at_once:
+                await retry.backoff(deadline)
 
     @overload
     async def backup(

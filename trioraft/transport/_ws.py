@@ -33,7 +33,7 @@ import secrets
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final, NoReturn, TypeVar, cast
+from typing import Any, Final, NoReturn, TypedDict, TypeVar, cast
 
 import trio
 import trio_websocket
@@ -81,6 +81,21 @@ RECEIVE_BUFFER: Final = 65536
 WS_QUEUE: Final = 4
 RESOURCE: Final = "/"
 _MESSAGE_TOO_BIG: Final = 1009
+
+
+class _WebSocketOptions(TypedDict):
+    message_queue_size: int
+    max_message_size: int
+    receive_buffer_size: int
+
+
+# trio-websocket's settings for every connection, dialled or accepted: the
+# small frame limit holds until the handshake lifts it (FrameSocket.authenticated).
+_WS_OPTIONS: Final[_WebSocketOptions] = {
+    "message_queue_size": WS_QUEUE,
+    "max_message_size": HANDSHAKE_MAX_FRAME,
+    "receive_buffer_size": RECEIVE_BUFFER,
+}
 
 
 def describe_stream(stream: trio.abc.Stream) -> str:
@@ -154,6 +169,10 @@ class _ReaderWatch:
                 self.done.set()
 
         self._nursery.start_soon(run, **kw)
+
+    def as_nursery(self) -> trio.Nursery:
+        """This watch, typed as the nursery ``wrap_*_stream`` expects."""
+        return cast(trio.Nursery, self)
 
 
 async def _open_handshake(watch: _ReaderWatch, opener: Callable[[], Awaitable[T]]) -> T:
@@ -255,6 +274,33 @@ async def _close_ws(sock: FrameSocket) -> None:
 
 
 @asynccontextmanager
+async def _frame_socket(
+    stream: trio.abc.Stream,
+    upgrade: Callable[[_ReaderWatch], Awaitable[trio_websocket.WebSocketConnection]],
+    *,
+    max_frame: int,
+    deadline: float,
+) -> AsyncIterator[FrameSocket]:
+    """The WebSocket ``upgrade`` opens on ``stream`` by ``deadline``, as a :class:`FrameSocket`.
+
+    The one place that closes both: the WebSocket gracefully (bounded), then
+    the stream forcefully, whatever happened.
+    """
+    try:
+        remote = describe_stream(stream)
+        async with open_service_nursery() as nursery:
+            with trio.fail_at(deadline):
+                ws = await upgrade(_ReaderWatch(nursery))
+            sock = FrameSocket(ws, remote, max_frame)
+            try:
+                yield sock
+            finally:
+                await _close_ws(sock)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+@asynccontextmanager
 async def dial(
     address: str,
     *,
@@ -275,31 +321,18 @@ async def dial(
             )
         else:
             stream = await trio.open_tcp_stream(host, port)
-    try:
-        remote = describe_stream(stream)
-        async with open_service_nursery() as nursery:
-            watch = _ReaderWatch(nursery)
-            fake = cast(trio.Nursery, watch)
-            with trio.fail_after(connect_timeout):
-                ws = await _open_handshake(
-                    watch,
-                    lambda: trio_websocket.wrap_client_stream(
-                        fake,
-                        stream,
-                        host,
-                        RESOURCE,
-                        message_queue_size=WS_QUEUE,
-                        max_message_size=HANDSHAKE_MAX_FRAME,
-                        receive_buffer_size=RECEIVE_BUFFER,
-                    ),
-                )
-            sock = FrameSocket(ws, remote, max_frame)
-            try:
-                yield sock
-            finally:
-                await _close_ws(sock)
-    finally:
-        await trio.aclose_forcefully(stream)
+    deadline = trio.current_time() + connect_timeout
+
+    async def upgrade(watch: _ReaderWatch) -> trio_websocket.WebSocketConnection:
+        return await _open_handshake(
+            watch,
+            lambda: trio_websocket.wrap_client_stream(
+                watch.as_nursery(), stream, host, RESOURCE, **_WS_OPTIONS
+            ),
+        )
+
+    async with _frame_socket(stream, upgrade, max_frame=max_frame, deadline=deadline) as sock:
+        yield sock
 
 
 @asynccontextmanager
@@ -310,30 +343,16 @@ async def accept_stream(
 
     The stream is closed on exit, whatever happened.
     """
-    try:
-        remote = describe_stream(stream)
-        async with open_service_nursery() as nursery:
-            watch = _ReaderWatch(nursery)
-            fake = cast(trio.Nursery, watch)
-            with trio.fail_at(deadline):
-                request = await _open_handshake(
-                    watch,
-                    lambda: trio_websocket.wrap_server_stream(
-                        fake,
-                        stream,
-                        message_queue_size=WS_QUEUE,
-                        max_message_size=HANDSHAKE_MAX_FRAME,
-                        receive_buffer_size=RECEIVE_BUFFER,
-                    ),
-                )
-                ws = await request.accept()
-            sock = FrameSocket(ws, remote, max_frame)
-            try:
-                yield sock
-            finally:
-                await _close_ws(sock)
-    finally:
-        await trio.aclose_forcefully(stream)
+
+    async def upgrade(watch: _ReaderWatch) -> trio_websocket.WebSocketConnection:
+        request = await _open_handshake(
+            watch,
+            lambda: trio_websocket.wrap_server_stream(watch.as_nursery(), stream, **_WS_OPTIONS),
+        )
+        return await request.accept()
+
+    async with _frame_socket(stream, upgrade, max_frame=max_frame, deadline=deadline) as sock:
+        yield sock
 
 
 async def send_batches(

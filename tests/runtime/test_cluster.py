@@ -15,14 +15,7 @@ from trioraft.runtime import NotLeaderError, ProposalDroppedError, ProposalRejec
 from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
-
-
-def put(key: str, value: bytes) -> bytes:
-    return encode_command("put", key, value=value)
-
-
-async def get(node: object, key: str, consistency: str = "linearizable") -> object:
-    return await node.read({"op": "get", "key": key}, consistency=consistency)  # type: ignore[attr-defined]
+from .helpers import CHUNKED_SNAPSHOTS, get, put, wipe_a_follower
 
 
 @bounded(120)
@@ -89,14 +82,8 @@ async def test_partition_heals_and_minority_leader_steps_down(
 async def test_wiped_follower_catches_up_by_snapshot(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(
-        tmp_path, 3, snapshot_entries=50, snapshot_keep_entries=5, snapshot_chunk_bytes=1024
-    ) as c:
-        leader = await c.wait_for_leader()
-        victim = next(n for n in c.ids if n != leader.id)
-        await c.wipe(victim)
-        for i in range(200):
-            await leader.propose(put(f"k{i}", b"v" * 20))
+    async with MemoryCluster(tmp_path, 3, **CHUNKED_SNAPSHOTS) as c:
+        leader, victim = await wipe_a_follower(c)
         assert leader.statistics().snapshots_taken >= 1
         node = await c.start(victim)
         await node.wait_applied(leader.status().commit_index)

@@ -9,14 +9,10 @@ import pytest
 import trio
 import trio.testing
 
-from trioraft.kv import encode_command
 from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
-
-
-def put(key: str, value: bytes) -> bytes:
-    return encode_command("put", key, value=value)
+from .helpers import put
 
 
 @bounded(300)

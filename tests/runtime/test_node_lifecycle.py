@@ -18,6 +18,7 @@ from trioraft.testing.cluster import MemoryCluster, memory_transport
 from trioraft.transport.memory import MemoryNetwork
 
 from .conftest import bounded
+from .helpers import CHUNKED_SNAPSHOTS, wipe_a_follower
 
 
 def put(key: str) -> bytes:
@@ -99,14 +100,8 @@ async def test_a_storage_failure_while_receiving_a_snapshot_stops_the_node(
         raise StorageFatalError(f"writing {self.path}: [Errno 5] Input/output error")
 
     with pytest.raises(BaseException) as info:  # a group or the error: checked below
-        async with MemoryCluster(
-            tmp_path, 3, snapshot_entries=50, snapshot_keep_entries=5, snapshot_chunk_bytes=1024
-        ) as c:
-            leader = await c.wait_for_leader()
-            victim = next(n for n in c.ids if n != leader.id)
-            await c.wipe(victim)
-            for i in range(200):
-                await leader.propose(put(f"k{i}"))
+        async with MemoryCluster(tmp_path, 3, **CHUNKED_SNAPSHOTS) as c:
+            leader, victim = await wipe_a_follower(c)
             monkeypatch.setattr(SnapshotReceiver, "write", write)
             node = await c.start(victim)
             await node.wait_applied(leader.status().commit_index)  # never: the node stops

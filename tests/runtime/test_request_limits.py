@@ -18,7 +18,6 @@ import trio
 import trio.testing
 
 from trioraft.core.types import Entry, EntryKind, HardState, Membership
-from trioraft.kv import encode_command
 from trioraft.runtime import NodeConfig, error_code, error_response
 from trioraft.runtime.errors import OverloadedError
 from trioraft.storage.log import FileLogStore
@@ -32,15 +31,12 @@ from trioraft.transport.codec import (
 )
 
 from .conftest import bounded
+from .helpers import put
 from .realcluster import RealCluster
 
 #: The longest session the docstore server makes: "<principal>/<client_id>".
 LONGEST_SESSION = "p" * 256 + "/" + "c" * 256
 BAD_ADDRESSES = ["None", "", "host", "host:port", "host:99999", ":7000", "h" * 300 + ":1"]
-
-
-def put(key: str, value: bytes) -> bytes:
-    return encode_command("put", key, value=value)
 
 
 async def applied_everywhere(c: MemoryCluster, key: str, value: bytes) -> None:

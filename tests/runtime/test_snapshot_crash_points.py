@@ -14,6 +14,7 @@ without reaching it: every storage operation of the path was a crash point.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import shutil
@@ -26,13 +27,15 @@ import trio.testing
 
 import trioraft.runtime.node as node_module
 from tests.storage.faultfs import FaultFS, PowerLoss
-from trioraft.kv import KVStateMachine, encode_command
+from trioraft.kv import KVStateMachine
 from trioraft.runtime import NodeClosedError
 from trioraft.runtime.node import Node
 from trioraft.statemachine import SnapshotInfo
 from trioraft.storage.log import FileLogStore
 from trioraft.storage.snapshots import SnapshotStore
 from trioraft.testing.cluster import MemoryCluster
+
+from .helpers import put
 
 VICTIM = 3
 SEGMENT = 1024  # small segments, so compaction deletes some
@@ -119,10 +122,6 @@ class CrashingCluster(MemoryCluster):
             self.crashed.set()
 
 
-def put(key: str, value: bytes) -> bytes:
-    return encode_command("put", key, value=value)
-
-
 async def digest(node: Node) -> object:
     return await node.read({"op": "digest"}, consistency="local")
 
@@ -201,6 +200,9 @@ async def sweep(
     raise AssertionError("the path under test never finished")
 
 
+Sweep = Callable[..., Awaitable[int]]
+
+
 async def lead_elsewhere(c: MemoryCluster) -> Node:
     leader = await c.wait_for_leader()
     if leader.id == VICTIM:
@@ -236,19 +238,22 @@ async def install_path(c: CrashingCluster, disk: Disk, cut: int) -> int | None:
     return disk.fs.ops - start
 
 
+@pytest.fixture
+def crash_sweep(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Sweep:
+    """``sweep`` bound to this test's directory and monkeypatch.
+
+    The test itself asks for ``mock_time``: pytest-trio takes the clock only
+    from a test's own arguments.
+    """
+    return functools.partial(sweep, tmp_path, monkeypatch)
+
+
 @pytest.mark.slow
 async def test_crash_at_every_point_of_a_snapshot_install(
-    tmp_path: pathlib.Path,
-    monkeypatch: pytest.MonkeyPatch,
-    mock_time: trio.testing.MockClock,
+    crash_sweep: Sweep, mock_time: trio.testing.MockClock
 ) -> None:
-    ops = await sweep(
-        tmp_path,
-        monkeypatch,
-        install_path,
-        snapshot_entries=20,
-        snapshot_keep_entries=2,
-        snapshot_chunk_bytes=1024,
+    ops = await crash_sweep(
+        install_path, snapshot_entries=20, snapshot_keep_entries=2, snapshot_chunk_bytes=1024
     )
     print(f"snapshot install: {ops} storage operations, each a crash point")
     assert ops >= 15  # the chunks, the commit, the log compaction
@@ -291,17 +296,8 @@ def compaction_path(nth: int) -> Scenario:
 @pytest.mark.slow
 @pytest.mark.parametrize("nth", [2, 3], ids=["first compaction", "prune and compaction"])
 async def test_crash_at_every_point_of_compaction(
-    nth: int,
-    tmp_path: pathlib.Path,
-    monkeypatch: pytest.MonkeyPatch,
-    mock_time: trio.testing.MockClock,
+    nth: int, crash_sweep: Sweep, mock_time: trio.testing.MockClock
 ) -> None:
-    ops = await sweep(
-        tmp_path,
-        monkeypatch,
-        compaction_path(nth),
-        snapshot_entries=10,
-        snapshot_keep_entries=2,
-    )
+    ops = await crash_sweep(compaction_path(nth), snapshot_entries=10, snapshot_keep_entries=2)
     print(f"compaction (snapshot {nth}): {ops} storage operations, each a crash point")
     assert ops >= 10  # the body, the commit, the boundary, the segment deletions

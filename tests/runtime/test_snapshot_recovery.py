@@ -10,23 +10,23 @@ import os
 import pathlib
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import pytest
 import trio
 import trio.testing
 
 from trioraft.core.types import Entry, EntryKind
-from trioraft.kv import KVStateMachine, encode_command
+from trioraft.kv import KVStateMachine
 from trioraft.runtime import NotLeaderError, ProposalDroppedError
 from trioraft.statemachine import SnapshotInfo
 from trioraft.storage import SnapshotStore, StorageCorruption
 from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
+from .helpers import put
 
-
-def put(key: str, value: bytes) -> bytes:
-    return encode_command("put", key, value=value)
+M = TypeVar("M", bound=KVStateMachine)
 
 
 async def get_local(node: object, key: str) -> object:
@@ -47,6 +47,33 @@ async def follower_of(c: MemoryCluster) -> int:
     return next(n for n in c.ids if n != leader.id)
 
 
+def kept_by_node(kind: type[M]) -> tuple[dict[int, M], Callable[[str], M]]:
+    """A state machine factory for the cluster, and the machines it made by node id."""
+    machines: dict[int, M] = {}
+
+    def factory(path: str) -> M:
+        machines[node_of(path)] = sm = kind(path)
+        return sm
+
+    return machines, factory
+
+
+async def left_behind(c: MemoryCluster) -> int:
+    """Stop a follower once it applied one entry, then commit 45 more without it.
+
+    With ``snapshot_entries=20`` the leader snapshots past the follower's log.
+    Returns the follower's id.
+    """
+    leader = await c.wait_for_leader()
+    await leader.propose(put("a", b"1"))
+    victim = await follower_of(c)
+    await c.nodes[victim].wait_applied(leader.status().commit_index)
+    await c.stop(victim)
+    for i in range(45):
+        await leader.propose(put(f"k{i}", b"v"))
+    return victim
+
+
 @bounded(120)
 async def test_snapshot_newer_than_the_log_at_restart(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
@@ -56,12 +83,7 @@ async def test_snapshot_newer_than_the_log_at_restart(
     # compacts its log (or its core refused the InstallSnapshot: its term moved).
     async with MemoryCluster(tmp_path, 3, snapshot_entries=20, snapshot_keep_entries=2) as c:
         leader = await c.wait_for_leader()
-        await leader.propose(put("a", b"1"))
-        victim = await follower_of(c)
-        await c.nodes[victim].wait_applied(leader.status().commit_index)
-        await c.stop(victim)
-        for i in range(45):
-            await leader.propose(put(f"k{i}", b"v"))
+        victim = await left_behind(c)
         assert leader._snaps is not None
         snap = leader._snaps.latest_stored()
         assert snap is not None and snap.meta.index >= 40
@@ -108,22 +130,12 @@ async def test_own_snapshot_racing_a_received_one_never_becomes_latest(
     # The node's own snapshot task writes snapshot ~3 while the receiver
     # commits the leader's ~40; the own task commits later.  It must not
     # become "latest": under a log boundary of 40 the next restart had a gap.
-    machines: dict[int, RacingKV] = {}
-
-    def factory(path: str) -> RacingKV:
-        machines[node_of(path)] = sm = RacingKV(path)
-        return sm
-
+    machines, factory = kept_by_node(RacingKV)
     async with MemoryCluster(
         tmp_path, 3, state_machine=factory, snapshot_entries=20, snapshot_keep_entries=2
     ) as c:
         leader = await c.wait_for_leader()
-        await leader.propose(put("a", b"1"))
-        victim = await follower_of(c)
-        await c.nodes[victim].wait_applied(leader.status().commit_index)
-        await c.stop(victim)
-        for i in range(45):
-            await leader.propose(put(f"k{i}", b"v"))
+        victim = await left_behind(c)
 
         node = await c.start(victim)
         machines[victim].hold_own_snapshot = True
@@ -268,12 +280,7 @@ async def test_membership_change_is_bounded_by_proposal_timeout(
 ) -> None:
     # The joint configuration takes 0.8 s to apply, then the leader is cut
     # off before C(new) commits: the change as a whole gets proposal_timeout.
-    machines: dict[int, SlowConfigKV] = {}
-
-    def factory(path: str) -> SlowConfigKV:
-        machines[node_of(path)] = sm = SlowConfigKV(path)
-        return sm
-
+    machines, factory = kept_by_node(SlowConfigKV)
     async with MemoryCluster(
         tmp_path, 3, state_machine=factory, proposal_timeout=1.0, check_quorum=False
     ) as c:

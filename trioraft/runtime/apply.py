@@ -120,15 +120,7 @@ class NodeApply:
                 elif isinstance(item, ApplySnapshot):
                     meta = item.meta
                     stored = await self._stored(meta)
-                    await sm.restore_snapshot(
-                        stored.path,
-                        SnapshotInfo(
-                            index=meta.index,
-                            term=meta.term,
-                            checksum=stored.checksum,
-                            size=stored.size,
-                        ),
-                    )
+                    await self._restore(stored)
                     self._set_applied(meta.index)
                     self._last_snapshot_index = max(self._last_snapshot_index, meta.index)
                     self._adopt(stored)
@@ -142,6 +134,18 @@ class NodeApply:
                 self._fatal = exc
                 self.log.critical("node %d stops: apply failed: %r", self.id, exc)
             raise
+
+    async def _restore(self, stored: StoredSnapshot) -> None:
+        """Replace the state machine's state with ``stored``'s (installed, or found at recovery)."""
+        await self.state_machine.restore_snapshot(
+            stored.path,
+            SnapshotInfo(
+                index=stored.meta.index,
+                term=stored.meta.term,
+                checksum=stored.checksum,
+                size=stored.size,
+            ),
+        )
 
     def _set_applied(self, index: int) -> None:
         """The state machine holds ``index``: tell the core too, so both agree."""

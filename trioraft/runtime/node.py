@@ -81,7 +81,7 @@ from trioraft.runtime.status import (
     node_statistics,
     node_status,
 )
-from trioraft.statemachine import SnapshotInfo, StateMachine
+from trioraft.statemachine import StateMachine
 from trioraft.storage import LogStore
 from trioraft.storage.fs import FileSystem, OsFileSystem
 from trioraft.storage.log import FileLogStore
@@ -155,6 +155,48 @@ class _NodeIO:
         return self.node._hand_over(rd)
 
 
+class _CoreTimer:
+    """One of the core's deadlines as a task: a cancel scope that sleeps until it.
+
+    The Raft loop moves the scope's deadline (:meth:`rearm`) after each step
+    of the core; when the deadline passes and the core agrees it is due, the
+    timer steps the core (``fire(now)``) and wakes the loop.
+    """
+
+    __slots__ = ("_deadline", "_fire", "_kick", "_scope")
+
+    def __init__(
+        self, deadline: Callable[[], float], fire: Callable[[float], None], kick: Callable[[], None]
+    ) -> None:
+        self._deadline = deadline
+        self._fire = fire
+        self._kick = kick
+        self._scope: trio.CancelScope | None = None
+
+    @classmethod
+    def for_core(cls, core: RaftCore, kick: Callable[[], None]) -> tuple[_CoreTimer, _CoreTimer]:
+        """The election timer and the heartbeat timer of ``core``."""
+        return (
+            cls(lambda: core.election_deadline, core.election_timer_fired, kick),
+            cls(lambda: core.heartbeat_deadline, core.heartbeat_due, kick),
+        )
+
+    def rearm(self) -> None:
+        if self._scope is not None:
+            self._scope.deadline = self._deadline()
+
+    async def run(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self._deadline()) as self._scope:
+                await trio.sleep_forever()
+            self._scope = None
+            now = trio.current_time()
+            if now >= self._deadline():
+                self._fire(now)
+                self._kick()
+            await trio.lowlevel.checkpoint()
+
+
 class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
     """A running Raft node.  Get one from :func:`open_node` or :func:`serve_node`."""
 
@@ -197,8 +239,8 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
         self._pending = Pending(config.proposal_timeout)
         self._storage_lock = trio.Lock()
         self._init_snapshots()
-        self._election_scope: trio.CancelScope | None = None
-        self._heartbeat_scope: trio.CancelScope | None = None
+        #: The core's election and heartbeat deadlines as tasks (set once the core is built).
+        self._timers: tuple[_CoreTimer, ...] = ()
         self._observed: tuple[Role, int, NodeId | None] | None = None
         self._membership_seen: Membership | None = None
         self._stats: dict[str, int] = {
@@ -275,14 +317,15 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
             await self.state_machine.start()
             self.core = await self._recover()
             self._driver = ReadyDriver(self.core, _NodeIO(self))
+            self._timers = _CoreTimer.for_core(self.core, self._kick)
             async with self._transport_factory(self) as transport, trio.open_nursery() as nursery:
                 self.transport = transport
                 self._nursery = nursery
                 self._update_peers()
                 nursery.start_soon(self._raft_loop)
                 nursery.start_soon(self._apply_loop)
-                nursery.start_soon(self._election_timer)
-                nursery.start_soon(self._heartbeat_timer)
+                for timer in self._timers:
+                    nursery.start_soon(timer.run)
                 nursery.start_soon(self._snapshot_receiver)
                 nursery.start_soon(self._pending.sweep_forever)
                 self.log.info(
@@ -321,15 +364,7 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
         snap_meta = stored.meta if stored else None
         if stored is not None and snap_meta is not None and applied.index < snap_meta.index:
             self.log.info("restoring the state machine from snapshot %d", snap_meta.index)
-            await self.state_machine.restore_snapshot(
-                stored.path,
-                SnapshotInfo(
-                    index=snap_meta.index,
-                    term=snap_meta.term,
-                    checksum=stored.checksum,
-                    size=stored.size,
-                ),
-            )
+            await self._restore(stored)
             applied = self.state_machine.last_applied()
         if applied.index < boundary:
             raise RuntimeError(
@@ -431,7 +466,8 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
             driver.finish(rd)  # the other messages, the hand-over to the apply task, advance
             self._observe(core)
             self._notify()
-        self._rearm_timers(core)
+        for timer in self._timers:  # the core's deadlines may have moved
+            timer.rearm()
 
     # What the Ready driver calls (through _NodeIO): how this node sends and applies.
 
@@ -484,40 +520,6 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
             self._update_peers()
         elif prev is not None and prev[2] != core.leader:
             self.log.info("node %d follows leader %s in term %d", self.id, core.leader, core.term)
-
-    def _rearm_timers(self, core: RaftCore) -> None:
-        if self._election_scope is not None:
-            self._election_scope.deadline = core.election_deadline
-        if self._heartbeat_scope is not None:
-            self._heartbeat_scope.deadline = core.heartbeat_deadline
-
-    async def _election_timer(self) -> None:
-        core = self.core
-        assert core is not None
-        while True:
-            with trio.CancelScope(deadline=core.election_deadline) as scope:
-                self._election_scope = scope
-                await trio.sleep_forever()
-            self._election_scope = None
-            now = trio.current_time()
-            if now >= core.election_deadline:
-                core.election_timer_fired(now)
-                self._kick()
-            await trio.lowlevel.checkpoint()
-
-    async def _heartbeat_timer(self) -> None:
-        core = self.core
-        assert core is not None
-        while True:
-            with trio.CancelScope(deadline=core.heartbeat_deadline) as scope:
-                self._heartbeat_scope = scope
-                await trio.sleep_forever()
-            self._heartbeat_scope = None
-            now = trio.current_time()
-            if now >= core.heartbeat_deadline:
-                core.heartbeat_due(now)
-                self._kick()
-            await trio.lowlevel.checkpoint()
 
     def _check_open(self) -> RaftCore:
         if self._closed or self.core is None:

@@ -10,13 +10,14 @@ transport).  trioraft/runtime/metrics.py writes them as Prometheus text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from trioraft.core.types import NodeId
 from trioraft.runtime.metrics import Histogram, HistogramSnapshot
 from trioraft.transport.base import TransportStatistics
 
 if TYPE_CHECKING:
+    from trioraft.core.raft import RaftCore
     from trioraft.runtime.node import Node
 
 __all__ = ["NodeStatistics", "NodeStatus", "PeerProgress", "node_statistics", "node_status"]
@@ -102,20 +103,39 @@ class NodeStatistics:
     snapshot_bytes: int = 0
 
 
+class _Standing(TypedDict):
+    """What both reports say of where the node stands, read once (:func:`_standing`)."""
+
+    node_id: NodeId
+    role: str
+    term: int
+    leader_id: NodeId | None
+    commit_index: int
+    applied_index: int
+    last_index: int
+    snapshot_index: int
+
+
+def _standing(node: Node, core: RaftCore) -> _Standing:
+    return _Standing(
+        node_id=node.id,
+        role=core.role.value,
+        term=core.term,
+        leader_id=core.leader,
+        commit_index=core.commit,
+        applied_index=node._applied,
+        last_index=core.last_index(),
+        snapshot_index=core.offset,
+    )
+
+
 def node_status(node: Node) -> NodeStatus:
     """Where ``node`` stands now (raises NodeClosedError once it stopped)."""
     core = node._check_open()
     m = core.membership
     return NodeStatus(
-        node_id=node.id,
-        role=core.role.value,
-        term=core.term,
-        leader_id=core.leader,
+        **_standing(node, core),
         leader_address=node._address_of(core.leader),
-        commit_index=core.commit,
-        applied_index=node._applied,
-        last_index=core.last_index(),
-        snapshot_index=core.offset,
         voters=tuple(sorted(m.all_voters)),
         learners=tuple(sorted(m.learners - m.all_voters)),
         joint=m.joint,
@@ -139,11 +159,7 @@ def node_statistics(node: Node) -> NodeStatistics:
     stats = node._stats
     current = node._current_snapshot
     return NodeStatistics(
-        node_id=node.id,
-        role=core.role.value,
-        term=core.term,
-        commit_index=core.commit,
-        applied_index=node._applied,
+        **_standing(node, core),
         peers=peers,
         proposals_pending=len(pending),
         proposals_committed=pending.committed,
@@ -156,8 +172,6 @@ def node_statistics(node: Node) -> NodeStatistics:
         snapshots_sent=stats["snapshots_sent"],
         inbox_dropped=stats["inbox_dropped"],
         transport=node.transport.statistics() if node.transport is not None else None,
-        leader_id=core.leader,
-        last_index=last,
         proposals_failed={
             "replaced": pending.replaced,
             "timeout": pending.timed_out,
@@ -169,6 +183,5 @@ def node_statistics(node: Node) -> NodeStatistics:
         elections_started=stats["elections_started"],
         elections_won=stats["elections_won"],
         leader_changes=stats["leader_changes"],
-        snapshot_index=core.offset,
         snapshot_bytes=current.size if current is not None else 0,
     )

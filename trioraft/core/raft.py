@@ -880,12 +880,25 @@ class RaftCore:
         for n in self.progress:
             self._send_append(n, allow_empty=allow_empty)
 
+    def _answered(self, src: NodeId) -> tuple[Progress | None, bool]:
+        """The progress of the peer ``src`` that answered (None: not a peer), and
+        whether its acknowledgements count (it is then marked active).
+
+        A refused peer is still replicated to, but its acknowledgements
+        confirm nothing: no read round, no check-quorum.
+        """
+        pr = self.progress.get(src)
+        if pr is None:
+            return None, False
+        counts = src not in self.refused_peers()
+        if counts:
+            pr.recent_active = True
+        return pr, counts
+
     def _handle_append_response(self, m: AppendEntriesResponse) -> None:
-        pr = self.progress.get(m.src)
+        pr, _ = self._answered(m.src)
         if pr is None:
             return
-        if m.src not in self.refused_peers():
-            pr.recent_active = True
         if not m.success:
             self._handle_reject(m.src, pr, m)
             return
@@ -937,16 +950,12 @@ class RaftCore:
         self._send_append(peer)
 
     def _handle_heartbeat_response(self, m: HeartbeatResponse) -> None:
-        pr = self.progress.get(m.src)
+        pr, counts = self._answered(m.src)
         if pr is None:
             return
-        # A refused peer is still replicated to, but its acknowledgements
-        # confirm nothing: no read round, no check-quorum.
-        if m.src not in self.refused_peers():
-            pr.recent_active = True
-            if m.ctx > pr.acked_round:
-                pr.acked_round = m.ctx
-                self._confirm_rounds()
+        if counts and m.ctx > pr.acked_round:
+            pr.acked_round = m.ctx
+            self._confirm_rounds()
         if pr.match < self.last_index():
             if pr.state is ProgressState.PROBE:
                 pr.paused = False

@@ -129,6 +129,14 @@ class HardState:
     commit: int = 0
 
 
+def _lookup(pairs: tuple[tuple[NodeId, str], ...], node: NodeId) -> str | None:
+    """The value paired with ``node`` in a membership's sorted ``(id, value)`` pairs."""
+    for n, v in pairs:
+        if n == node:
+            return v
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Membership:
     """A cluster configuration.
@@ -227,10 +235,7 @@ class Membership:
 
     def incarnation_of(self, node: NodeId) -> str | None:
         """The incarnation recorded for ``node`` (None: none recorded)."""
-        for n, i in self.incarnations:
-            if n == node:
-                return i
-        return None
+        return _lookup(self.incarnations, node)
 
     @property
     def incarnation_map(self) -> dict[NodeId, str]:
@@ -247,10 +252,7 @@ class Membership:
         return replace(self, incarnations=tuple(sorted(got.items())))
 
     def address_of(self, node: NodeId) -> str | None:
-        for n, a in self.addresses:
-            if n == node:
-                return a
-        return None
+        return _lookup(self.addresses, node)
 
     @property
     def address_map(self) -> dict[NodeId, str]:

@@ -93,7 +93,7 @@ from trioraft.storage.errors import (
     StorageFatalError,
 )
 from trioraft.storage.fs import FileHandle, FileSystem, OsFileSystem, atomic_write, read_all
-from trioraft.storage.ready import persist_ready
+from trioraft.storage.ready import check_hard_state, persist_ready
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "FileLogStore"]
 
@@ -763,8 +763,7 @@ class FileLogStore:
 
     def save_hard_state(self, hs: HardState) -> None:
         """Durably replace the hard state (tmp, sync, rename, sync dir)."""
-        if hs.vote is not None and hs.vote <= 0:
-            raise ValueError(f"vote must be a positive node id, got {hs.vote}")
+        check_hard_state(hs)
         with self._io("save hard state"):
             payload = _HARD.pack(hs.term, hs.vote or 0, hs.commit)
             atomic_write(self._fs, self._path(HARD_STATE_FILE), _seal(b"TRHS", payload))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from trioraft.core.types import Entry, HardState, SnapshotMeta
 from trioraft.storage.errors import LogCompacted, LogUnavailable, StorageError
-from trioraft.storage.ready import persist_ready
+from trioraft.storage.ready import check_hard_state, persist_ready
 
 __all__ = ["MemoryLogStore"]
 
@@ -151,8 +151,7 @@ class MemoryLogStore:
 
     def save_hard_state(self, hs: HardState) -> None:
         self._check()
-        if hs.vote is not None and hs.vote <= 0:
-            raise ValueError(f"vote must be a positive node id, got {hs.vote}")
+        check_hard_state(hs)
         self._hard = hs
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The order of one Ready's write, for every log store.
+"""The order of one Ready's write, and the hard state check, for every log store.
 
 A Ready may carry a snapshot boundary, entries and a hard state.  They are
 separate durable writes, so a crash can fall between any two; the order
@@ -30,6 +30,12 @@ class _Store(Protocol):
     def hard_state(self) -> HardState: ...
 
     def save_hard_state(self, hs: HardState) -> None: ...
+
+
+def check_hard_state(hs: HardState) -> None:
+    """Refuse a hard state no store may save: a vote that is not a node id."""
+    if hs.vote is not None and hs.vote <= 0:
+        raise ValueError(f"vote must be a positive node id, got {hs.vote}")
 
 
 def persist_ready(

@@ -43,7 +43,7 @@ import os
 import secrets
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, overload
 from urllib.parse import unquote
@@ -349,17 +349,21 @@ class RemoteExecutor:
             task_status.started()
             await trio.sleep_forever()
 
-    async def _hold(
-        self, address: str, task_status: trio.TaskStatus[_Link] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        async with open_client_connection(
+    def _open_connection(self, address: str) -> AbstractAsyncContextManager[Connection]:
+        """A connection to ``address`` as this client (its token, cluster and TLS)."""
+        return open_client_connection(
             address,
             cluster_id=self.cluster_id,
             client_id=self.client,
             token=self.token,
             ssl_context=self.ssl_context,
             connect_timeout=self.connect_timeout,
-        ) as conn:
+        )
+
+    async def _hold(
+        self, address: str, task_status: trio.TaskStatus[_Link] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with self._open_connection(address) as conn:
             link = _Link(conn, trio.Event())
             task_status.started(link)
             await link.done.wait()
@@ -452,14 +456,7 @@ class RemoteExecutor:
         """One request to the node at ``address`` itself (no redirects, no retries)."""
         assert self._nursery is not None
         with trio.fail_after(self.connect_timeout + 2):
-            async with open_client_connection(
-                address,
-                cluster_id=self.cluster_id,
-                client_id=self.client,
-                token=self.token,
-                ssl_context=self.ssl_context,
-                connect_timeout=self.connect_timeout,
-            ) as conn:
+            async with self._open_connection(address) as conn:
                 resp = await conn.call(ClientRequest(0, kind, payload, consistency="local"))
         if not resp.ok:
             raise _response_error(resp)

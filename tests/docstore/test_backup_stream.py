@@ -20,19 +20,15 @@ import docstore
 import docstore.server
 from docstore.cli import ProgressBar, seed_node
 from docstore.client import UnavailableError
-from tests.docstore.test_client import TOKEN, Cluster
+from tests.docstore.test_client import TOKEN, Cluster, running
 from tests.docstore.test_field_order import DOC, user_fields
 from trioraft.transport.messages import ClientResponse
 
 
 @pytest.fixture
 async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
-    async with trio.open_nursery() as nursery:
-        c = Cluster(tmp_path / "a", nursery)
-        for n in c.addr:
-            await c.start(n)
+    async with running(tmp_path / "a") as c:
         yield c
-        nursery.cancel_scope.cancel()
 
 
 def _absent(*paths: str | os.PathLike[str]) -> bool:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pathlib
-import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -13,19 +13,9 @@ import docstore
 from docstore.server import ServerConfig, load_config, serve
 from docstore.state_machine import OPEN_SESSION
 from trioraft.runtime import Node
+from trioraft.testing.chaos.run import free_ports
 
 TOKEN = "test-token"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Cluster:
@@ -56,6 +46,10 @@ class Cluster:
 
         self.nodes[n] = await self.nursery.start(run)
 
+    async def start_all(self) -> None:
+        for n in self.addr:
+            await self.start(n)
+
     async def stop(self, n: int) -> None:
         self.scopes.pop(n).cancel()
         await self.nodes.pop(n)._stopped.wait()
@@ -71,14 +65,20 @@ class Cluster:
         return list(self.addr.values())
 
 
-@pytest.fixture
-async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
+@asynccontextmanager
+async def running(root: pathlib.Path, kind: type[Cluster] = Cluster) -> AsyncIterator[Cluster]:
+    """A cluster of ``kind`` in ``root`` with every node started; stopped on exit."""
     async with trio.open_nursery() as nursery:
-        c = Cluster(tmp_path, nursery)
-        for n in c.addr:
-            await c.start(n)
+        c = kind(root, nursery)
+        await c.start_all()
         yield c
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
+    async with running(tmp_path) as c:
+        yield c
 
 
 async def test_crud_reads_and_status(cluster: Cluster) -> None:

@@ -14,7 +14,8 @@ import pytest
 import trio
 
 import docstore
-from tests.docstore.test_client import TOKEN, Cluster, free_ports
+from tests.docstore.test_client import TOKEN, Cluster
+from trioraft.testing.chaos.run import free_ports
 
 
 @pytest.fixture

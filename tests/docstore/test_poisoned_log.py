@@ -22,7 +22,7 @@ import trio
 
 from docstore.server import DEFAULT_CLIENT
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
-from tests.docstore.test_client import TOKEN, Cluster
+from tests.docstore.test_client import TOKEN, Cluster, running
 from trioraft.client.connection import Connection, open_client_connection
 from trioraft.core.types import Entry, EntryKind, HardState
 from trioraft.storage import FileLogStore
@@ -161,8 +161,7 @@ async def test_cluster_holding_crashing_entries_restarts_and_answers_them(
         c = Cluster(tmp_path, nursery)
         for n in c.addr:
             _write_old_log(tmp_path / f"node{n}", entries)
-        for n in c.addr:
-            await c.start(n)
+        await c.start_all()
         with trio.fail_after(30):
             for node in c.nodes.values():
                 await node.wait_applied(last)
@@ -193,16 +192,12 @@ async def _leader_connection(
     root: pathlib.Path,
 ) -> AsyncIterator[tuple[Cluster, int, Connection]]:
     """A running 3-node cluster, its leader and a raw client connection to it."""
-    async with trio.open_nursery() as nursery:
-        c = Cluster(root, nursery)
-        for n in c.addr:
-            await c.start(n)
+    async with running(root) as c:
         leader, address = await _leader_address(c)
         async with open_client_connection(
             address, cluster_id="docstore", client_id=DEFAULT_CLIENT, token=TOKEN
         ) as conn:
             yield c, leader, conn
-        nursery.cancel_scope.cancel()
 
 
 async def test_crashing_commands_are_refused_before_they_reach_the_log(

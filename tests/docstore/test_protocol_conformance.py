@@ -20,6 +20,7 @@ import trio_websocket
 
 from docstore.server import ServerConfig, serve
 from trioraft.runtime import Node
+from trioraft.testing.chaos.run import free_ports
 from trioraft.transport.codec import (
     decode_frame,
     encode_frame,
@@ -35,8 +36,6 @@ from trioraft.transport.messages import (
     HelloAuth,
     HelloReject,
 )
-
-from .test_client import free_ports
 
 CLUSTER = "docstore"  # the default cluster id of `docstore serve`
 CLIENT = "docstore"  # the client id that goes with `docstore serve --token`

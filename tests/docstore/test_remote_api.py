@@ -14,7 +14,7 @@ import trio
 
 import docstore
 from docstore.server import ServerConfig
-from tests.docstore.test_client import TOKEN, Cluster
+from tests.docstore.test_client import TOKEN, Cluster, running
 from trioraft.storage.snapshots import SnapshotStore
 
 APP_TOKEN = "app-token"
@@ -27,12 +27,8 @@ class RolesCluster(Cluster):
 
 @pytest.fixture
 async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
-    async with trio.open_nursery() as nursery:
-        c = RolesCluster(tmp_path, nursery)
-        for n in c.addr:
-            await c.start(n)
+    async with running(tmp_path, RolesCluster) as c:
         yield c
-        nursery.cancel_scope.cancel()
 
 
 async def test_rev_on_a_connected_database_is_a_typed_error(cluster: Cluster) -> None:

@@ -33,10 +33,9 @@ from docstore.server import (
 )
 from docstore.state_machine import DocstoreStateMachine
 from trioraft.runtime import Node, serve_node
+from trioraft.testing.chaos.run import free_ports
 from trioraft.transport.memory import MemoryClientConnection
 from trioraft.transport.messages import ClientRequest, ClientResponse
-
-from .test_client import free_ports
 
 TOKENS = {"app": "app-token", "reporting": "reporting-token"}
 

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import pathlib
-import socket
 
 import trio
 
 from trioraft.kv import KVStateMachine
 from trioraft.runtime import Node, NodeConfig, serve_node
+from trioraft.testing.chaos.run import free_ports
 
 SECRET = b"test-cluster-secret"
 TOKEN = b"test-client-token"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class RealCluster:

@@ -7,9 +7,12 @@ import os
 import platform
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import trio
 
 #: bench/: the node scripts live here.
 BENCH = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,6 +73,58 @@ def make_result(
         pct(lat_ms, 0.99),
         pct(lat_ms, 0.999),
     )
+
+
+async def closed_loop(
+    clients: int, seconds: float, max_requests: int, request: Callable[[int, int], Awaitable[bool]]
+) -> tuple[list[float], float, int]:
+    """``clients`` workers, each with one request in flight, for ``seconds``.
+
+    Worker ``w`` makes requests ``i = w, w + clients, w + 2 * clients, ...``
+    by awaiting ``request(w, i)``, which says whether it succeeded; all stop
+    early once ``max_requests`` (if not 0) have been issued.  Returns the
+    successful requests' latencies in milliseconds, the seconds elapsed and
+    the number that failed.
+    """
+    lat: list[float] = []
+    errors = 0
+    issued = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal errors, issued
+        i = w
+        while time.perf_counter() < deadline and not (max_requests and issued >= max_requests):
+            issued += 1
+            t = time.perf_counter()
+            ok = await request(w, i)
+            done = time.perf_counter()
+            if ok:
+                lat.append((done - t) * 1000)
+            else:
+                errors += 1
+            i += clients
+
+    async with trio.open_nursery() as nursery:
+        for w in range(clients):
+            nursery.start_soon(worker, w)
+    return lat, time.perf_counter() - start, errors
+
+
+def embedded_answer(lat_seconds: list[float], elapsed: float, errors: int) -> dict[str, Any]:
+    """A node script's answer to a load run inside its process.
+
+    ``{"count", "elapsed", "errors", "lat_ms"}``: ``lat_ms`` the sorted
+    latencies in milliseconds, rounded to microseconds.
+    """
+    lat = sorted(lat_seconds)
+    return {
+        "count": len(lat),
+        "elapsed": elapsed,
+        "errors": errors,
+        "lat_ms": [round(x * 1000, 3) for x in lat],
+    }
 
 
 def free_ports(n: int) -> list[int]:

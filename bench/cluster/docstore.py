@@ -13,7 +13,15 @@ from typing import Any
 import trio
 
 import docstore
-from bench.cluster.common import BENCH, KEYS, Result, free_ports, make_result, stop_processes
+from bench.cluster.common import (
+    BENCH,
+    KEYS,
+    Result,
+    closed_loop,
+    free_ports,
+    make_result,
+    stop_processes,
+)
 from bench.cluster.spy import spy_result, start_spy
 
 DOCSTORE_TOKEN = "bench-docstore-token"
@@ -139,33 +147,18 @@ async def _leader_counters(db: Any, addresses: dict[str, str]) -> dict[str, int]
 async def _docstore_phase(
     coll: Any, keys: list[str], op: str, clients: int, seconds: float, max_requests: int
 ) -> tuple[list[float], float, int]:
-    lat: list[float] = []
-    errors = [0]
-    issued = [0]
-    start = time.perf_counter()
-    deadline = start + seconds
-
-    async def worker(w: int) -> None:
-        i = w
-        while time.perf_counter() < deadline and not (max_requests and issued[0] >= max_requests):
-            issued[0] += 1
-            key = keys[i % KEYS]
-            t = time.perf_counter()
-            try:
-                if op == "put":
-                    await coll.put(key, DOC)
-                else:
-                    await coll.get(key, consistency=op)
-            except Exception:
-                errors[0] += 1
+    async def call(w: int, i: int) -> bool:
+        key = keys[i % KEYS]
+        try:
+            if op == "put":
+                await coll.put(key, DOC)
             else:
-                lat.append((time.perf_counter() - t) * 1000)
-            i += clients
+                await coll.get(key, consistency=op)
+        except Exception:
+            return False
+        return True
 
-    async with trio.open_nursery() as nursery:
-        for w in range(clients):
-            nursery.start_soon(worker, w)
-    return lat, time.perf_counter() - start, errors[0]
+    return await closed_loop(clients, seconds, max_requests, call)
 
 
 async def _fill(coll: Any, keys: list[str]) -> None:

@@ -8,13 +8,12 @@ import contextlib
 import json
 import os
 import subprocess
-import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
 
-from bench.cluster.common import KEYS, Result, free_ports, make_result, stop_processes
+from bench.cluster.common import KEYS, Result, closed_loop, free_ports, make_result, stop_processes
 
 
 class EtcdCluster:
@@ -159,35 +158,14 @@ async def etcd_load(
 ) -> tuple[list[float], float, int]:
     value = b"x" * 100
     bodies = [json.dumps(_etcd_put(f"k{j}", value)).encode() for j in range(KEYS)]
-    lat: list[float] = []
-    errors = [0]
-    issued = [0]
     async with AsyncExitStack() as stack:
         conns = [
             await stack.enter_async_context(HttpConnection("127.0.0.1", port))
             for _ in range(clients)
         ]
-        start = time.perf_counter()
-        deadline = start + seconds
 
-        async def worker(w: int) -> None:
-            http = conns[w]
-            i = w
-            while time.perf_counter() < deadline and not (
-                max_requests and issued[0] >= max_requests
-            ):
-                issued[0] += 1
-                t = time.perf_counter()
-                status, _ = await http.post("/v3/kv/put", bodies[i % KEYS])
-                done = time.perf_counter()
-                if status == 200:
-                    lat.append((done - t) * 1000)
-                else:
-                    errors[0] += 1
-                i += clients
+        async def put(w: int, i: int) -> bool:
+            status, _ = await conns[w].post("/v3/kv/put", bodies[i % KEYS])
+            return status == 200
 
-        async with trio.open_nursery() as nursery:
-            for w in range(clients):
-                nursery.start_soon(worker, w)
-        elapsed = time.perf_counter() - start
-    return lat, elapsed, errors[0]
+        return await closed_loop(clients, seconds, max_requests, put)

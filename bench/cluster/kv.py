@@ -21,6 +21,7 @@ from bench.cluster.common import (
     KEYS,
     TOKEN,
     Result,
+    closed_loop,
     free_ports,
     make_result,
     stop_processes,
@@ -96,43 +97,22 @@ async def remote_load(
     value = b"x" * 100
     commands = [encode_command("put", f"k{j}", value=value) for j in range(KEYS)]
     queries = [{"op": "get", "key": f"k{j}"} for j in range(KEYS)]
-    lat: list[float] = []
-    errors = [0]
-    issued = [0]
     async with AsyncExitStack() as stack:
         conns: list[Connection] = [
             await stack.enter_async_context(connect(addr))
             for _ in range(max(1, min(clients, connections)))
         ]
-        start = time.perf_counter()
-        deadline = start + seconds
 
-        async def worker(w: int) -> None:
-            conn = conns[w % len(conns)]
-            i = w
-            while time.perf_counter() < deadline and not (
-                max_requests and issued[0] >= max_requests
-            ):
-                issued[0] += 1
-                j = i % KEYS
-                if op == "put":
-                    req = ClientRequest(0, "propose", commands[j])
-                else:
-                    req = ClientRequest(0, "read", queries[j], consistency=op)
-                t = time.perf_counter()
-                resp = await conn.call(req)
-                done = time.perf_counter()
-                if resp.ok:
-                    lat.append((done - t) * 1000)
-                else:
-                    errors[0] += 1
-                i += clients
+        async def call(w: int, i: int) -> bool:
+            j = i % KEYS
+            if op == "put":
+                req = ClientRequest(0, "propose", commands[j])
+            else:
+                req = ClientRequest(0, "read", queries[j], consistency=op)
+            resp = await conns[w % len(conns)].call(req)
+            return resp.ok
 
-        async with trio.open_nursery() as nursery:
-            for w in range(clients):
-                nursery.start_soon(worker, w)
-        elapsed = time.perf_counter() - start
-    return lat, elapsed, errors[0]
+        return await closed_loop(clients, seconds, max_requests, call)
 
 
 async def control(addr: str, kind: str, payload: object) -> Any:

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import contextlib
 
+from bench.cluster.common import embedded_answer
 from trioraft.kv import KVStateMachine, encode_command
 from trioraft.runtime import (
     ClientService,
@@ -81,14 +82,7 @@ async def run_workload(node: Node, spec: dict[str, Any]) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         for w in range(clients):
             nursery.start_soon(worker, w)
-    elapsed = time.perf_counter() - start
-    lat.sort()
-    return {
-        "count": len(lat),
-        "elapsed": elapsed,
-        "errors": errors[0],
-        "lat_ms": [round(x * 1000, 3) for x in lat],
-    }
+    return embedded_answer(lat, time.perf_counter() - start, errors[0])
 
 
 def profile_control(spec: dict[str, Any]) -> str:

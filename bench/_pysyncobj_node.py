@@ -28,6 +28,10 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf  # type: ignore[import-untyped]
 from pysyncobj.batteries import ReplDict  # type: ignore[import-untyped]
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.cluster.common import embedded_answer
+
 
 def run(d: Any, spec: dict[str, Any]) -> dict[str, Any]:
     clients = int(spec["clients"])
@@ -67,14 +71,7 @@ def run(d: Any, spec: dict[str, Any]) -> dict[str, Any]:
     for w in range(clients):
         issue(w, 0)
     done.wait(seconds + 60)
-    elapsed = time.perf_counter() - start
-    lat.sort()
-    return {
-        "count": len(lat),
-        "elapsed": elapsed,
-        "errors": errors[0],
-        "lat_ms": [round(x * 1000, 3) for x in lat],
-    }
+    return embedded_answer(lat, time.perf_counter() - start, errors[0])
 
 
 def main() -> None:

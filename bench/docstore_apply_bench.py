@@ -142,24 +142,31 @@ class _Session:
     state = _State()
 
 
+def _frames(n: int, batch: int, request: Callable[[int], ClientRequest]) -> list[bytes]:
+    """Requests ``request(0)`` to ``request(n - 1)``, encoded ``batch`` to a client frame."""
+    return [
+        encode_frame(
+            [request(i) for i in range(start, min(n, start + batch))], cluster_id="docstore"
+        )
+        for start in range(0, n, batch)
+    ]
+
+
 def bench_server(n: int, batch: int, lanes: int) -> Callable[[], float]:
     tmp = tempfile.mkdtemp(prefix="ds-server-")
     sm = DocstoreStateMachine(tmp, sync=False)
     service = DocstoreService(sm, ServerConfig())
-    frames = []
-    for start in range(0, n, batch):
-        reqs = [
-            ClientRequest(
-                i + 1,
-                "command",
-                encode_value(C.put("bench", f"k{i % KEYS:04}", DOC), "command"),
-                f"0123456789abcdef.{i % lanes + 1}",
-                i // lanes + 1,
-                "linearizable",
-            )
-            for i in range(start, min(n, start + batch))
-        ]
-        frames.append(encode_frame(reqs, cluster_id="docstore"))
+
+    def put(i: int) -> ClientRequest:
+        return ClientRequest(
+            request_id=i + 1,
+            kind="command",
+            payload=encode_value(C.put("bench", f"k{i % KEYS:04}", DOC), "command"),
+            client_id=f"0123456789abcdef.{i % lanes + 1}",
+            sequence=i // lanes + 1,
+        )
+
+    frames = _frames(n, batch, put)
     session: Any = _Session()
 
     def run() -> float:
@@ -254,20 +261,12 @@ def bench_query(n: int, batch: int, lanes: int) -> Callable[[], float]:
 
     sm = trio.run(setup)
     service = DocstoreService(sm, ServerConfig())
-    frames = []
-    for start in range(0, n, batch):
-        reqs = [
-            ClientRequest(
-                i + 1,
-                "query",
-                {"op": "get", "coll": "bench", "key": check_key(f"k{i % KEYS:04}")},
-                "",
-                0,
-                "linearizable",
-            )
-            for i in range(start, min(n, start + batch))
-        ]
-        frames.append(encode_frame(reqs, cluster_id="docstore"))
+
+    def get(i: int) -> ClientRequest:
+        query = {"op": "get", "coll": "bench", "key": check_key(f"k{i % KEYS:04}")}
+        return ClientRequest(request_id=i + 1, kind="query", payload=query)
+
+    frames = _frames(n, batch, get)
     session: Any = _Session()
 
     def run() -> float:

@@ -19,13 +19,14 @@ Ratios are docstore / other: above 1 means docstore is faster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
@@ -44,6 +45,14 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
 
 
+@contextlib.contextmanager
+def timed(out: dict[str, float], op: str, count: int) -> Iterator[None]:
+    """Time the block, which does ``count`` operations ``op``: ``out[op]`` is their rate."""
+    t = time.perf_counter()
+    yield
+    out[op] = rate(count, time.perf_counter() - t)
+
+
 def bench_docstore(path: str, n: int, size: int, writers: int) -> dict[str, float]:
     out: dict[str, float] = {}
 
@@ -57,20 +66,17 @@ def bench_docstore(path: str, n: int, size: int, writers: int) -> dict[str, floa
                 for i in range(w, n, writers):
                     await c.put(f"k{i:08}", docs[i])
 
-            t = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for w in range(writers):
-                    nursery.start_soon(writer, w)
-            out["put"] = rate(n, time.perf_counter() - t)
-            t = time.perf_counter()
-            for i in range(n):
-                await c.get(f"k{i:08}")
-            out["get"] = rate(n, time.perf_counter() - t)
+            with timed(out, "put", n):
+                async with trio.open_nursery() as nursery:
+                    for w in range(writers):
+                        nursery.start_soon(writer, w)
+            with timed(out, "get", n):
+                for i in range(n):
+                    await c.get(f"k{i:08}")
             q = 200
-            t = time.perf_counter()
-            for i in range(q):
-                await c.find({"group": i % 100})
-            out["find"] = rate(q, time.perf_counter() - t)
+            with timed(out, "find", q):
+                for i in range(q):
+                    await c.find({"group": i % 100})
 
     trio.run(run)
     return out
@@ -84,24 +90,25 @@ def bench_sqlite(path: str, n: int, size: int, sync: str) -> dict[str, float]:
     conn.execute("CREATE INDEX docs_grp ON docs (grp)")
     docs = [make_doc(i, size) for i in range(n)]
     out: dict[str, float] = {}
-    t = time.perf_counter()
-    for i, d in enumerate(docs):
-        conn.execute("BEGIN")
-        conn.execute(
-            "INSERT OR REPLACE INTO docs VALUES (?, ?, ?)", (f"k{i:08}", d["group"], json.dumps(d))
-        )
-        conn.execute("COMMIT")
-    out["put"] = rate(n, time.perf_counter() - t)
-    t = time.perf_counter()
-    for i in range(n):
-        row = conn.execute("SELECT body FROM docs WHERE k = ?", (f"k{i:08}",)).fetchone()
-        json.loads(row[0])
-    out["get"] = rate(n, time.perf_counter() - t)
+    with timed(out, "put", n):
+        for i, d in enumerate(docs):
+            conn.execute("BEGIN")
+            conn.execute(
+                "INSERT OR REPLACE INTO docs VALUES (?, ?, ?)",
+                (f"k{i:08}", d["group"], json.dumps(d)),
+            )
+            conn.execute("COMMIT")
+    with timed(out, "get", n):
+        for i in range(n):
+            row = conn.execute("SELECT body FROM docs WHERE k = ?", (f"k{i:08}",)).fetchone()
+            json.loads(row[0])
     q = 200
-    t = time.perf_counter()
-    for i in range(q):
-        [json.loads(r[0]) for r in conn.execute("SELECT body FROM docs WHERE grp = ?", (i % 100,))]
-    out["find"] = rate(q, time.perf_counter() - t)
+    with timed(out, "find", q):
+        for i in range(q):
+            [
+                json.loads(r[0])
+                for r in conn.execute("SELECT body FROM docs WHERE grp = ?", (i % 100,))
+            ]
     conn.close()
     return out
 
@@ -114,16 +121,13 @@ def bench_lmdb(path: str, n: int, size: int) -> dict[str, float] | None:
     env = lmdb.open(os.path.join(path, "lmdb"), map_size=1 << 32)
     docs = [json.dumps(make_doc(i, size)).encode() for i in range(n)]
     out: dict[str, float] = {}
-    t = time.perf_counter()
-    for i, d in enumerate(docs):
-        with env.begin(write=True) as txn:
-            txn.put(b"k%08d" % i, d)
-    out["put"] = rate(n, time.perf_counter() - t)
-    t = time.perf_counter()
-    with env.begin() as txn:
+    with timed(out, "put", n):
+        for i, d in enumerate(docs):
+            with env.begin(write=True) as txn:
+                txn.put(b"k%08d" % i, d)
+    with timed(out, "get", n), env.begin() as txn:
         for i in range(n):
             json.loads(txn.get(b"k%08d" % i))
-    out["get"] = rate(n, time.perf_counter() - t)
     env.close()
     return out
 
@@ -136,15 +140,13 @@ def bench_tinydb(path: str, n: int, size: int) -> dict[str, float] | None:
     n = min(n, 2000)  # TinyDB rewrites its whole file per write
     db = TinyDB(os.path.join(path, "tiny.json"))
     out: dict[str, float] = {}
-    t = time.perf_counter()
-    for i in range(n):
-        db.insert({"k": f"k{i:08}", **make_doc(i, size)})
-    out["put"] = rate(n, time.perf_counter() - t)
+    with timed(out, "put", n):
+        for i in range(n):
+            db.insert({"k": f"k{i:08}", **make_doc(i, size)})
     q = Query()
-    t = time.perf_counter()
-    for i in range(min(n, 500)):
-        db.search(q.k == f"k{i:08}")
-    out["get"] = rate(min(n, 500), time.perf_counter() - t)
+    with timed(out, "get", min(n, 500)):
+        for i in range(min(n, 500)):
+            db.search(q.k == f"k{i:08}")
     db.close()
     return out
 

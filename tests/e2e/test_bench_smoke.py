@@ -9,13 +9,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_cluster_bench_quick_run_prints_tables(tmp_path: object) -> None:
+def _quick_run(tmp_path: object, *options: str) -> str:
+    """``cluster_bench.py --quick`` with 50 requests at 1 and 4 clients (4 readers): its output."""
     cmd = [
         sys.executable,
         os.path.join(ROOT, "bench", "cluster_bench.py"),
         "--quick",
-        "--systems",
-        "trioraft",
+        *options,
         "--requests",
         "50",
         "--clients",
@@ -27,7 +27,11 @@ def test_cluster_bench_quick_run_prints_tables(tmp_path: object) -> None:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_cluster_bench_quick_run_prints_tables(tmp_path: object) -> None:
+    out = _quick_run(tmp_path, "--systems", "trioraft")
     assert "### Writes" in out
     assert "### Reads" in out
     assert "| trioraft" in out
@@ -37,25 +41,7 @@ def test_cluster_bench_quick_run_prints_tables(tmp_path: object) -> None:
 def test_cluster_bench_docstore_short_form_prints_its_rows_ratios_and_targets(
     tmp_path: object,
 ) -> None:
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "bench", "cluster_bench.py"),
-        "--quick",
-        "--systems",
-        "docstore,trioraft",
-        "--no-embedded",
-        "--requests",
-        "50",
-        "--clients",
-        "1,4",
-        "--read-clients",
-        "4",
-        "--dir",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = proc.stdout
+    out = _quick_run(tmp_path, "--systems", "docstore,trioraft", "--no-embedded")
     writes = out[out.index("### Writes") :]
     # The product comes first, before the library's KV path.
     assert writes.index("| docstore") < writes.index("| trioraft")

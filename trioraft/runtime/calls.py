@@ -25,7 +25,7 @@ import trio.lowlevel
 
 from trioraft.core.errors import NotLeader, ProposalRejected
 from trioraft.core.raft import RaftCore
-from trioraft.core.types import NodeId, Role, check_node_id, parse_address
+from trioraft.core.types import Membership, NodeId, Role, check_node_id, parse_address
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.errors import (
     EntryTooLargeError,
@@ -220,25 +220,28 @@ class NodeCalls:
             )
         self._update_peers()
 
+    def _membership_about(self, node_id: NodeId) -> tuple[RaftCore, Membership]:
+        """Check ``node_id`` and the node: the core, and the membership a change
+        about ``node_id`` starts from."""
+        check_node_id(node_id)
+        core = self._check_open()
+        return core, core.membership
+
     async def add_learner(self, node_id: NodeId, address: str) -> None:
         """Add ``node_id`` (listening at ``address``) as a learner: it gets the log, never votes.
 
         Raises ValueError for a node id outside 1..2**63-1 or an address that
         is not ``host:port``, before anything is proposed.
         """
-        check_node_id(node_id)
         parse_address(address)
-        core = self._check_open()
-        m = core.membership
+        _, m = self._membership_about(node_id)
         if m.is_voter(node_id):
             raise ValueError(f"node {node_id} is already a voter")
         await self._change(set(m.voters), set(m.learners) | {node_id}, {node_id: address})
 
     async def promote(self, node_id: NodeId) -> None:
         """Make learner ``node_id`` a voter, once it has caught up with the log."""
-        check_node_id(node_id)
-        core = self._check_open()
-        m = core.membership
+        core, m = self._membership_about(node_id)
         if node_id not in m.learners:
             raise ValueError(f"node {node_id} is not a learner")
         conflict = core.incarnation_conflict(node_id)
@@ -255,9 +258,7 @@ class NodeCalls:
 
     async def remove_node(self, node_id: NodeId) -> None:
         """Remove a voter or learner (the leader may remove itself: it then steps down)."""
-        check_node_id(node_id)
-        core = self._check_open()
-        m = core.membership
+        _, m = self._membership_about(node_id)
         if node_id not in m.members:
             raise ValueError(f"node {node_id} is not a member")
         voters = set(m.voters) - {node_id}

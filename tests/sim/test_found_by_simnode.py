@@ -142,7 +142,7 @@ def test_a_leader_again_in_a_later_term_streams_its_snapshot_anew() -> None:
     index 150 (simulator seed 7, with the ``sessions_ignored`` defect, which
     only changes the timing; liveness failed before the fix).
     """
-    res = run_seed(7, SimConfig(faults=frozenset({"sessions_ignored"})))
+    res = run_seed(7, SimConfig(faults=frozenset({"sessions_ignored"}), client_backoff=False))
     assert not [v for v in res.violations if "liveness" in v]
 
 
@@ -158,7 +158,7 @@ def test_a_restarted_node_keeps_the_entries_it_appended_after_a_discarding_snaps
     The storage-level test is
     tests/storage/test_recovery.py::test_entries_appended_after_a_discarding_compaction_survive_a_restart.
     """
-    res = run_seed(8114, SimConfig())
+    res = run_seed(8114, SimConfig(client_backoff=False))
     assert not [v for v in res.violations if "InvariantViolated" in v]
 
 
@@ -176,5 +176,5 @@ def test_acknowledged_increments_survive_power_losses_and_clock_jumps() -> None:
     with 16 acknowledged.  The storage-level test is
     tests/storage/test_recovery.py::test_entries_appended_after_a_snapshot_conflicting_with_the_last_entry_survive.
     """
-    res = run_seed(20482, SimConfig())
+    res = run_seed(20482, SimConfig(client_backoff=False))
     assert not [v for v in res.violations if "acknowledged increments" in v]

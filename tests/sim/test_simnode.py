@@ -35,7 +35,7 @@ def test_sweep_of_five_node_clusters_finds_no_violation() -> None:
 def test_runs_exercise_the_faults_and_the_clients() -> None:
     """A sweep in which nothing crashes, fails or gets answered would prove nothing."""
     trace: list[str] = []
-    results = [run_seed(s, SimConfig(steps=2000), trace=trace) for s in range(3)]
+    results = [run_seed(s, SimConfig(steps=2000), trace=trace) for s in range(4)]
     assert all(r.violations == [] for r in results)
     text = "\n".join(trace)
     for what in (

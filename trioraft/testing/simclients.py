@@ -98,6 +98,14 @@ class Workload:
     op_timeout: float = 4.0
     attempt: float = 1.0
     think: float = 0.02
+    #: Pause after a failed attempt that named no leader: doubling from
+    #: ``retry_pause`` up to ``retry_pause_max``, as real clients back off.
+    #: False keeps a fixed 5-20 ms pause: the schedule the seeds pinned in
+    #: tests/sim/test_found_by_simnode.py were found on (it spends most of a
+    #: run's events on retries while no leader is known).
+    backoff: bool = True
+    retry_pause: float = 0.01
+    retry_pause_max: float = 0.2
     history: History = field(default_factory=lambda: History(clock=trio.current_time))
     counts: dict[str, _Counter] = field(default_factory=dict)
     written: set[Hashable] = field(default_factory=lambda: {None})
@@ -249,11 +257,21 @@ class Workload:
         ids = sorted(self.sim.nodes)
         deadline = trio.current_time() + self.op_timeout
         target = cl.leader
+        pause = self.retry_pause
+
+        async def back_off(fixed: float) -> None:
+            nonlocal pause
+            if not self.backoff:
+                await trio.sleep(fixed)
+                return
+            await trio.sleep(r.uniform(pause / 2, pause))
+            pause = min(pause * 2, self.retry_pause_max)
+
         while trio.current_time() < deadline:
             node = self._usable(target)
             if node is None:
                 target = r.choice(ids)
-                await trio.sleep(0.02)
+                await back_off(0.02)
                 continue
             try:
                 with trio.move_on_at(min(deadline, trio.current_time() + self.attempt)):
@@ -262,10 +280,15 @@ class Workload:
                     return "ok", res
                 target = r.choice(ids)
             except NotLeaderError as exc:
-                target = exc.leader_id if exc.leader_id in self.sim.nodes else r.choice(ids)
-                await trio.sleep(0.005)
+                hint = exc.leader_id
+                if hint in self.sim.nodes and (hint != target or not self.backoff):
+                    target = hint  # try it at once
+                    await trio.sleep(0.005)
+                else:
+                    target = r.choice(ids)
+                    await back_off(0.005)
             except Exception:
-                await trio.sleep(0.02)
+                await back_off(0.02)
         return "info", None
 
     async def _query(

@@ -130,6 +130,9 @@ class SimConfig:
     #: first leader's settings record then differ between replicas (a known
     #: defect of docstore's settings rule, see docs/architecture.md).
     mixed_settings: bool = False
+    #: Clients back off after failed attempts (False: the older schedule, see
+    #: :attr:`trioraft.testing.simclients.Workload.backoff`).
+    client_backoff: bool = True
     faults: frozenset[str] = frozenset()
 
 
@@ -265,7 +268,7 @@ class Simulation:
         self.max_sessions = {
             i: r.choice((3, 10_000)) if cfg.mixed_settings else one for i in self.nodes
         }
-        self.workload = Workload(self, clients=cfg.clients)
+        self.workload = Workload(self, clients=cfg.clients, backoff=cfg.client_backoff)
         self.net: MemoryNetwork | None = None
         self.heal_at: float | None = None
         self._nursery: trio.Nursery | None = None

@@ -8,12 +8,13 @@ import pathlib
 import trio
 import trio_websocket
 
+from tests.transport.wshelpers import fake_dialer
 from trioraft.client import open_client_connection
 from trioraft.core.types import Heartbeat
 from trioraft.kv import encode_command
-from trioraft.transport._ws import Closed, HandshakeFailed, dial, dialer_handshake
+from trioraft.transport._ws import Closed, HandshakeFailed
 from trioraft.transport.codec import encode_frame
-from trioraft.transport.messages import ClientRequest, Hello
+from trioraft.transport.messages import ClientRequest
 
 from .realcluster import SECRET, TOKEN, RealCluster
 
@@ -43,17 +44,26 @@ async def attack(address: str, payload: bytes) -> None:
 async def hello_as(address: str, node_id: int, cluster: str, secret: bytes) -> bool:
     """Try a peer handshake; True if the node accepted it."""
     try:
-        async with dial(address, max_frame=1 << 20, connect_timeout=2) as sock:
-            with trio.fail_after(3):
-                await dialer_handshake(
-                    sock,
-                    Hello(node_id, cluster, os.urandom(32), os.urandom(16)),
-                    secret,
-                    expect_node=None,
-                )
+        async with fake_dialer(
+            address, node_id, expect=None, cluster=cluster, secret=secret, max_frame=1 << 20
+        ):
             return True
     except (HandshakeFailed, Closed, OSError, trio.TooSlowError, trio.BrokenResourceError):
         return False
+
+
+async def send_as_peer(
+    address: str, peer: int, target: int, max_frame: int, *frames: bytes
+) -> None:
+    """Authenticate as ``peer`` and send raw ``frames``; the node may hang up on it."""
+    try:
+        async with fake_dialer(
+            address, peer, expect=target, cluster="trioraft", secret=SECRET, max_frame=max_frame
+        ) as sock:
+            for frame in frames:
+                await sock.send(frame)
+    except (Closed, trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+        pass  # the node hung up on it: expected
 
 
 async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
@@ -77,30 +87,11 @@ async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
             # An authenticated peer (it knows the secret) sends an oversized
             # frame and then garbage: only its connection is dropped.
             peer = 1 if target != 1 else 2
-            try:
-                async with dial(addr, max_frame=64 << 20, connect_timeout=2) as sock:
-                    await dialer_handshake(
-                        sock,
-                        Hello(peer, "trioraft", os.urandom(32), os.urandom(16)),
-                        SECRET,
-                        expect_node=target,
-                    )
-                    await sock.send(b"\x00" * (20 << 20))
-                    await sock.send(b"\xff\xfe garbage")
-            except (Closed, trio_websocket.ConnectionClosed, trio.BrokenResourceError):
-                pass  # the node hung up on it: expected
-            try:
-                async with dial(addr, max_frame=1 << 20, connect_timeout=2) as sock:
-                    await dialer_handshake(
-                        sock,
-                        Hello(peer, "trioraft", os.urandom(32), os.urandom(16)),
-                        SECRET,
-                        expect_node=target,
-                    )
-                    hb = Heartbeat(10**9, peer, target, 10**9, 0)
-                    await sock.send(encode_frame([hb])[:-3])  # truncated frame
-            except (Closed, trio_websocket.ConnectionClosed, trio.BrokenResourceError):
-                pass  # the node hung up on it: expected
+            await send_as_peer(
+                addr, peer, target, 64 << 20, b"\x00" * (20 << 20), b"\xff\xfe garbage"
+            )
+            hb = Heartbeat(10**9, peer, target, 10**9, 0)
+            await send_as_peer(addr, peer, target, 1 << 20, encode_frame([hb])[:-3])  # truncated
             await commits(c, "after")
             for node in c.nodes.values():
                 assert node.status().role in ("leader", "follower")

@@ -24,7 +24,8 @@ from trioraft.transport.codec import encode_frame
 from trioraft.transport.messages import ClientHello, ClientRequest, ClientResponse
 from trioraft.transport.websocket import WebSocketTransport
 
-from .wshelpers import CLUSTER, Inbox, addr, eventually, hb, mesh, node
+from .inbox import Inbox, hb
+from .wshelpers import CLUSTER, addr, eventually, mesh, node
 
 TOKENS = {"app": b"app token", "ops": "text tokens work too"}
 

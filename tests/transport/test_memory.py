@@ -2,50 +2,37 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from trioraft.core.types import AppendEntries, Entry, Heartbeat, NodeId
-from trioraft.transport.base import OnMessages
+from trioraft.core.types import AppendEntries, Entry, NodeId
 from trioraft.transport.memory import MemoryNetwork
 from trioraft.transport.messages import AnyMessage, ClientRequest
 
-
-class Inbox:
-    """Collects what each node receives, batch by batch."""
-
-    def __init__(self) -> None:
-        self.batches: dict[NodeId, list[tuple[NodeId, list[AnyMessage]]]] = defaultdict(list)
-
-    def of(self, node: NodeId) -> OnMessages:
-        def on_messages(src: NodeId, messages: list[AnyMessage]) -> None:
-            self.batches[node].append((src, messages))
-
-        return on_messages
-
-    def messages(self, node: NodeId) -> list[AnyMessage]:
-        return [m for _, batch in self.batches[node] for m in batch]
-
-    def commits(self, node: NodeId) -> list[int]:
-        return [m.commit for m in self.messages(node) if isinstance(m, Heartbeat)]
+from .inbox import Inbox, hb
 
 
-def hb(src: NodeId, dst: NodeId, n: int) -> Heartbeat:
-    return Heartbeat(term=1, src=src, dst=dst, commit=n)
+@asynccontextmanager
+async def open_nodes(inbox: Inbox, size: int = 2, **network: Any) -> AsyncIterator[tuple[Any, ...]]:
+    """A MemoryNetwork with nodes 1..``size`` delivering to ``inbox``: ``(net, t1, t2, ...)``."""
+    async with MemoryNetwork(**network) as net, AsyncExitStack() as stack:
+        transports = [
+            await stack.enter_async_context(net.open_transport(n, inbox.of(n)))
+            for n in range(1, size + 1)
+        ]
+        yield (net, *transports)
 
 
 async def test_delivers_in_order_through_the_codec(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
     entry = Entry(1, 1, data=b"x" * 100)
     ae = AppendEntries(1, 1, 2, 0, 0, (entry,), 0)
-    async with (
-        MemoryNetwork() as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)) as t2,
-    ):
+    async with open_nodes(inbox) as (net, t1, t2):
         t1.send(2, ae)
         for i in range(10):
             t1.send(2, hb(1, 2, i))
@@ -73,11 +60,7 @@ async def test_codec_refusals_raise_at_send(autojump_clock: trio.testing.MockClo
 
 async def test_oversized_messages_are_dropped(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork(max_frame=1000) as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)),
-    ):
+    async with open_nodes(inbox, max_frame=1000) as (net, t1, _):
         t1.send(2, AppendEntries(1, 1, 2, 0, 0, (Entry(1, 1, data=b"x" * 2000),), 0))
         t1.send(2, hb(1, 2, 1))
         await trio.sleep(1)
@@ -118,11 +101,7 @@ async def test_only_configured_peers_are_heard(autojump_clock: trio.testing.Mock
 
 async def test_drop_rate(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork(seed=3, drop_rate=0.5) as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)),
-    ):
+    async with open_nodes(inbox, seed=3, drop_rate=0.5) as (net, t1, _):
         for i in range(400):
             t1.send(2, hb(1, 2, i))
         await trio.sleep(1)
@@ -140,11 +119,7 @@ async def test_drop_rate(autojump_clock: trio.testing.MockClock) -> None:
 
 async def test_duplicates(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork(seed=1, duplicate_rate=1.0) as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)),
-    ):
+    async with open_nodes(inbox, seed=1, duplicate_rate=1.0) as (_, t1, _):
         t1.send(2, hb(1, 2, 7))
         await trio.sleep(1)
         assert inbox.commits(2) == [7, 7]
@@ -177,11 +152,7 @@ async def test_delay_range_reorders_and_takes_time(autojump_clock: trio.testing.
 
 async def test_fixed_delay_keeps_order(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork(delay=0.02) as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)),
-    ):
+    async with open_nodes(inbox, delay=0.02) as (_, t1, _):
         for i in range(20):
             t1.send(2, hb(1, 2, i))
             await trio.sleep(0.001)
@@ -191,12 +162,7 @@ async def test_fixed_delay_keeps_order(autojump_clock: trio.testing.MockClock) -
 
 async def test_partition_and_heal(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork() as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)) as t2,
-        net.open_transport(3, inbox.of(3)) as t3,
-    ):
+    async with open_nodes(inbox, 3) as (net, t1, t2, t3):
         net.partition({1}, {2, 3})
         t1.send(2, hb(1, 2, 1))
         t2.send(1, hb(2, 1, 1))
@@ -217,11 +183,7 @@ async def test_partition_drops_messages_already_in_flight(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork(delay=0.1) as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)),
-    ):
+    async with open_nodes(inbox, delay=0.1) as (net, t1, _):
         t1.send(2, hb(1, 2, 1))
         await trio.sleep(0.05)
         net.partition([1], [2])
@@ -231,12 +193,7 @@ async def test_partition_drops_messages_already_in_flight(
 
 async def test_one_way_block_and_isolate(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork() as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)) as t2,
-        net.open_transport(3, inbox.of(3)) as t3,
-    ):
+    async with open_nodes(inbox, 3) as (net, t1, t2, t3):
         net.block(1, 2)
         t1.send(2, hb(1, 2, 1))
         t2.send(1, hb(2, 1, 1))
@@ -274,11 +231,7 @@ async def test_restart_loses_messages_in_flight(autojump_clock: trio.testing.Moc
 
 async def test_bounded_in_flight_queue(autojump_clock: trio.testing.MockClock) -> None:
     inbox = Inbox()
-    async with (
-        MemoryNetwork(delay=1.0, queue_size=5) as net,
-        net.open_transport(1, inbox.of(1)) as t1,
-        net.open_transport(2, inbox.of(2)),
-    ):
+    async with open_nodes(inbox, delay=1.0, queue_size=5) as (_, t1, _):
         for i in range(8):
             t1.send(2, hb(1, 2, i))
         assert t1.statistics().peers[2].queued == 5
@@ -291,11 +244,7 @@ async def test_bounded_in_flight_queue(autojump_clock: trio.testing.MockClock) -
 async def test_same_seed_same_run(autojump_clock: trio.testing.MockClock) -> None:
     async def run(seed: int) -> list[int]:
         inbox = Inbox()
-        async with (
-            MemoryNetwork(seed=seed, drop_rate=0.3, delay=(0, 0.1)) as net,
-            net.open_transport(1, inbox.of(1)) as t1,
-            net.open_transport(2, inbox.of(2)),
-        ):
+        async with open_nodes(inbox, seed=seed, drop_rate=0.3, delay=(0, 0.1)) as (_, t1, _):
             for i in range(100):
                 t1.send(2, hb(1, 2, i))
             await trio.sleep(1)

@@ -13,7 +13,8 @@ from trioraft.client.connection import ClientConnectionError, open_client_connec
 from trioraft.transport.base import ClientConnection
 from trioraft.transport.messages import ClientRequest, ClientResponse
 
-from .wshelpers import CLUSTER, Inbox, addr, eventually, hb, mesh, node
+from .inbox import Inbox, hb
+from .wshelpers import CLUSTER, addr, eventually, mesh, node
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None,

@@ -13,15 +13,14 @@ import trio.lowlevel
 from trioraft.core.types import AppendEntries, Entry, RequestVote, RequestVoteResponse
 from trioraft.transport.websocket import open_websocket_transport
 
+from .inbox import Inbox, hb
 from .wshelpers import (
     CLUSTER,
     LOCAL,
     SECRET,
-    Inbox,
     addr,
     eventually,
     fake_listener,
-    hb,
     mesh,
     node,
 )

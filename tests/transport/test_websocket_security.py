@@ -22,15 +22,14 @@ from trioraft.transport.codec import encode_frame
 from trioraft.transport.messages import Hello, HelloAuth, HelloReject
 from trioraft.transport.websocket import MIN_FRAME, WebSocketTransport
 
+from .inbox import Inbox, hb
 from .wshelpers import (
     CLUSTER,
     SECRET,
-    Inbox,
     addr,
     eventually,
     fake_dialer,
     fake_listener,
-    hb,
     node,
     open_fds,
 )
@@ -128,7 +127,7 @@ async def test_strangers_are_refused(
     inbox = Inbox()
     async with pair(inbox) as (t1, _):
         with pytest.raises(HandshakeFailed) as info:
-            async with fake_dialer(t1.port, node_id, expect=1, cluster=cluster):
+            async with fake_dialer(addr(t1), node_id, expect=1, cluster=cluster):
                 pass
         assert info.value.code == code and info.value.by_peer
         await eventually(lambda: t1.statistics().handshakes_rejected == 1)
@@ -218,7 +217,7 @@ async def test_bad_frames_close_only_that_connection(
 ) -> None:
     inbox = Inbox()
     async with pair(inbox) as (t1, _):
-        async with fake_dialer(t1.port, STRANGER, expect=1) as sock:
+        async with fake_dialer(addr(t1), STRANGER, expect=1) as sock:
             await sock.send(encode_frame([hb(STRANGER, 1, 1)]))
             await eventually(lambda: inbox.commits(1, src=STRANGER) == [1])
             await sock.send(frame)
@@ -244,7 +243,7 @@ async def test_oversized_frame_from_a_dialer_leaks_no_socket() -> None:
     ):
         await eventually(lambda: t1.statistics().peers[STRANGER].connected)
         before = open_fds()
-        async with fake_dialer(t1.port, STRANGER, expect=1) as sock:
+        async with fake_dialer(addr(t1), STRANGER, expect=1) as sock:
             await eventually(lambda: t1.statistics().peers[STRANGER].inbound)
             assert open_fds() == before + 2  # both ends of the new connection
             await sock.send(bytes(MIN_FRAME + 1))

@@ -7,7 +7,6 @@ names, one rule judges it on both sides.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import cbor2
@@ -23,7 +22,6 @@ from trioraft.transport._ws import (
     HandshakeFailed,
     accept_stream,
     dial,
-    dialer_handshake,
     listener_handshake,
 )
 from trioraft.transport.codec import (
@@ -44,7 +42,7 @@ from trioraft.transport.codec import (
 )
 from trioraft.transport.messages import Hello, HelloAuth, HelloReject
 
-from .wshelpers import CLUSTER, SECRET
+from .wshelpers import CLUSTER, SECRET, fake_dialer
 
 
 def append(*entries: Entry) -> AppendEntries:
@@ -219,14 +217,9 @@ async def test_handshake_refuses_frame_of_other_cluster() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             port = await _listen(impostor, rejected, impostor_done, nursery)
-            async with dial(f"127.0.0.1:{port}", max_frame=4096, connect_timeout=5) as sock:
-                with pytest.raises(HandshakeFailed) as err:
-                    await dialer_handshake(
-                        sock,
-                        Hello(2, CLUSTER, os.urandom(32), os.urandom(16)),
-                        SECRET,
-                        expect_node=1,
-                    )
+            with pytest.raises(HandshakeFailed) as err:
+                async with fake_dialer(f"127.0.0.1:{port}", 2, expect=1, max_frame=4096):
+                    pass
             assert err.value.code == "wrong_cluster" and not err.value.by_peer
             await impostor_done.wait()
             assert isinstance(rejected[0], HandshakeFailed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from trioraft.core.types import Heartbeat, NodeId
+from trioraft.core.types import NodeId
 from trioraft.transport._ws import (
     Closed,
     FrameSocket,
@@ -21,37 +20,15 @@ from trioraft.transport._ws import (
     dialer_handshake,
     listener_handshake,
 )
-from trioraft.transport.base import OnMessages
 from trioraft.transport.codec import DEFAULT_MAX_FRAME
-from trioraft.transport.messages import AnyMessage, Hello
+from trioraft.transport.messages import Hello
 from trioraft.transport.websocket import WebSocketTransport, open_websocket_transport
+
+from .inbox import Inbox
 
 CLUSTER = "test-cluster"
 SECRET = b"the cluster secret"
 LOCAL = "127.0.0.1"
-
-
-def hb(src: NodeId, dst: NodeId, n: int) -> Heartbeat:
-    return Heartbeat(term=1, src=src, dst=dst, commit=n)
-
-
-class Inbox:
-    """What each node received."""
-
-    def __init__(self) -> None:
-        self.batches: dict[NodeId, list[tuple[NodeId, list[AnyMessage]]]] = defaultdict(list)
-
-    def of(self, node: NodeId) -> OnMessages:
-        def on_messages(src: NodeId, messages: list[AnyMessage]) -> None:
-            self.batches[node].append((src, messages))
-
-        return on_messages
-
-    def messages(self, node: NodeId, src: NodeId | None = None) -> list[AnyMessage]:
-        return [m for s, b in self.batches[node] for m in b if src is None or s == src]
-
-    def commits(self, node: NodeId, src: NodeId | None = None) -> list[int]:
-        return [m.commit for m in self.messages(node, src) if isinstance(m, Heartbeat)]
 
 
 async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
@@ -102,16 +79,16 @@ def mesh(*transports: WebSocketTransport, **extra: str) -> None:
 
 @asynccontextmanager
 async def fake_dialer(
-    port: int,
+    address: str,
     node_id: NodeId,
     *,
-    expect: NodeId,
+    expect: NodeId | None,
     secret: bytes = SECRET,
     cluster: str = CLUSTER,
     max_frame: int = DEFAULT_MAX_FRAME,
 ) -> AsyncIterator[FrameSocket]:
-    """A hand-driven peer that dials ``port`` and authenticates as ``node_id``."""
-    async with dial(f"{LOCAL}:{port}", max_frame=max_frame, connect_timeout=5) as sock:
+    """A hand-driven peer that dials ``address`` and authenticates as ``node_id``."""
+    async with dial(address, max_frame=max_frame, connect_timeout=5) as sock:
         with trio.fail_after(5):
             await dialer_handshake(
                 sock,

@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import get_args
 
 NodeId = int
 
@@ -473,16 +474,8 @@ Message = (
     | TimeoutNow
 )
 
-MESSAGE_TYPES: tuple[type, ...] = (
-    RequestVote,
-    RequestVoteResponse,
-    AppendEntries,
-    AppendEntriesResponse,
-    Heartbeat,
-    HeartbeatResponse,
-    InstallSnapshot,
-    TimeoutNow,
-)
+#: The classes of ``Message``, in its order.
+MESSAGE_TYPES: tuple[type, ...] = get_args(Message)
 
 
 # --------------------------------------------------------------------------

@@ -20,13 +20,18 @@ answer each cannot be slowed down, so that limit is the only defence; a
 has drained to :attr:`low_water`, so a slow reader holds a stream back
 instead of filling memory, and the hard limit is only reached by a client
 that also piles up ordinary requests.
+
+:class:`QueuedClientConnection` is what both transports' server-side client
+connections (WebSocket and in-memory) build on: the queue, the connection's
+identity, and closing on a client that does not read.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, TypedDict
 
 import trio
 
@@ -36,6 +41,8 @@ from trioraft.transport.messages import ClientResponse
 __all__ = [
     "DEFAULT_CLIENT_QUEUE_BYTES",
     "DEFAULT_CLIENT_QUEUE_SIZE",
+    "QueueLimits",
+    "QueuedClientConnection",
     "ResponseQueue",
 ]
 
@@ -44,6 +51,14 @@ DEFAULT_CLIENT_QUEUE_SIZE: Final = 4096
 #: Bytes of encoded responses queued per client connection before it is closed
 #: (four maximum-size frames); streams wait at an eighth of it.
 DEFAULT_CLIENT_QUEUE_BYTES: Final = 64 << 20
+
+
+class QueueLimits(TypedDict):
+    """The bounds of one :class:`ResponseQueue` (its keyword arguments of the same names)."""
+
+    max_messages: int
+    max_bytes: int
+    budget: int
 
 
 class ResponseQueue:
@@ -167,3 +182,61 @@ class ResponseQueue:
                 )
             )
         return data
+
+
+class QueuedClientConnection:
+    """The server side of a client connection whose responses wait in a :class:`ResponseQueue`.
+
+    A :class:`~trioraft.transport.base.ClientConnection` but for ``receive``,
+    which a subclass provides with the writer of the queue's
+    :attr:`~ResponseQueue.channel`.  A subclass that owns more extends
+    :meth:`close`.
+    """
+
+    def __init__(
+        self, client_id: str, remote: str, limits: QueueLimits, log: logging.Logger
+    ) -> None:
+        self.client_id: Final = client_id
+        self.remote: Final = remote
+        self._log = log
+        self._queue = ResponseQueue(**limits, log=log, owner=self)
+        #: Cancels the handler when the connection closes.
+        self._scope = trio.CancelScope()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone (responses are then discarded)."""
+        return self._closed
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.queued_bytes
+
+    @property
+    def low_water(self) -> int:
+        """Where :meth:`wait_writable` returns (bytes queued)."""
+        return self._queue.low_water
+
+    def send(self, responses: Sequence[ClientResponse]) -> None:
+        if self._closed:
+            return
+        for response in responses:
+            if not self._queue.put(response):
+                self._log.warning(
+                    "%r does not read its responses (%d queued, %d bytes); closing the connection",
+                    self,
+                    self._queue.channel.statistics().current_buffer_used,
+                    self._queue.queued_bytes,
+                )
+                self.close()
+                return
+
+    async def wait_writable(self) -> None:
+        await self._queue.wait_writable()
+
+    def close(self) -> None:
+        """Close the connection now: the handler is cancelled, queued responses are lost."""
+        self._closed = True
+        self._queue.close()
+        self._scope.cancel()

@@ -22,10 +22,11 @@ Faults (attributes and methods of the network, changeable at any time):
 
 Client connections are in memory too: :class:`MemoryClientConnection` is a
 :class:`~trioraft.transport.base.ClientConnection` whose other end the test
-holds (``request``, ``responses``, ``hang_up``).  Its response queue is the
-WebSocket transport's (bounded in responses and bytes, encoded with the real
-codec); a response counts as written when the client end takes it, so a test
-that does not read is a client that does not read, with no timing involved.
+holds (``request``, ``responses``, ``hang_up``).  Its server side and
+response queue are the WebSocket transport's (bounded in responses and
+bytes, encoded with the real codec); a response counts as written when the
+client end takes it, so a test that does not read is a client that does not
+read, with no timing involved.
 
 As with TCP, a message sent before a node restarted is never delivered to
 the new incarnation.  Each transport has an ``incarnation`` (its node's
@@ -45,10 +46,11 @@ dropped, as the WebSocket transport does.
 Why this is one file past 600 lines: :class:`MemoryTransport` is a thin
 handle on :class:`MemoryNetwork`, whose delivery queue, fault settings and
 random stream every send goes through, so the two only make sense together.
-:class:`MemoryClientConnection` (about 150 lines at the end) does not use
-the network at all, only the codec and the WebSocket transport's response
-queue; it is the seam if this file grows (a ``memory_client.py``), and is
-not split yet.
+:class:`MemoryClientConnection` (about 110 lines at the end) does not use
+the network at all, only the codec and the server side of a client
+connection it shares with the WebSocket transport
+(:class:`~trioraft.transport.client_queue.QueuedClientConnection`); it is
+the seam if this file grows (a ``memory_client.py``), and is not split yet.
 
 Example::
 
@@ -68,7 +70,7 @@ import logging
 import math
 import random
 import secrets
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -87,7 +89,8 @@ from trioraft.transport.base import (
 from trioraft.transport.client_queue import (
     DEFAULT_CLIENT_QUEUE_BYTES,
     DEFAULT_CLIENT_QUEUE_SIZE,
-    ResponseQueue,
+    QueuedClientConnection,
+    QueueLimits,
 )
 from trioraft.transport.codec import (
     DEFAULT_MAX_FRAME,
@@ -521,7 +524,7 @@ class MemoryNetwork:
             target._on_messages(src, messages)
 
 
-class MemoryClientConnection:
+class MemoryClientConnection(QueuedClientConnection):
     """Both ends of one client connection, in memory (tests).
 
     The server side is a :class:`~trioraft.transport.base.ClientConnection`
@@ -547,71 +550,30 @@ class MemoryClientConnection:
         max_frame: int = DEFAULT_MAX_FRAME,
         remote: str = "memory",
     ) -> None:
-        self._client_id = client_id
-        self._remote = remote
-        self.max_frame = max_frame
-        self._queue = ResponseQueue(
-            max_messages=queue_size,
-            max_bytes=queue_bytes,
-            budget=max_frame - FRAME_OVERHEAD,
-            log=log,
-            owner=self,
+        limits = QueueLimits(
+            max_messages=queue_size, max_bytes=queue_bytes, budget=max_frame - FRAME_OVERHEAD
         )
+        super().__init__(client_id, remote, limits, log)
+        self.max_frame = max_frame
         self._requests_in, self._requests_out = trio.open_memory_channel[list[ClientRequest]](
             math.inf
         )
-        self._scope = trio.CancelScope()
-        self._closed = False
         self._dropped = False  # closed by the server: what was queued is lost
 
     def __repr__(self) -> str:
-        return f"<memory client connection {self._client_id!r}>"
+        return f"<memory client connection {self.client_id!r}>"
 
     # ------------------------------------------------------------------ server side
-
-    @property
-    def client_id(self) -> str:
-        return self._client_id
-
-    @property
-    def remote(self) -> str:
-        return self._remote
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queue.queued_bytes
-
-    @property
-    def low_water(self) -> int:
-        """Where :meth:`wait_writable` returns (bytes queued)."""
-        return self._queue.low_water
 
     async def receive(self) -> list[ClientRequest]:
         if self._closed:
             raise trio.EndOfChannel
         return await self._requests_out.receive()
 
-    def send(self, responses: Sequence[ClientResponse]) -> None:
-        if self._closed:
-            return
-        for response in responses:
-            if not self._queue.put(response):
-                log.warning("%r does not read its responses; closing the connection", self)
-                self.close()
-                return
-
-    async def wait_writable(self) -> None:
-        await self._queue.wait_writable()
-
     def close(self) -> None:
         """The server closes the connection: the handler is cancelled, queued responses lost."""
-        self._closed = self._dropped = True
-        self._queue.close()
-        self._scope.cancel()
+        self._dropped = True
+        super().close()
         self._requests_in.close()
 
     async def serve(self, handler: ClientHandler) -> None:

@@ -42,8 +42,9 @@ its sender and receiver), the listening side (handshake, then a peer or a
 client) and :func:`open_websocket_transport` all share the transport's
 state: the peer table, the counters, the log throttle and the one port.
 Frame I/O is already its own module (``_ws.py``), and so is the client
-response queue (``client_queue.py``); the remaining seam is
-``_ServerClientConnection`` (about 110 lines), not split yet.
+response queue with the server side of a client connection
+(``client_queue.py``); the remaining seam is ``_ServerClientConnection``
+(about 65 lines), not split yet.
 """
 
 from __future__ import annotations
@@ -53,24 +54,14 @@ import math
 import random
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
 
 import trio
 import trio_websocket
 
-from trioraft.core.types import (
-    AppendEntries,
-    AppendEntriesResponse,
-    Heartbeat,
-    HeartbeatResponse,
-    InstallSnapshot,
-    NodeId,
-    RequestVote,
-    RequestVoteResponse,
-    TimeoutNow,
-)
+from trioraft.core.types import Message, NodeId
 from trioraft.transport._ws import (
     Closed,
     FrameSocket,
@@ -95,7 +86,8 @@ from trioraft.transport.base import (
 from trioraft.transport.client_queue import (
     DEFAULT_CLIENT_QUEUE_BYTES,
     DEFAULT_CLIENT_QUEUE_SIZE,
-    ResponseQueue,
+    QueuedClientConnection,
+    QueueLimits,
 )
 from trioraft.transport.codec import (
     DEFAULT_MAX_FRAME,
@@ -109,7 +101,6 @@ from trioraft.transport.codec import (
 from trioraft.transport.messages import (
     AnyMessage,
     ClientRequest,
-    ClientResponse,
     Hello,
     HelloReject,
     SnapshotChunk,
@@ -136,18 +127,8 @@ DEFAULT_KEEPALIVE: Final = 5.0
 DEFAULT_BACKOFF: Final = (0.05, 1.5)
 MIN_FRAME: Final = 64 * 1024
 
-_PEER_TYPES: Final = (
-    RequestVote,
-    RequestVoteResponse,
-    AppendEntries,
-    AppendEntriesResponse,
-    Heartbeat,
-    HeartbeatResponse,
-    InstallSnapshot,
-    TimeoutNow,
-    SnapshotChunk,
-    SnapshotChunkAck,
-)
+# What a peer may send once authenticated: the core's messages and snapshot chunks.
+_PeerMessage = Message | SnapshotChunk | SnapshotChunkAck
 # Errors that just mean "this connection is gone"; logged briefly.
 _NETWORK_ERRORS: Final = (
     Closed,
@@ -197,42 +178,17 @@ class _Peer:
         self.connects = 0
 
 
-class _ServerClientConnection:
+class _ServerClientConnection(QueuedClientConnection):
     """:class:`~trioraft.transport.base.ClientConnection` over a WebSocket."""
 
     def __init__(self, transport: WebSocketTransport, sock: FrameSocket, client_id: str) -> None:
+        super().__init__(client_id, sock.remote, transport._client_limits, transport.log)
         self._transport = transport
         self._sock = sock
-        self._client_id = client_id
-        self._queue = ResponseQueue(
-            max_messages=transport._client_queue_size,
-            max_bytes=transport._client_queue_bytes,
-            budget=transport._budget,
-            log=transport.log,
-            owner=self,
-        )
         self._carry: list[bytes] = []
-        self._scope = trio.CancelScope()
-        self._closed = False
-
-    @property
-    def client_id(self) -> str:
-        return self._client_id
-
-    @property
-    def remote(self) -> str:
-        return self._sock.remote
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._queue.queued_bytes
 
     def __repr__(self) -> str:
-        return f"<client connection {self._client_id!r} from {self.remote}>"
+        return f"<client connection {self.client_id!r} from {self.remote}>"
 
     async def receive(self) -> list[ClientRequest]:
         t = self._transport
@@ -259,30 +215,6 @@ class _ServerClientConnection:
             self.close()
             raise trio.EndOfChannel from None
         return requests
-
-    def send(self, responses: Sequence[ClientResponse]) -> None:
-        if self._closed:
-            return
-        for response in responses:
-            if not self._queue.put(response):
-                q = self._queue
-                self._transport.log.warning(
-                    "%r does not read its responses (%d queued, %d bytes); closing the connection",
-                    self,
-                    q.channel.statistics().current_buffer_used,
-                    q.queued_bytes,
-                )
-                self.close()
-                return
-
-    async def wait_writable(self) -> None:
-        await self._queue.wait_writable()
-
-    def close(self) -> None:
-        """Close the connection now (the handler is cancelled)."""
-        self._closed = True
-        self._queue.close()
-        self._scope.cancel()
 
     def _encoded(self, data: bytes) -> bytes:
         # Responses are encoded when queued (ResponseQueue.put); count them here.
@@ -355,14 +287,15 @@ class WebSocketTransport:
         self._client_tokens = client_tokens
         self._client_ssl = client_ssl_context
         self._queue_size = queue_size
-        self._client_queue_size = client_queue_size
-        self._client_queue_bytes = client_queue_bytes
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._send_timeout = send_timeout
         self._keepalive_interval = keepalive
         self._backoff = backoff
         self._budget = max_frame - FRAME_OVERHEAD
+        self._client_limits = QueueLimits(
+            max_messages=client_queue_size, max_bytes=client_queue_bytes, budget=self._budget
+        )
         self._random = random.Random()
         self._throttle = _Throttle()
         self._peers: dict[NodeId, _Peer] = {}
@@ -643,7 +576,7 @@ class WebSocketTransport:
         for m in messages:
             if isinstance(m, HelloReject):
                 raise HandshakeFailed(m.code, m.message, by_peer=True)
-            if not isinstance(m, _PEER_TYPES):
+            if not isinstance(m, _PeerMessage):
                 raise ProtocolError(f"{type(m).__name__} on a peer connection")
             if m.src != src or m.dst != self.node_id:
                 raise ProtocolError(

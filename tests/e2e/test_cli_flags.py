@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 
 from docstore import cli
-from docstore.clusterfile import write_cluster_file
 from tests.e2e import test_cluster_cli
-from tests.e2e.test_cluster_cli import ClusterProcess, free_base_port, run_cli
+from tests.e2e.test_cluster_cli import ClusterProcess, cluster_dir, run_cli
 
 start_cluster = test_cluster_cli.start_cluster  # the fixture
 
@@ -92,21 +91,13 @@ def test_config_reference_update_rewrites_only_its_block(tmp_path: pathlib.Path)
 
 
 def _extra_principals_cluster(tmp_path: pathlib.Path) -> pathlib.Path:
-    directory = tmp_path / "cluster"
-    directory.mkdir()
-    base = free_base_port()
-    write_cluster_file(
-        str(directory),
-        {
-            "cluster_id": "docstore",
-            "secret": "s3cret-s3cret",
-            "token": "admin-token",
-            "tokens": {"reporting": "reporting-token", "app": "app-token"},
-            "roles": {"reporting": "read"},
-            "nodes": {str(i): f"127.0.0.1:{base + i - 1}" for i in (1, 2, 3)},
-        },
+    return cluster_dir(
+        tmp_path / "cluster",
+        secret="s3cret-s3cret",
+        token="admin-token",
+        tokens={"reporting": "reporting-token", "app": "app-token"},
+        roles={"reporting": "read"},
     )
-    return directory
 
 
 def test_client_flag_uses_an_extra_principal(

@@ -23,6 +23,7 @@ import pytest
 import trio
 
 import docstore
+from docstore.clusterfile import write_cluster_file
 from tests.conftest import SLOW
 
 WRITES = 200 if SLOW else 20
@@ -36,15 +37,17 @@ TIMING = [
 ]
 
 
-def free_base_port(n: int = 3) -> int:
+def free_base_port(n: int = 3, *, also_at: int | None = None) -> int:
+    """A base port with ``n`` free ports from there (and ``n`` more at ``+also_at``)."""
     for _ in range(100):
         base = random.randrange(20000, 60000)
+        starts = [base] if also_at is None else [base, base + also_at]
         socks: list[socket.socket] = []
         try:
-            for i in range(n):
+            for p in [start + i for start in starts for i in range(n)]:
                 s = socket.socket()
                 socks.append(s)
-                s.bind(("127.0.0.1", base + i))
+                s.bind(("127.0.0.1", p))
             return base
         except OSError:
             continue
@@ -52,6 +55,15 @@ def free_base_port(n: int = 3) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free ports")
+
+
+def cluster_dir(path: pathlib.Path, **settings: Any) -> pathlib.Path:
+    """A new directory holding a cluster.toml of ``settings`` and three nodes on free ports."""
+    path.mkdir()
+    base = free_base_port()
+    nodes = {str(i): f"127.0.0.1:{base + i - 1}" for i in (1, 2, 3)}
+    write_cluster_file(str(path), {"cluster_id": "docstore", **settings, "nodes": nodes})
+    return path
 
 
 def docstore_cmd(*args: str) -> list[str]:

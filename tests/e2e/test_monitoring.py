@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import pathlib
-import random
 import re
 import shutil
 import signal
@@ -32,29 +31,10 @@ import trio_websocket
 
 import docstore
 from docstore.monitor import MAX_HEAD
-from tests.e2e.test_cluster_cli import TIMING, ClusterProcess, docstore_cmd
+from tests.e2e.test_cluster_cli import TIMING, ClusterProcess, docstore_cmd, free_base_port
 
 HTTP_OFFSET = 1000  # docstore.supervisor.HTTP_PORT_OFFSET, written out: the test pins it
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_base_port(n: int = 3) -> int:
-    """A base port with ``n`` free ports there and ``n`` more at +1000 (the HTTP ports)."""
-    for _ in range(100):
-        base = random.randrange(20000, 60000)
-        socks: list[socket.socket] = []
-        try:
-            for p in [*range(base, base + n), *range(base + HTTP_OFFSET, base + HTTP_OFFSET + n)]:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free ports")
 
 
 # ------------------------------------------------------------------ HTTP
@@ -211,7 +191,7 @@ def test_prometheus_parser_refuses_what_the_format_forbids() -> None:
 
 @contextlib.contextmanager
 def running_cluster(tmp_path: pathlib.Path) -> Iterator[tuple[ClusterProcess, int]]:
-    base = free_base_port()
+    base = free_base_port(also_at=HTTP_OFFSET)
     c = ClusterProcess(tmp_path / "c", base)
     try:
         c.wait_ready()
@@ -352,7 +332,7 @@ def test_bad_requests_get_an_error_and_the_node_serves_on(tmp_path: pathlib.Path
 
 
 def test_readyz_is_503_while_a_node_knows_no_leader(tmp_path: pathlib.Path) -> None:
-    base = free_base_port()
+    base = free_base_port(also_at=HTTP_OFFSET)
     http = base + HTTP_OFFSET
     log = open(tmp_path / "node1.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -424,7 +404,7 @@ def test_readyz_turns_503_on_a_node_cut_off_from_the_others_and_back(
 def test_a_taken_http_port_leaves_that_node_without_http_and_the_cluster_up(
     tmp_path: pathlib.Path,
 ) -> None:
-    base = free_base_port()
+    base = free_base_port(also_at=HTTP_OFFSET)
     taken = base + HTTP_OFFSET
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", taken))

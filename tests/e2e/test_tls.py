@@ -22,11 +22,10 @@ import trio
 
 import docstore
 from docstore.client import TlsError
-from docstore.clusterfile import write_cluster_file
 from tests.conftest import SLOW
 from tests.docstore.test_client import Cluster
 from tests.e2e import test_cluster_cli
-from tests.e2e.test_cluster_cli import ClusterProcess, free_base_port, run_cli
+from tests.e2e.test_cluster_cli import ClusterProcess, cluster_dir, run_cli
 
 start_cluster = test_cluster_cli.start_cluster  # the fixture
 
@@ -91,22 +90,14 @@ def certs(tmp_path: pathlib.Path) -> dict[str, pathlib.Path]:
 
 
 def tls_cluster_dir(tmp_path: pathlib.Path, certs: dict[str, pathlib.Path]) -> pathlib.Path:
-    directory = tmp_path / "tls"
-    directory.mkdir()
-    base = free_base_port()
-    write_cluster_file(
-        str(directory),
-        {
-            "cluster_id": "docstore",
-            "secret": "tls-test-secret",
-            "token": "tls-test-token",
-            "tls_cert": str(certs["cert"]),
-            "tls_key": str(certs["key"]),
-            "tls_ca": str(certs["ca"]),
-            "nodes": {str(i): f"127.0.0.1:{base + i - 1}" for i in (1, 2, 3)},
-        },
+    return cluster_dir(
+        tmp_path / "tls",
+        secret="tls-test-secret",
+        token="tls-test-token",
+        tls_cert=str(certs["cert"]),
+        tls_key=str(certs["key"]),
+        tls_ca=str(certs["ca"]),
     )
-    return directory
 
 
 async def test_a_tls_cluster_serves_the_cli_and_connect_and_refuses_plain_clients(

@@ -70,10 +70,12 @@ import logging
 import math
 import random
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TypedDict, Unpack
 
 import trio
 
@@ -102,7 +104,13 @@ from trioraft.transport.codec import (
 )
 from trioraft.transport.messages import AnyMessage, ClientRequest, ClientResponse
 
-__all__ = ["MemoryClientConnection", "MemoryNetwork", "MemoryTransport", "NetworkStatistics"]
+__all__ = [
+    "MemoryClientConnection",
+    "MemoryNetwork",
+    "MemoryTransport",
+    "NetworkStatistics",
+    "TransportOptions",
+]
 
 log = logging.getLogger("trioraft.transport.memory")
 
@@ -137,6 +145,20 @@ class _Flight:
     incarnation: bytes = field(compare=False)
 
 
+class TransportOptions(TypedDict, total=False):
+    """How a node joins a :class:`MemoryNetwork` (:meth:`~MemoryNetwork.attach`).
+
+    ``peers``: the nodes it may send to and hear from (default: every node on
+    the network, until :meth:`MemoryTransport.set_peers`); ``incarnation``:
+    its data directory id (default: random); ``on_peer``: see
+    :data:`~trioraft.transport.base.OnPeer`.
+    """
+
+    peers: Mapping[NodeId, str] | Iterable[NodeId] | None
+    incarnation: bytes | None
+    on_peer: OnPeer | None
+
+
 class _PeerCounters:
     __slots__ = ("address", "dropped", "in_flight", "received", "sent")
 
@@ -160,7 +182,7 @@ class MemoryTransport:
         network: MemoryNetwork,
         node_id: NodeId,
         on_messages: OnMessages,
-        peers: Mapping[NodeId, str] | Iterable[NodeId] | None,
+        peers: Mapping[NodeId, str] | Iterable[NodeId] | None = None,
         incarnation: bytes | None = None,
         on_peer: OnPeer | None = None,
     ) -> None:
@@ -279,12 +301,8 @@ class MemoryNetwork:
         self._wakeup = trio.Event()
         self._running = False
         self._cm: AbstractAsyncContextManager[MemoryNetwork] | None = None
-        self._delivered = 0
-        self._lost = 0
-        self._blocked_count = 0
-        self._unreachable = 0
-        self._duplicated = 0
-        self._oversized = 0
+        #: The counters of :class:`NetworkStatistics` but ``in_flight``, by field name.
+        self._counts: Counter[str] = Counter()
 
     # ------------------------------------------------------------------
     # Lifetime
@@ -316,32 +334,23 @@ class MemoryNetwork:
                 self._running = False
 
     def attach(
-        self,
-        node_id: NodeId,
-        on_messages: OnMessages,
-        *,
-        peers: Mapping[NodeId, str] | Iterable[NodeId] | None = None,
-        incarnation: bytes | None = None,
-        on_peer: OnPeer | None = None,
+        self, node_id: NodeId, on_messages: OnMessages, **options: Unpack[TransportOptions]
     ) -> MemoryTransport:
-        """Join the network now; :meth:`MemoryTransport.close` leaves it."""
+        """Join the network now; :meth:`MemoryTransport.close` leaves it.
+
+        ``options`` are those of :class:`TransportOptions`.
+        """
         if not self._running:
             raise RuntimeError("use the network inside `async with MemoryNetwork() as net`")
         if node_id in self._nodes:
             raise ValueError(f"node {node_id} is already on the network")
-        transport = MemoryTransport(self, node_id, on_messages, peers, incarnation, on_peer)
+        transport = MemoryTransport(self, node_id, on_messages, **options)
         self._nodes[node_id] = transport
         return transport
 
     @asynccontextmanager
     async def open_transport(
-        self,
-        node_id: NodeId,
-        on_messages: OnMessages,
-        *,
-        peers: Mapping[NodeId, str] | Iterable[NodeId] | None = None,
-        incarnation: bytes | None = None,
-        on_peer: OnPeer | None = None,
+        self, node_id: NodeId, on_messages: OnMessages, **options: Unpack[TransportOptions]
     ) -> AsyncIterator[MemoryTransport]:
         """``async with net.open_transport(1, on_messages) as t``: attach, then close on exit.
 
@@ -349,9 +358,7 @@ class MemoryNetwork:
         :func:`~trioraft.transport.websocket.open_websocket_transport`, so a
         runtime can take either.
         """
-        transport = self.attach(
-            node_id, on_messages, peers=peers, incarnation=incarnation, on_peer=on_peer
-        )
+        transport = self.attach(node_id, on_messages, **options)
         try:
             yield transport
         finally:
@@ -401,15 +408,7 @@ class MemoryNetwork:
         return src in self._nodes and dst in self._nodes and not self.is_blocked(src, dst)
 
     def statistics(self) -> NetworkStatistics:
-        return NetworkStatistics(
-            delivered=self._delivered,
-            in_flight=len(self._heap),
-            blocked=self._blocked_count,
-            unreachable=self._unreachable,
-            lost=self._lost,
-            duplicated=self._duplicated,
-            oversized=self._oversized,
-        )
+        return NetworkStatistics(in_flight=len(self._heap), **self._counts)
 
     # ------------------------------------------------------------------
     # Sending and delivering
@@ -431,7 +430,7 @@ class MemoryNetwork:
         if self.codec:
             payload = encode_frame([message])  # raises on a message the codec refuses
             if len(payload) > self.max_frame:
-                self._oversized += 1
+                self._counts["oversized"] += 1
                 counter.dropped += 1
                 log.error(
                     "node %d: dropped a %s of %d bytes to %d: larger than a frame",
@@ -446,18 +445,18 @@ class MemoryNetwork:
         src = sender.node_id
         target = self._nodes.get(dst)
         if target is None:
-            self._unreachable += 1
+            self._counts["unreachable"] += 1
             return
         if self.is_blocked(src, dst):
-            self._blocked_count += 1
+            self._counts["blocked"] += 1
             return
         if self.drop_rate and self.random.random() < self.drop_rate:
-            self._lost += 1
+            self._counts["lost"] += 1
             return
         copies = 1
         if self.duplicate_rate and self.random.random() < self.duplicate_rate:
             copies = 2
-            self._duplicated += 1
+            self._counts["duplicated"] += 1
         now = trio.current_time()
         for _ in range(copies):
             self._seq += 1
@@ -504,19 +503,19 @@ class MemoryNetwork:
             for f in flights:
                 if f.target is not target or self._nodes.get(dst) is not target:
                     # Sent to an earlier incarnation: that connection is gone.
-                    self._unreachable += 1
+                    self._counts["unreachable"] += 1
                 elif target._peers is not None and src not in target._peers:
                     # The WebSocket transport refuses a node that is not a peer.
-                    self._unreachable += 1
+                    self._counts["unreachable"] += 1
                 elif self.is_blocked(src, dst):
-                    self._blocked_count += 1
+                    self._counts["blocked"] += 1
                 elif isinstance(f.payload, bytes):
                     messages += decode_frame(f.payload, max_size=self.max_frame)
                 else:
                     messages.append(f.payload)
             if not messages:
                 continue
-            self._delivered += len(messages)
+            self._counts["delivered"] += len(messages)
             target._frames_in += 1
             target._counter(src).received += len(messages)
             if target._on_peer is not None:

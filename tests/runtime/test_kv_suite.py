@@ -55,9 +55,23 @@ def _put(index: int, key: str, value: object, term: int = 1) -> Entry:
     return Entry(index, term, data=encode_command("put", key, value=value))
 
 
-async def test_results_of_each_command(tmp_path: pathlib.Path) -> None:
-    kv = KVStateMachine(str(tmp_path))
+async def started(path: str | pathlib.Path) -> KVStateMachine:
+    kv = KVStateMachine(str(path))
     await kv.start()
+    return kv
+
+
+async def log_of_two_records(path: pathlib.Path) -> pathlib.Path:
+    """Write ``a`` then ``b`` as two records of a KV log in ``path``; returns the log file."""
+    kv = await started(path)
+    await kv.apply([_put(1, "a", b"1")])
+    await kv.apply([_put(2, "b", b"2")])
+    await kv.close()
+    return path / "kv.log"
+
+
+async def test_results_of_each_command(tmp_path: pathlib.Path) -> None:
+    kv = await started(tmp_path)
     results = await kv.apply(
         [
             _put(1, "a", b"1"),
@@ -84,8 +98,7 @@ async def test_results_of_each_command(tmp_path: pathlib.Path) -> None:
 
 
 async def test_chunk_sees_its_own_writes(tmp_path: pathlib.Path) -> None:
-    kv = KVStateMachine(str(tmp_path))
-    await kv.start()
+    kv = await started(tmp_path)
     results = await kv.apply(
         [
             _put(1, "a", b"1"),
@@ -100,8 +113,7 @@ async def test_chunk_sees_its_own_writes(tmp_path: pathlib.Path) -> None:
 
 
 async def test_bad_queries_raise(tmp_path: pathlib.Path) -> None:
-    kv = KVStateMachine(str(tmp_path))
-    await kv.start()
+    kv = await started(tmp_path)
     for q in ({"op": "nope"}, {"op": "get"}, {"op": "get_multi", "keys": [1]}, [1], b"\xff"):
         with pytest.raises(KVQueryError):
             await kv.query(q)
@@ -109,33 +121,21 @@ async def test_bad_queries_raise(tmp_path: pathlib.Path) -> None:
 
 
 async def test_torn_log_tail_is_cut(tmp_path: pathlib.Path) -> None:
-    kv = KVStateMachine(str(tmp_path))
-    await kv.start()
-    await kv.apply([_put(1, "a", b"1")])
-    await kv.apply([_put(2, "b", b"2")])
-    await kv.close()
-    log = tmp_path / "kv.log"
+    log = await log_of_two_records(tmp_path)
     size = log.stat().st_size
     os.truncate(log, size - 3)  # the second record lost its end
-    kv = KVStateMachine(str(tmp_path))
-    await kv.start()
+    kv = await started(tmp_path)
     assert kv.last_applied() == LogId(1, 1)
     assert await kv.query({"op": "get_multi", "keys": ["a", "b"]}) == [b"1", None]
     await kv.apply([_put(2, "b", b"again")])
     await kv.close()
-    kv = KVStateMachine(str(tmp_path))
-    await kv.start()
+    kv = await started(tmp_path)
     assert await kv.query({"op": "get", "key": "b"}) == b"again"
     await kv.close()
 
 
 async def test_corruption_before_the_tail_is_an_error(tmp_path: pathlib.Path) -> None:
-    kv = KVStateMachine(str(tmp_path))
-    await kv.start()
-    await kv.apply([_put(1, "a", b"1")])
-    await kv.apply([_put(2, "b", b"2")])
-    await kv.close()
-    log = tmp_path / "kv.log"
+    log = await log_of_two_records(tmp_path)
     raw = bytearray(log.read_bytes())
     raw[8 + 8 + 2] ^= 0xFF  # inside the first record's payload
     log.write_bytes(bytes(raw))
@@ -146,8 +146,7 @@ async def test_corruption_before_the_tail_is_an_error(tmp_path: pathlib.Path) ->
 async def test_stale_log_after_interrupted_restore_is_ignored(tmp_path: pathlib.Path) -> None:
     # A restore that crashed after renaming the new base but before resetting
     # the log must not replay the old log's (newer-indexed) records.
-    kv = KVStateMachine(str(tmp_path / "kv"))
-    await kv.start()
+    kv = await started(tmp_path / "kv")
     await kv.apply([_put(1, "a", b"1")])
     info = await kv.write_snapshot(str(tmp_path / "snap"))
     await kv.apply([_put(2, "b", b"2"), _put(3, "c", b"3")])
@@ -156,8 +155,7 @@ async def test_stale_log_after_interrupted_restore_is_ignored(tmp_path: pathlib.
     await kv.restore_snapshot(str(tmp_path / "snap"), info)
     await kv.close()
     (tmp_path / "kv" / "kv.log").write_bytes(stale_log)
-    kv = KVStateMachine(str(tmp_path / "kv"))
-    await kv.start()
+    kv = await started(tmp_path / "kv")
     assert kv.last_applied() == LogId(1, 1)
     assert await kv.query({"op": "get_multi", "keys": ["a", "b", "c"]}) == [b"1", None, None]
     await kv.close()

@@ -15,11 +15,37 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
 class PowerLoss(Exception):
     """The simulated machine lost power (deliberately not an OSError)."""
+
+
+@dataclass
+class Outage:
+    """Whether the block run under :func:`power_cut` lost power."""
+
+    happened: bool = False
+
+
+@contextmanager
+def power_cut(fs: FaultFS, at: int) -> Iterator[Outage]:
+    """Lose power at the ``at``-th mutating call made in the block, which ends there.
+
+    Power is back on (``fail_at`` cleared) after the block, so the test can
+    reboot from ``fs.crash_variants()``; ``Outage.happened`` is False when
+    the block finished first, i.e. every cut point of it has been covered.
+    """
+    outage = Outage()
+    fs.fail_after(at)
+    try:
+        yield outage
+    except PowerLoss:
+        outage.happened = True
+    finally:
+        fs.fail_at = None
 
 
 @dataclass(eq=False)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import SLOW
-from tests.storage.faultfs import FaultFS, PowerLoss
+from tests.storage.faultfs import FaultFS, PowerLoss, power_cut
+from tests.storage.snapshot_files import commit_snapshot, sha, write_body
 from trioraft.core.types import Entry, HardState, Membership, SnapshotMeta
 from trioraft.storage import FileLogStore, MemoryLogStore, SnapshotStore, StorageCorruption
 from trioraft.testing.storage_suite import entries
@@ -105,14 +106,10 @@ def test_power_loss_at_every_mutation_and_torn_write(step: int) -> None:
     for cut in range(1, 100):
         fs = FaultFS()
         s = fresh(fs, step)
-        fs.fail_after(cut)
-        try:
+        with power_cut(fs, cut) as outage:
             op(s)
-        except PowerLoss:
-            pass
-        else:
+        if not outage.happened:
             break  # the operation finished before mutation `cut`: every point covered
-        fs.fail_at = None
         for crashed in fs.crash_variants():
             got = view(FileLogStore.open(DIR, segment_bytes=SEG, fs=crashed))
             assert allowed(got, before, after, start), f"{name}, cut {cut}: {got}"
@@ -204,26 +201,12 @@ SNAP = "/snap"
 MEMBERS = Membership(frozenset({1, 2, 3}))
 
 
-def write_body(fs: FaultFS, store: SnapshotStore, body: bytes) -> str:
-    path = store.new_path()
-    h = fs.open(path, create=True)
-    h.pwrite(body, 0)
-    h.sync()
-    return path
-
-
-def sha(b: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(b).hexdigest()
-
-
 def snapshot_fs(upto: int) -> tuple[FaultFS, SnapshotStore]:
     fs = FaultFS()
     st = SnapshotStore(SNAP, fs=fs)
     for i in range(1, upto + 1):
         body = bytes([i]) * (40 + i)
-        st.commit(write_body(fs, st, body), SnapshotMeta(i * 10, i, MEMBERS), sha(body), len(body))
+        commit_snapshot(fs, st, SnapshotMeta(i * 10, i, MEMBERS), body)
     return fs, st
 
 
@@ -233,14 +216,10 @@ def test_snapshot_commit_power_loss_everywhere(caplog: pytest.LogCaptureFixture)
     for cut in range(1, 100):
         fs, st = snapshot_fs(2)
         path = write_body(fs, st, body)
-        fs.fail_after(cut)
-        try:
+        with power_cut(fs, cut) as outage:
             st.commit(path, SnapshotMeta(30, 3, MEMBERS), sha(body), len(body))
-        except PowerLoss:
-            pass
-        else:
+        if not outage.happened:
             break
-        fs.fail_at = None
         for crashed in fs.crash_variants(step=7):
             got = SnapshotStore(SNAP, fs=crashed).latest()
             assert got is not None
@@ -309,14 +288,10 @@ def test_power_loss_long_scenario() -> None:
     for cut in range(1, 10 if SLOW else 4):
         fs = base.crash()
         s = FileLogStore.open(DIR, segment_bytes=4096, fs=fs)
-        fs.fail_after(cut)
-        try:
+        with power_cut(fs, cut) as outage:
             s.append(entries(201 if SLOW else 61, 230 if SLOW else 90, size=50))
-        except PowerLoss:
-            pass
-        else:
+        if not outage.happened:
             break
-        fs.fail_at = None
         for crashed in fs.crash_variants():
             got = view(FileLogStore.open(DIR, segment_bytes=4096, fs=crashed))
             assert got.log[: len(want.log)] == want.log

@@ -10,7 +10,7 @@ from trioraft.core.types import is_incarnation
 from trioraft.storage import FileLogStore, MemoryLogStore, StorageCorruption
 from trioraft.storage.log import IDENTITY_FILE
 
-from .faultfs import FaultFS, PowerLoss
+from .faultfs import FaultFS, power_cut
 
 DIR = "/data/log"
 
@@ -44,14 +44,10 @@ def test_power_loss_while_creating_the_identity() -> None:
     # or the complete one: never a torn file.
     for cut in range(1, 50):
         fs = FaultFS()
-        fs.fail_after(cut)
-        try:
+        with power_cut(fs, cut) as outage:
             FileLogStore.open(DIR, fs=fs).close()
-        except PowerLoss:
-            pass
-        else:
+        if not outage.happened:
             break
-        fs.fail_at = None
         for crashed in fs.crash_variants():
             with FileLogStore.open(DIR, fs=crashed) as s:
                 assert is_incarnation(s.incarnation())

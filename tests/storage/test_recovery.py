@@ -7,12 +7,12 @@ compacted past every readable snapshot is refused with advice.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import pytest
 
-from tests.storage.faultfs import FaultFS, PowerLoss
+from tests.storage.faultfs import FaultFS, power_cut
+from tests.storage.snapshot_files import commit_snapshot
 from trioraft.core.types import Membership, SnapshotMeta
 from trioraft.storage import FileLogStore, SnapshotStore, StorageCorruption
 from trioraft.storage.recovery import reconcile
@@ -25,13 +25,7 @@ MEMBERS = Membership(frozenset({1, 2, 3}))
 
 
 def put_snapshot(fs: FaultFS, store: SnapshotStore, index: int, term: int) -> None:
-    body = b"body %d" % index * 7
-    path = store.new_path()
-    h = fs.open(path, create=True)
-    h.pwrite(body, 0)
-    h.sync()
-    meta = SnapshotMeta(index, term, MEMBERS)
-    store.commit(path, meta, hashlib.sha256(body).hexdigest(), len(body))
+    commit_snapshot(fs, store, SnapshotMeta(index, term, MEMBERS), b"body %d" % index * 7)
 
 
 def open_both(fs: FaultFS) -> tuple[FileLogStore, SnapshotStore]:
@@ -131,15 +125,11 @@ def test_crash_at_every_step_of_reconcile(snap_index: int, snap_term: int) -> No
     for cut in range(1, 100):
         fs = setup()
         log, snaps = open_both(fs)
-        fs.fail_after(cut)
-        try:
+        with power_cut(fs, cut) as outage:
             reconcile(log, snaps)
-        except PowerLoss:
-            pass
-        else:
+        if not outage.happened:
             assert state(log) == want
             break
-        fs.fail_at = None
         points += 1
         for crashed in fs.crash_variants(step=5):
             log, snaps = open_both(crashed)
@@ -150,6 +140,27 @@ def test_crash_at_every_step_of_reconcile(snap_index: int, snap_term: int) -> No
     assert points >= 5  # the boundary write, the discard frame, the segment deletions
 
 
+AFTER_DISCARD = ((5, 3), 8, [(6, 3), (7, 3), (8, 3)])
+
+
+def reopened_after_a_discard(old_log_end: int, crash: bool) -> tuple[FaultFS, FileLogStore]:
+    """Reopen a log whose compaction at (5, term 3) discarded its own entries.
+
+    The log held the term-2 entries below ``old_log_end`` (an old leader's,
+    never committed); after the compaction the new leader's 6-8 of term 3 were
+    appended.  Reopened after a crash if ``crash``; returns the file system
+    it was reopened on and the log.
+    """
+    fs = FaultFS()
+    log = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
+    log.append(entries(1, old_log_end, term=2))
+    log.compact(5, 3)
+    log.append(entries(6, 9, term=3))
+    assert state(log) == AFTER_DISCARD
+    fs = fs.crash() if crash else fs
+    return fs, FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
+
+
 @pytest.mark.parametrize("crash", [False, True])
 def test_entries_appended_after_a_discarding_compaction_survive_a_restart(crash: bool) -> None:
     # A follower installs a snapshot whose entry conflicts with its log: the
@@ -158,16 +169,8 @@ def test_entries_appended_after_a_discarding_compaction_survive_a_restart(crash:
     # stayed in the segment, so recovery took the log for one whose discard
     # had not been made durable and dropped the new entries too (found by the
     # whole-node simulator, seed 8114: the state machine had applied them).
-    fs = FaultFS()
-    log = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
-    log.append(entries(1, 9, term=2))  # uncommitted entries of an old leader
-    log.compact(5, 3)
-    log.append(entries(6, 9, term=3))
-    expected = ((5, 3), 8, [(6, 3), (7, 3), (8, 3)])
-    assert state(log) == expected
-    fs = fs.crash() if crash else fs
-    again = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
-    assert state(again) == expected
+    fs, again = reopened_after_a_discard(old_log_end=9, crash=crash)
+    assert state(again) == AFTER_DISCARD
     again.append(entries(9, 10, term=3))
     third = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs.crash())
     assert state(third) == ((5, 3), 9, [(6, 3), (7, 3), (8, 3), (9, 3)])
@@ -183,13 +186,5 @@ def test_entries_appended_after_a_snapshot_conflicting_with_the_last_entry_survi
     # restart after the new leader's entries 6-8 had been appended (and
     # acknowledged) took the log for an undurable discard and dropped them:
     # committed entries lost (the whole-node simulator, seed 20482).
-    fs = FaultFS()
-    log = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
-    log.append(entries(1, 6, term=2))
-    log.compact(5, 3)
-    log.append(entries(6, 9, term=3))
-    expected = ((5, 3), 8, [(6, 3), (7, 3), (8, 3)])
-    assert state(log) == expected
-    fs = fs.crash() if crash else fs
-    again = FileLogStore.open(LOG, segment_bytes=1 << 20, fs=fs)
-    assert state(again) == expected
+    _, again = reopened_after_a_discard(old_log_end=6, crash=crash)
+    assert state(again) == AFTER_DISCARD

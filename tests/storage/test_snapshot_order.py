@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from tests.storage.faultfs import FaultFS
+from tests.storage.snapshot_files import commit_snapshot
 from trioraft.core.types import Membership, SnapshotMeta
 from trioraft.statemachine import SnapshotError
 from trioraft.storage import SnapshotStore
@@ -22,13 +23,7 @@ def body_of(index: int) -> bytes:
 
 
 def commit(fs: FaultFS, store: SnapshotStore, index: int, term: int = 1) -> None:
-    body = body_of(index)
-    path = store.new_path()
-    h = fs.open(path, create=True)
-    h.pwrite(body, 0)
-    h.sync()
-    meta = SnapshotMeta(index, term, MEMBERS)
-    store.commit(path, meta, hashlib.sha256(body).hexdigest(), len(body))
+    commit_snapshot(fs, store, SnapshotMeta(index, term, MEMBERS), body_of(index))
 
 
 def indexes(store: SnapshotStore) -> list[int]:

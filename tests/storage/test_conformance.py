@@ -7,23 +7,20 @@ from trioraft.testing.storage_suite import LogStoreSuite
 
 
 class TestFileLogStore(LogStoreSuite):
+    options: dict[str, int] = {}  # for FileLogStore.open
+
     def make_store(self, path: str) -> LogStore:
-        return FileLogStore.open(path)
+        return FileLogStore.open(path, **self.options)
 
     def reopen(self, store: LogStore, path: str) -> LogStore:
         store.close()
-        return FileLogStore.open(path)
+        return self.make_store(path)
 
 
-class TestFileLogStoreTinySegments(LogStoreSuite):
+class TestFileLogStoreTinySegments(TestFileLogStore):
     """Every batch lands in its own segment, exercising rolls and segment deletion."""
 
-    def make_store(self, path: str) -> LogStore:
-        return FileLogStore.open(path, segment_bytes=1)
-
-    def reopen(self, store: LogStore, path: str) -> LogStore:
-        store.close()
-        return FileLogStore.open(path, segment_bytes=1)
+    options = {"segment_bytes": 1}
 
 
 class TestMemoryLogStore(LogStoreSuite):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from trioraft.kv import encode_command
 from trioraft.runtime import Node
 from trioraft.testing.cluster import MemoryCluster
@@ -31,3 +33,15 @@ async def wipe_a_follower(c: MemoryCluster) -> tuple[Node, int]:
     for i in range(200):
         await leader.propose(put(f"k{i}", b"v" * 20))
     return leader, victim
+
+
+async def outcome(proposal: Awaitable[object], **errors: type[Exception]) -> str:
+    """``"ok"`` once ``proposal`` is answered, else the name ``errors`` gives its error.
+
+    Example: ``await outcome(node.propose(cmd), dropped=ProposalDroppedError)``.
+    """
+    try:
+        await proposal
+    except tuple(errors.values()) as exc:
+        return next(name for name, kind in errors.items() if isinstance(exc, kind))
+    return "ok"

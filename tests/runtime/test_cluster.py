@@ -15,7 +15,7 @@ from trioraft.runtime import NotLeaderError, ProposalDroppedError, ProposalRejec
 from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
-from .helpers import CHUNKED_SNAPSHOTS, get, put, wipe_a_follower
+from .helpers import CHUNKED_SNAPSHOTS, get, outcome, put, wipe_a_follower
 
 
 @bounded(120)
@@ -260,11 +260,8 @@ async def test_proposals_overload_instead_of_growing(
         outcomes: list[str] = []
 
         async def one(i: int) -> None:
-            try:
-                await leader.propose(put(f"o{i}", b"x"))
-                outcomes.append("ok")
-            except OverloadedError:
-                outcomes.append("overloaded")
+            proposal = leader.propose(put(f"o{i}", b"x"))
+            outcomes.append(await outcome(proposal, overloaded=OverloadedError))
 
         async with trio.open_nursery() as nursery:
             for i in range(40):

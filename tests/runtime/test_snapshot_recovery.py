@@ -24,7 +24,7 @@ from trioraft.storage import SnapshotStore, StorageCorruption
 from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
-from .helpers import put
+from .helpers import outcome, put
 
 M = TypeVar("M", bound=KVStateMachine)
 
@@ -234,13 +234,9 @@ async def test_reused_index_fails_the_old_proposal(
         outcomes: list[str] = []
 
         async def doomed(i: int) -> None:
-            try:
-                await old.propose(put(f"lost{i}", b"x"))
-                outcomes.append("applied")
-            except ProposalDroppedError:
-                outcomes.append("dropped")
-            except TimeoutError:
-                outcomes.append("timeout")
+            proposal = old.propose(put(f"lost{i}", b"x"))
+            errors = {"dropped": ProposalDroppedError, "timeout": TimeoutError}
+            outcomes.append(await outcome(proposal, **errors))
 
         with trio.fail_after(20):  # proposal_timeout is 30 s: nothing may wait for it
             async with trio.open_nursery() as nursery:

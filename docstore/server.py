@@ -66,7 +66,14 @@ from docstore.engine.validate import validate_command, validate_query, validate_
 from docstore.protocol import DEFAULT_CLIENT
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine, encode_command
 from trioraft.core.types import NodeId
-from trioraft.runtime import Node, NodeConfig, NotLeaderError, OverloadedError, serve_node
+from trioraft.runtime import (
+    Node,
+    NodeConfig,
+    NotLeaderError,
+    OverloadedError,
+    ProposalDroppedError,
+    serve_node,
+)
 from trioraft.runtime.config import default_of, parse_address
 from trioraft.runtime.service import MAX_IN_FLIGHT, ClientService, Done, Session, error_response
 from trioraft.statemachine import SnapshotInfo
@@ -309,6 +316,7 @@ class DocstoreService:
         self.config = config or ServerConfig()
         self._backups = 0  # in progress on this node
         self._backup_ids = itertools.count(1)
+        self._recording = trio.Lock()  # one settings proposal at a time
 
     def build(self, node: Node) -> ClientService:
         """The client service of ``node``, serving :data:`KINDS`."""
@@ -346,12 +354,45 @@ class DocstoreService:
         )
 
     def _command(self, session: Session, req: ClientRequest, done: Done) -> None:
-        session.node.propose_nowait(
-            self._check_command(session, req),
-            done,
-            client_id=self._session(session.client_id, req),
-            sequence=req.sequence,
-        )
+        data = self._check_command(session, req)
+        client_id = self._session(session.client_id, req)
+        if not self.sm.settings_recorded and session.node.is_leader:
+            # Entries before the record apply with the built-in settings, not
+            # this cluster's: a new cluster's first writes wait for its first
+            # leader's record (DUTY_INTERVAL_UNRECORDED away).
+            session.nursery.start_soon(
+                self._command_after_settings, session, data, client_id, req.sequence, done
+            )
+            return
+        session.node.propose_nowait(data, done, client_id=client_id, sequence=req.sequence)
+
+    async def _command_after_settings(
+        self, session: Session, data: bytes, client_id: str, sequence: int, done: Done
+    ) -> None:
+        try:
+            with trio.move_on_after(SETTINGS_WAIT):
+                await self._record_settings(session.node)
+            if not self.sm.settings_recorded and session.node.is_leader:
+                raise ProposalDroppedError(
+                    f"the cluster's settings are not recorded after {SETTINGS_WAIT:g} s:"
+                    " not applied, retry with the same sequence"
+                )
+            session.node.propose_nowait(data, done, client_id=client_id, sequence=sequence)
+        except Exception as exc:  # not the leader any more, overloaded...: the answer
+            done(None, exc)
+
+    async def _record_settings(self, node: Node) -> None:
+        """Propose this node's settings as the cluster's while it leads and none are
+        recorded (one proposal at a time; :func:`serve`'s leader duties do it too)."""
+        while not self.sm.settings_recorded and node.is_leader:
+            async with self._recording:
+                if self.sm.settings_recorded:
+                    return
+                try:
+                    await node.propose(encode_command(self.sm.settings_command()))
+                except Exception as exc:  # lost leadership...: look again
+                    log.debug("settings not recorded: %r", exc)
+                    await trio.sleep(DUTY_INTERVAL_UNRECORDED)
 
     def _check_command(self, session: Session, req: ClientRequest) -> bytes:
         """The entry data of a ``command``, decoded once and checked; raises to refuse it.
@@ -722,6 +763,10 @@ async def serve(
 
 #: Seconds between the leader's rounds of duties (settings record, expiry).
 DUTY_INTERVAL = 1.0
+#: ... while no settings are recorded (client writes wait for the record).
+DUTY_INTERVAL_UNRECORDED = 0.05
+#: How long a write waits for the record before it is answered ``dropped``.
+SETTINGS_WAIT = 5.0
 
 
 async def _leader_duties(node: Node, sm: DocstoreStateMachine) -> None:
@@ -735,7 +780,7 @@ async def _leader_duties(node: Node, sm: DocstoreStateMachine) -> None:
       replicated clock that reads judge expiry by.
     """
     while True:
-        await trio.sleep(DUTY_INTERVAL)
+        await trio.sleep(DUTY_INTERVAL if sm.settings_recorded else DUTY_INTERVAL_UNRECORDED)
         if not node.is_leader:
             continue
         due = sm.next_expiry()  # O(documents with _expires), once a second

@@ -10,6 +10,19 @@ an older one gets a ``stale_sequence`` error.  The table is bounded (least
 recently used client evicted first, deterministic because apply order is)
 and travels in snapshots.
 
+Settings.  The limits and the session cap change apply results, so every
+replica must apply an entry with the same ones, whatever each was
+configured with.  The cluster's settings are an entry: the first leader
+proposes its own (:meth:`settings_command`; ``docstore serve`` does it and
+takes no client write before it is applied), and from that entry on every
+replica applies with them.  Entries before any record are applied with the
+built-in defaults (``DEFAULT_LIMITS``, ``DEFAULT_MAX_SESSIONS``): with each
+replica's own settings, replicas configured differently diverged (one
+evicted a session another kept; found by the whole-node simulator).  A
+library user who configures the machine and drives it with
+``trioraft.open_node`` proposes :meth:`settings_command` once for the
+configured values to take effect.
+
 Durability.  The Raft log is the write-ahead log; locally the machine keeps
 
 * ``base.snap`` (and ``base.snap.prev``, the previous good one): a snapshot
@@ -66,6 +79,9 @@ from trioraft.core.types import Entry, EntryKind
 from trioraft.statemachine import LogId, SnapshotError, SnapshotInfo
 from trioraft.storage.fs import FileSystem, OsFileSystem
 
+#: The session cap applied before the cluster records its settings.
+DEFAULT_MAX_SESSIONS = 10_000
+
 __all__ = [
     "OPEN_SESSION",
     "SESSION_TTL_MS",
@@ -113,7 +129,7 @@ class DocstoreStateMachine:
         *,
         registry: Registry | None = None,
         limits: Limits = DEFAULT_LIMITS,
-        max_sessions: int = 10_000,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
         compact_bytes: int = 64 << 20,
         watch_history: int = 10_000,
         fs: FileSystem | None = None,
@@ -139,6 +155,7 @@ class DocstoreStateMachine:
         self._time_ms = 0
         #: The settings the cluster recorded (the first leader's), or None before.
         self._settings: dict[str, Any] | None = None
+        self._settings_event = trio.Event()
         self._gen = 0
         self._log: DataFile | None = None
         self._dirty = False
@@ -271,6 +288,10 @@ class DocstoreStateMachine:
         fx: list[list[Any]] = []
         changes: list[Any] = []
         before = self._applied
+        if self._settings is None:
+            # Until the cluster records its settings, every replica applies with
+            # the built-in ones (see "Settings" above), not its own.
+            self.engine.limits = DEFAULT_LIMITS
         done: Entry | None = None  # the last entry applied: _applied once the loop ends
         try:
             for e in entries:
@@ -308,6 +329,7 @@ class DocstoreStateMachine:
         any ``cmd``.
         """
         assert self._log is not None, "start() first"
+        self.engine.limits = self.limits  # embedded: no record, this process's own settings
         index = self._applied.index + 1
         applied = self.engine.apply(cmd, index, timestamp_ms)
         if not applied.effects:
@@ -378,6 +400,10 @@ class DocstoreStateMachine:
     def settings_recorded(self) -> bool:
         return self._settings is not None
 
+    async def wait_settings_recorded(self) -> None:
+        """Return once the cluster's settings are recorded (at once if they are)."""
+        await self._settings_event.wait()
+
     def _record_settings(self, cmd: dict[str, Any], e: Entry, fx: list[list[Any]]) -> object:
         proposed = {k: v for k, v in cmd.items() if k != "op"}
         try:
@@ -396,6 +422,7 @@ class DocstoreStateMachine:
         self._settings = record
         if record is None:
             return
+        self._settings_event.set()
         self.limits = Limits(**record["limits"])
         self.engine.limits = self.limits
         self.max_sessions = record["max_sessions"]
@@ -419,7 +446,8 @@ class DocstoreStateMachine:
             self._drop_session(oldest, fx)
         seen = self._sessions.get(cid)
         if seen is None:
-            while len(self._sessions) >= self.max_sessions:
+            cap = self.max_sessions if self._settings is not None else DEFAULT_MAX_SESSIONS
+            while len(self._sessions) >= cap:
                 self._drop_session(next(iter(self._sessions)), fx)
             self._set_session(cid, (0, None, now), fx)
         return {"ok": True, "session": cid, "rev": e.index, "opened": seen is None}

@@ -70,21 +70,45 @@ async def test_retried_write_applies_once(tmp_path: Path) -> None:
     await sm.close()
 
 
+def settings_of(sm: DocstoreStateMachine, index: int = 1) -> Entry:
+    """The entry recording ``sm``'s own settings as the cluster's (a leader's first)."""
+    return entry(index, sm.settings_command())
+
+
 async def test_session_table_is_bounded_and_in_snapshots(tmp_path: Path) -> None:
     sm = await started(tmp_path / "a", max_sessions=3)
+    await sm.apply([settings_of(sm)])
     for i in range(1, 6):
-        await sm.apply([opened(2 * i - 1, f"cl{i}")])
-        await sm.apply([entry(2 * i, C.put("c", f"k{i}", {}), client=f"cl{i}", seq=1)])
+        await sm.apply([opened(2 * i, f"cl{i}")])
+        await sm.apply([entry(2 * i + 1, C.put("c", f"k{i}", {}), client=f"cl{i}", seq=1)])
     assert (await sm.query({"op": "sessions"}))["value"] == 3  # type: ignore[index]
     info = await sm.write_snapshot(str(tmp_path / "snap"))
-    other = await started(tmp_path / "b", max_sessions=3)
+    other = await started(tmp_path / "b")  # configured otherwise: the snapshot's record rules
     await other.restore_snapshot(str(tmp_path / "snap"), info)
     assert other.digest() == sm.digest()
     # cl5 is remembered by the restored replica: its retry is not re-applied.
-    (res,) = await other.apply([entry(11, C.put("c", "k5", {"x": 1}), client="cl5", seq=1)])
-    assert res["rev"] == 10  # type: ignore[index]
+    (res,) = await other.apply([entry(12, C.put("c", "k5", {"x": 1}), client="cl5", seq=1)])
+    assert res["rev"] == 11  # type: ignore[index]
     await sm.close()
     await other.close()
+
+
+async def test_entries_before_the_settings_record_apply_with_the_defaults(
+    tmp_path: Path,
+) -> None:
+    # Replicas configured differently must apply the entries before the
+    # cluster's record alike (the whole-node simulator found one evicting a
+    # session another kept), so until the record every replica uses the
+    # built-in settings, then the recorded ones.
+    small, default = await started(tmp_path / "a", max_sessions=1), await started(tmp_path / "b")
+    for sm in (small, default):
+        await sm.apply([opened(1, "one"), opened(2, "two")])
+        assert (await sm.query({"op": "sessions"}))["value"] == 2  # type: ignore[index]
+        await sm.apply([settings_of(small, 3), opened(4, "three")])
+        assert (await sm.query({"op": "sessions"}))["value"] == 1  # type: ignore[index]
+    assert small.digest() == default.digest()
+    await small.close()
+    await default.close()
 
 
 async def test_exactly_once_survives_session_eviction(tmp_path: Path) -> None:
@@ -92,11 +116,11 @@ async def test_exactly_once_survives_session_eviction(tmp_path: Path) -> None:
     # was evicted used to be applied again as new (a second $inc).
     sm = await started(tmp_path, max_sessions=2)
     inc = C.patch("c", "n", {"$inc": {"v": 1}}, upsert=True)
-    await sm.apply([opened(1, "victim"), entry(2, inc, client="victim", seq=1)])
-    for i in range(3, 9, 2):  # other clients open sessions; the victim's is evicted
+    await sm.apply([settings_of(sm), opened(2, "victim"), entry(3, inc, client="victim", seq=1)])
+    for i in range(4, 10, 2):  # other clients open sessions; the victim's is evicted
         await sm.apply([opened(i, f"other{i}")])
     assert (await get(sm, "c", "n"))["v"] == 1
-    (retry,) = await sm.apply([entry(9, inc, client="victim", seq=1)])
+    (retry,) = await sm.apply([entry(10, inc, client="victim", seq=1)])
     assert retry["error"] == "session_expired"  # type: ignore[index]
     assert (await get(sm, "c", "n"))["v"] == 1  # not applied twice
     await sm.close()

@@ -82,7 +82,7 @@ def test_a_seed_replays_exactly_in_another_process() -> None:
 # ------------------------------------------------------- the checks can fail
 
 #: Each defect re-introduced alone, and how many seeds the sweep may need to catch it.
-MIXED = SimConfig(steps=2000, mixed_settings=True)
+MIXED = SimConfig(steps=2000, mixed_settings=True, client_backoff=False)
 
 BROKEN = [
     # docstore applies a retried write again: a retried conditional put that
@@ -117,18 +117,12 @@ def test_simulator_catches_a_reintroduced_defect(fault: str, seeds: int) -> None
     assert run_seed(found.seed, cfg).violations == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: docstore applies entries before the "
-    "settings record with each replica's own settings",
-)
 def test_replicas_configured_differently_agree() -> None:
     """Found by the simulator (each node's own max_sessions; seed 2 of an earlier
-    schedule, seed 1 of this one): nodes 2 and 3
+    schedule, seed 1 of the schedule without client backoff): nodes 2 and 3
     (max 3) evicted session c2.0 at index 4, node 1 (max 10,000) kept it; the first
-    leader's settings record came at index 17, too late.  ``docstore serve`` gives
-    every node the default settings, so it cannot diverge this way; a library user
-    configuring DocstoreStateMachine per node can."""
+    leader's settings record came at index 17, too late.  Entries before the record
+    now apply with the built-in settings on every replica."""
     violations = run_seed(1, MIXED).violations
     assert not [v for v in violations if "replicas differ" in v]
 

@@ -802,6 +802,7 @@ def run_seed(seed: int, cfg: SimConfig | None = None) -> SimResult:
 class Outcome(Protocol):
     """What a seeded run reports (this simulator's and the whole-node one's)."""
 
+    seed: int
     violations: list[str]
 
 
@@ -868,24 +869,56 @@ def main(argv: list[str] | None = None) -> int:
     if a.nodes < 1 or a.steps < 1 or a.seeds < 1:
         p.error("--nodes, --steps and --seeds must be positive")
     cfg = SimConfig(nodes=a.nodes, steps=a.steps, learners=a.learners, faults=frozenset(a.fault))
-    if a.seed is not None:
-        res = run_seed(a.seed, cfg)
-        print(
-            f"seed {a.seed}: {res.elections} elections, {res.commits} committed, "
+    return report(
+        a,
+        cfg,
+        run_seed,
+        lambda res: (
+            f"{res.elections} elections, {res.commits} committed, "
             f"{res.reads} reads, {res.sim_time:.2f}s simulated"
-        )
+        ),
+    )
+
+
+def report(
+    a: argparse.Namespace,
+    cfg: C,
+    run: Callable[[int, C], R],
+    describe: Callable[[R], str],
+    replay: Callable[[int], str] | None = None,
+) -> int:
+    """What both simulators' command lines print: one seed (``a.seed``) and its
+    violations, or a sweep of ``a.seeds`` from ``a.start`` with its rate, the
+    violating seeds and, with ``replay``, the command that replays each.  A long
+    sweep reports its progress on stderr every 100 seeds.  Returns the exit code."""
+    if a.seed is not None:
+        res = run(a.seed, cfg)
+        print(f"seed {a.seed}: {describe(res)}")
         for v in res.violations:
             print("  VIOLATION", v)
         return 1 if res.violations else 0
     t0 = time.perf_counter()
-    bad = sweep(range(a.start, a.start + a.seeds), cfg)
+    done = 0
+    found = 0
+
+    def progress(res: R) -> None:
+        nonlocal done, found
+        done += 1
+        found += bool(res.violations)
+        if done % 100 == 0:
+            rate = done / (time.perf_counter() - t0)
+            print(f"... {done} seeds, {found} violations, {rate:.2f} seeds/s", file=sys.stderr)
+
+    bad = sweep_runs(run, range(a.start, a.start + a.seeds), cfg, progress)
     dt = time.perf_counter() - t0
     print(
-        f"{a.seeds} seeds, {a.nodes} nodes, {a.steps} steps: {a.seeds / dt:.1f} seeds/s, "
+        f"{a.seeds} seeds, {a.nodes} nodes, {a.steps} steps: {a.seeds / dt:.2f} seeds/s, "
         f"{len(bad)} violations"
     )
     for res in bad[:20]:
-        print(f"  seed {res.seed}: {res.violations[0]}")
+        print(f"  seed {res.seed}: {res.violations[0][:2000]}")
+        if replay is not None:
+            print(f"    replay: {replay(res.seed)}")
     return 1 if bad else 0
 
 

@@ -68,7 +68,6 @@ import math
 import os
 import random
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -84,7 +83,7 @@ from trioraft.core.types import Entry, NodeId, Role
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.node import Node
 from trioraft.testing.cluster import inline_threads
-from trioraft.testing.sim import first_violating_run, sweep_runs
+from trioraft.testing.sim import first_violating_run, report, sweep_runs
 from trioraft.testing.simclients import Workload
 from trioraft.testing.simfs import SimFS
 from trioraft.transport.base import Transport, TransportStatistics
@@ -903,29 +902,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(a: argparse.Namespace, cfg: SimConfig) -> int:
-    if a.seed is not None:
+    def run(seed: int, cfg: SimConfig) -> SimResult:
         trace: list[str] = []
-        res = run_seed(a.seed, cfg, trace=trace)
+        res = run_seed(seed, cfg, trace=trace if a.trace else None)
         if a.trace:
             print("\n".join(trace))
-        print(
-            f"seed {a.seed}: {res.sim_time:.1f}s simulated, trace {res.trace_hash[:16]}, "
-            f"{res.stats}"
-        )
-        for v in res.violations:
-            print("  VIOLATION", v)
-        return 1 if res.violations else 0
-    t0 = time.perf_counter()
-    bad = sweep(range(a.start, a.start + a.seeds), cfg)
-    dt = time.perf_counter() - t0
-    print(
-        f"{a.seeds} seeds, {a.nodes} nodes, {a.steps} steps: {a.seeds / dt:.2f} seeds/s, "
-        f"{len(bad)} violations"
+        return res
+
+    return report(
+        a,
+        cfg,
+        run,
+        lambda res: f"{res.sim_time:.1f}s simulated, trace {res.trace_hash[:16]}, {res.stats}",
+        lambda seed: _replay_command(seed, a),
     )
-    for res in bad[:20]:
-        print(f"  seed {res.seed}: {res.violations[0][:2000]}")
-        print(f"    replay: {_replay_command(res.seed, a)}")
-    return 1 if bad else 0
 
 
 def _pin_hash_seed() -> None:

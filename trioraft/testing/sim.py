@@ -450,37 +450,21 @@ class Simulation:
     def _random_action(self) -> None:
         c, r = self.cfg, self.rng
         x = r.random()
-        ids = list(self.nodes)
         attacked = self.now < self.attack_until
         if attacked:  # no other fault meanwhile: skip their branches
             x += c.crash_rate + c.partition_rate + c.pause_rate
             x += c.slow_link_rate + c.lease_attack_rate
-        if x < c.crash_rate:
-            # Half the restarts are quick (a supervisor restarting the
-            # process), often inside the lease of a leader the node acked.
-            quick = r.random() < 0.5
-            self._crash(self.nodes[r.choice(ids)], r.uniform(0.005, 0.1 if quick else 1.0))
-            return
-        x -= c.crash_rate
-        if x < c.partition_rate:
-            self._partition()
-            return
-        x -= c.partition_rate
-        if x < c.pause_rate:
-            n = self.nodes[r.choice(ids)]
-            # Half are short stalls (a GC pause), shorter than a lease.
-            pause = r.uniform(0.01, 0.2) if r.random() < 0.5 else r.uniform(0.2, 1.5)
-            n.paused_until = max(n.paused_until, self.now + pause)
-            return
-        x -= c.pause_rate
-        if x < c.slow_link_rate:
-            self._slow_link()
-            return
-        x -= c.slow_link_rate
-        if x < c.lease_attack_rate:
-            self._attack_lease()
-            return
-        x -= c.lease_attack_rate
+        for rate, fault in (
+            (c.crash_rate, self._crash_one),
+            (c.partition_rate, self._partition),
+            (c.pause_rate, self._pause_one),
+            (c.slow_link_rate, self._slow_link),
+            (c.lease_attack_rate, self._attack_lease),
+        ):
+            if x < rate:
+                fault()
+                return
+            x -= rate
         leaders = [
             n
             for n in self.nodes.values()
@@ -509,6 +493,20 @@ class Simulation:
         else:
             return
         self._after(n)
+
+    def _crash_one(self) -> None:
+        # Half the restarts are quick (a supervisor restarting the process),
+        # often inside the lease of a leader the node acked.
+        r = self.rng
+        quick = r.random() < 0.5
+        self._crash(self.nodes[r.choice(list(self.nodes))], r.uniform(0.005, 0.1 if quick else 1.0))
+
+    def _pause_one(self) -> None:
+        r = self.rng
+        n = self.nodes[r.choice(list(self.nodes))]
+        # Half are short stalls (a GC pause), shorter than a lease.
+        pause = r.uniform(0.01, 0.2) if r.random() < 0.5 else r.uniform(0.2, 1.5)
+        n.paused_until = max(n.paused_until, self.now + pause)
 
     def _crash(self, n: _Node, restart_after: float) -> None:
         if n.core is not None:

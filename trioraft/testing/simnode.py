@@ -126,8 +126,8 @@ class SimConfig:
     liveness_time: float = 30.0
     #: Configure each node's ``max_sessions`` on its own (3 or 10,000) instead of
     #: one value for all, as ``docstore serve`` does.  Entries applied before the
-    #: first leader's settings record then differ between replicas (a known
-    #: defect of docstore's settings rule, see docs/architecture.md).
+    #: first leader's settings record differed between replicas this way, until
+    #: they took the built-in settings (docs/architecture.md).
     mixed_settings: bool = False
     #: Clients back off after failed attempts (False: the older schedule, see
     #: :attr:`trioraft.testing.simclients.Workload.backoff`).

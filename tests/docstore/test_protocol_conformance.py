@@ -21,20 +21,13 @@ import trio_websocket
 from docstore.server import ServerConfig, serve
 from trioraft.runtime import Node
 from trioraft.testing.chaos.run import free_ports
+from trioraft.transport import messages as wire
 from trioraft.transport.codec import (
     decode_frame,
     encode_frame,
     handshake_mac,
     new_nonce,
     verify_handshake_mac,
-)
-from trioraft.transport.messages import (
-    ClientHello,
-    ClientRequest,
-    ClientResponse,
-    Hello,
-    HelloAuth,
-    HelloReject,
 )
 
 CLUSTER = "docstore"  # the default cluster id of `docstore serve`
@@ -55,16 +48,16 @@ class Raw:
     def __init__(self, ws: trio_websocket.WebSocketConnection, node_id: int) -> None:
         self.ws = ws
         self.node_id = node_id  # the listener's id, from its Hello
-        self.pending: list[ClientResponse] = []
+        self.pending: list[wire.ClientResponse] = []
 
-    async def send(self, *requests: ClientRequest) -> None:
+    async def send(self, *requests: wire.ClientRequest) -> None:
         await self.ws.send_message(encode_frame(list(requests), cluster_id=CLUSTER))
 
     async def send_raw(self, message: list[Any]) -> None:
         """A frame holding one message given as its CBOR array (fields by hand)."""
         await self.ws.send_message(cbor2.dumps({"v": 2, "c": CLUSTER, "m": [message]}))
 
-    async def response(self, rid: int) -> ClientResponse:
+    async def response(self, rid: int) -> wire.ClientResponse:
         """The next response to ``rid`` (others are kept for later)."""
         with trio.fail_after(10):
             while True:
@@ -74,11 +67,13 @@ class Raw:
                         return r
                 frame = decode_frame(await binary(self.ws), cluster_id=CLUSTER)
                 for m in frame:
-                    assert isinstance(m, ClientResponse), m
+                    assert isinstance(m, wire.ClientResponse), m
                     self.pending.append(m)
 
-    async def call(self, rid: int, kind: str, payload: object = None, **kw: Any) -> ClientResponse:
-        await self.send(ClientRequest(rid, kind, payload, **kw))
+    async def call(
+        self, rid: int, kind: str, payload: object = None, **kw: Any
+    ) -> wire.ClientResponse:
+        await self.send(wire.ClientRequest(rid, kind, payload, **kw))
         return await self.response(rid)
 
 
@@ -110,15 +105,17 @@ def url(node: Node) -> str:
 
 async def handshake(ws: trio_websocket.WebSocketConnection, token: str = TOKEN) -> list[Any]:
     """Steps 1-3 of "Handshake"; returns the listener's step-2 messages."""
-    opener = ClientHello(CLIENT, CLUSTER, new_nonce())
+    opener = wire.ClientHello(CLIENT, CLUSTER, new_nonce())
     await ws.send_message(encode_frame([opener]))
     reply = decode_frame(await binary(ws))
     hello, auth = reply
-    assert isinstance(hello, Hello) and isinstance(auth, HelloAuth)
+    assert isinstance(hello, wire.Hello) and isinstance(auth, wire.HelloAuth)
     # With a wrong key the listener's MAC does not verify; we answer anyway,
     # to see the listener refuse ours.
     assert verify_handshake_mac(token, "listener", opener, hello, auth.mac) == (token == TOKEN)
-    await ws.send_message(encode_frame([HelloAuth(handshake_mac(token, "dialer", opener, hello))]))
+    await ws.send_message(
+        encode_frame([wire.HelloAuth(handshake_mac(token, "dialer", opener, hello))])
+    )
     return reply
 
 
@@ -145,7 +142,7 @@ async def test_a_wrong_token_gets_hello_reject_bad_mac(node: Node) -> None:
         await handshake(ws, token="wrong")
         with trio.fail_after(10):
             rejected = decode_frame(await binary(ws))
-        assert isinstance(rejected[0], HelloReject) and rejected[0].code == "bad_mac"
+        assert isinstance(rejected[0], wire.HelloReject) and rejected[0].code == "bad_mac"
 
 
 # -------------------------------------------------------------------- command

@@ -6,32 +6,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from trioraft.core.types import (
-    AppendEntries,
-    AppendEntriesResponse,
-    Entry,
-    EntryKind,
-    Heartbeat,
-    HeartbeatResponse,
-    InstallSnapshot,
-    Membership,
-    RequestVote,
-    RequestVoteResponse,
-    SnapshotMeta,
-    TimeoutNow,
-)
+from trioraft.core import types as core
+from trioraft.transport import messages as wire
 from trioraft.transport.codec import CONSISTENCY_LEVELS, MAX_INT
-from trioraft.transport.messages import (
-    AnyMessage,
-    ClientHello,
-    ClientRequest,
-    ClientResponse,
-    Hello,
-    HelloAuth,
-    HelloReject,
-    SnapshotChunk,
-    SnapshotChunkAck,
-)
 
 # Mostly small numbers (realistic), sometimes the extremes.
 uints = st.one_of(st.integers(0, 1000), st.integers(0, MAX_INT))
@@ -72,33 +49,36 @@ free_values: st.SearchStrategy[Any] = st.recursive(
 
 
 @st.composite
-def request_votes(draw: st.DrawFn) -> RequestVote:
+def request_votes(draw: st.DrawFn) -> core.RequestVote:
     term = draw(terms)
     src, dst = draw(peers())
     li, lt = draw(log_pos(term))
-    return RequestVote(term, src, dst, li, lt, draw(st.booleans()), draw(st.booleans()))
+    return core.RequestVote(term, src, dst, li, lt, draw(st.booleans()), draw(st.booleans()))
 
 
 @st.composite
-def request_vote_responses(draw: st.DrawFn) -> RequestVoteResponse:
+def request_vote_responses(draw: st.DrawFn) -> core.RequestVoteResponse:
     src, dst = draw(peers())
-    return RequestVoteResponse(draw(terms), src, dst, draw(st.booleans()), draw(st.booleans()))
+    return core.RequestVoteResponse(draw(terms), src, dst, draw(st.booleans()), draw(st.booleans()))
 
 
 @st.composite
-def entries_after(draw: st.DrawFn, prev_index: int, prev_term: int, term: int) -> tuple[Entry, ...]:
+def entries_after(
+    draw: st.DrawFn, prev_index: int, prev_term: int, term: int
+) -> tuple[core.Entry, ...]:
     n = draw(st.integers(0, 8))
     out = []
     t = max(prev_term, 1)
     for i in range(n):
         t = draw(st.integers(t, max(t, term)))
-        kind = draw(st.sampled_from(EntryKind))
-        if kind == EntryKind.CONFIG:
-            data = Membership(frozenset(draw(st.sets(node_ids, min_size=1, max_size=3)))).encode()
+        kind = draw(st.sampled_from(core.EntryKind))
+        if kind == core.EntryKind.CONFIG:
+            voters = draw(st.sets(node_ids, min_size=1, max_size=3))
+            data = core.Membership(frozenset(voters)).encode()
         else:
             data = draw(st.binary(max_size=64))
         out.append(
-            Entry(
+            core.Entry(
                 prev_index + 1 + i,
                 t,
                 kind,
@@ -112,35 +92,37 @@ def entries_after(draw: st.DrawFn, prev_index: int, prev_term: int, term: int) -
 
 
 @st.composite
-def append_entries(draw: st.DrawFn) -> AppendEntries:
+def append_entries(draw: st.DrawFn) -> core.AppendEntries:
     term = draw(st.integers(1, 1000) | st.integers(1, MAX_INT))
     src, dst = draw(peers())
     pi, pt = draw(log_pos(term))
-    return AppendEntries(term, src, dst, pi, pt, draw(entries_after(pi, pt, term)), draw(uints))
+    return core.AppendEntries(
+        term, src, dst, pi, pt, draw(entries_after(pi, pt, term)), draw(uints)
+    )
 
 
 @st.composite
-def append_entries_responses(draw: st.DrawFn) -> AppendEntriesResponse:
+def append_entries_responses(draw: st.DrawFn) -> core.AppendEntriesResponse:
     src, dst = draw(peers())
-    return AppendEntriesResponse(
+    return core.AppendEntriesResponse(
         draw(terms), src, dst, draw(st.booleans()), draw(uints), draw(uints), draw(uints)
     )
 
 
 @st.composite
-def heartbeats(draw: st.DrawFn) -> Heartbeat:
+def heartbeats(draw: st.DrawFn) -> core.Heartbeat:
     src, dst = draw(peers())
-    return Heartbeat(draw(terms), src, dst, draw(uints), draw(uints))
+    return core.Heartbeat(draw(terms), src, dst, draw(uints), draw(uints))
 
 
 @st.composite
-def heartbeat_responses(draw: st.DrawFn) -> HeartbeatResponse:
+def heartbeat_responses(draw: st.DrawFn) -> core.HeartbeatResponse:
     src, dst = draw(peers())
-    return HeartbeatResponse(draw(terms), src, dst, draw(uints))
+    return core.HeartbeatResponse(draw(terms), src, dst, draw(uints))
 
 
 @st.composite
-def memberships(draw: st.DrawFn) -> Membership:
+def memberships(draw: st.DrawFn) -> core.Membership:
     voters = draw(st.sets(node_ids, min_size=1, max_size=5))
     outgoing = draw(st.sets(node_ids, max_size=5))
     learners = draw(st.sets(node_ids, max_size=3)) - voters
@@ -149,35 +131,35 @@ def memberships(draw: st.DrawFn) -> Membership:
     addresses = tuple(sorted((n, f"host{n}:{7000 + n % 1000}") for n in with_addr))
     with_inc = draw(st.sets(st.sampled_from(members), max_size=len(members)))
     incarnations = tuple(sorted((n, f"{n:032x}") for n in with_inc))
-    return Membership(
+    return core.Membership(
         frozenset(voters), frozenset(outgoing), frozenset(learners), addresses, incarnations
     )
 
 
 @st.composite
-def install_snapshots(draw: st.DrawFn) -> InstallSnapshot:
+def install_snapshots(draw: st.DrawFn) -> core.InstallSnapshot:
     term = draw(st.integers(1, MAX_INT))
     src, dst = draw(peers())
-    meta = SnapshotMeta(
+    meta = core.SnapshotMeta(
         draw(st.integers(1, MAX_INT)), draw(st.integers(1, term)), draw(memberships())
     )
-    return InstallSnapshot(term, src, dst, meta)
+    return core.InstallSnapshot(term, src, dst, meta)
 
 
 @st.composite
-def timeout_nows(draw: st.DrawFn) -> TimeoutNow:
+def timeout_nows(draw: st.DrawFn) -> core.TimeoutNow:
     src, dst = draw(peers())
-    return TimeoutNow(draw(terms), src, dst)
+    return core.TimeoutNow(draw(terms), src, dst)
 
 
 @st.composite
-def snapshot_chunks(draw: st.DrawFn) -> SnapshotChunk:
+def snapshot_chunks(draw: st.DrawFn) -> wire.SnapshotChunk:
     src, dst = draw(peers())
     data = draw(st.binary(max_size=64))
     offset = draw(uints.filter(lambda o: o <= MAX_INT - 10_000))
     done = draw(st.booleans())
     total = offset + len(data) + (0 if done else draw(st.integers(1, 1000)))
-    return SnapshotChunk(
+    return wire.SnapshotChunk(
         draw(terms),
         src,
         dst,
@@ -192,15 +174,15 @@ def snapshot_chunks(draw: st.DrawFn) -> SnapshotChunk:
 
 
 @st.composite
-def snapshot_chunk_acks(draw: st.DrawFn) -> SnapshotChunkAck:
+def snapshot_chunk_acks(draw: st.DrawFn) -> wire.SnapshotChunkAck:
     src, dst = draw(peers())
-    return SnapshotChunkAck(
+    return wire.SnapshotChunkAck(
         draw(terms), src, dst, draw(st.integers(1, MAX_INT)), draw(st.integers(1, 99)), draw(uints)
     )
 
 
 client_requests = st.builds(
-    ClientRequest,
+    wire.ClientRequest,
     request_id=uints,
     kind=names,
     payload=free_values,
@@ -211,9 +193,9 @@ client_requests = st.builds(
 
 
 @st.composite
-def client_responses(draw: st.DrawFn) -> ClientResponse:
+def client_responses(draw: st.DrawFn) -> wire.ClientResponse:
     ok = draw(st.booleans())
-    return ClientResponse(
+    return wire.ClientResponse(
         draw(uints),
         ok,
         draw(free_values),
@@ -226,12 +208,12 @@ def client_responses(draw: st.DrawFn) -> ClientResponse:
 
 nonces = st.binary(min_size=16, max_size=64)
 incarnations = st.binary(min_size=16, max_size=16)
-hellos = st.builds(Hello, node_ids, st.text(min_size=1, max_size=20), nonces, incarnations)
+hellos = st.builds(wire.Hello, node_ids, st.text(min_size=1, max_size=20), nonces, incarnations)
 client_hellos = st.builds(
-    ClientHello, st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20), nonces
+    wire.ClientHello, st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20), nonces
 )
-hello_auths = st.builds(HelloAuth, st.binary(min_size=32, max_size=32))
-hello_rejects = st.builds(HelloReject, names, st.text(max_size=30))
+hello_auths = st.builds(wire.HelloAuth, st.binary(min_size=32, max_size=32))
+hello_rejects = st.builds(wire.HelloReject, names, st.text(max_size=30))
 
 BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "RequestVote": request_votes(),
@@ -252,26 +234,26 @@ BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "HelloReject": hello_rejects,
 }
 
-any_message: st.SearchStrategy[AnyMessage] = st.one_of(*BY_TYPE.values())
+any_message: st.SearchStrategy[wire.AnyMessage] = st.one_of(*BY_TYPE.values())
 
 # One plain instance of each type, for tests that need a sample, not a search.
-SAMPLES: dict[str, AnyMessage] = {
-    "RequestVote": RequestVote(3, 1, 2, 7, 2, True, False),
-    "RequestVoteResponse": RequestVoteResponse(3, 2, 1, True, True),
-    "AppendEntries": AppendEntries(3, 1, 2, 4, 2, (Entry(5, 3, data=b"x"),), 4),
-    "AppendEntriesResponse": AppendEntriesResponse(3, 2, 1, False, 4, 3, 2),
-    "Heartbeat": Heartbeat(3, 1, 2, 4, 9),
-    "HeartbeatResponse": HeartbeatResponse(3, 2, 1, 9),
-    "InstallSnapshot": InstallSnapshot(
-        3, 1, 2, SnapshotMeta(10, 2, Membership(frozenset({1, 2, 3})))
+SAMPLES: dict[str, wire.AnyMessage] = {
+    "RequestVote": core.RequestVote(3, 1, 2, 7, 2, True, False),
+    "RequestVoteResponse": core.RequestVoteResponse(3, 2, 1, True, True),
+    "AppendEntries": core.AppendEntries(3, 1, 2, 4, 2, (core.Entry(5, 3, data=b"x"),), 4),
+    "AppendEntriesResponse": core.AppendEntriesResponse(3, 2, 1, False, 4, 3, 2),
+    "Heartbeat": core.Heartbeat(3, 1, 2, 4, 9),
+    "HeartbeatResponse": core.HeartbeatResponse(3, 2, 1, 9),
+    "InstallSnapshot": core.InstallSnapshot(
+        3, 1, 2, core.SnapshotMeta(10, 2, core.Membership(frozenset({1, 2, 3})))
     ),
-    "TimeoutNow": TimeoutNow(3, 1, 2),
-    "SnapshotChunk": SnapshotChunk(3, 1, 2, 10, 2, 0, b"abc", 3, b"h" * 32, True),
-    "SnapshotChunkAck": SnapshotChunkAck(3, 2, 1, 10, 2, 3),
-    "ClientRequest": ClientRequest(1, "propose", {"op": "put"}, "c", 1),
-    "ClientResponse": ClientResponse(1, False, None, "not_leader", "", 2, "h:1"),
-    "Hello": Hello(1, "c", b"n" * 32, b"i" * 16),
-    "ClientHello": ClientHello("me", "c", b"n" * 32),
-    "HelloAuth": HelloAuth(b"m" * 32),
-    "HelloReject": HelloReject("bad_mac", "no"),
+    "TimeoutNow": core.TimeoutNow(3, 1, 2),
+    "SnapshotChunk": wire.SnapshotChunk(3, 1, 2, 10, 2, 0, b"abc", 3, b"h" * 32, True),
+    "SnapshotChunkAck": wire.SnapshotChunkAck(3, 2, 1, 10, 2, 3),
+    "ClientRequest": wire.ClientRequest(1, "propose", {"op": "put"}, "c", 1),
+    "ClientResponse": wire.ClientResponse(1, False, None, "not_leader", "", 2, "h:1"),
+    "Hello": wire.Hello(1, "c", b"n" * 32, b"i" * 16),
+    "ClientHello": wire.ClientHello("me", "c", b"n" * 32),
+    "HelloAuth": wire.HelloAuth(b"m" * 32),
+    "HelloReject": wire.HelloReject("bad_mac", "no"),
 }

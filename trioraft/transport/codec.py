@@ -546,15 +546,9 @@ def _d_request_vote(m: list[Any]) -> RequestVote:
     _raft_head(m, 8, "RequestVote")
     _, term, src, dst, last_index, last_term, pre_vote, transfer = m
     _log_pos(last_index, last_term, term, "RequestVote", "last")
-    return RequestVote(
-        term,
-        src,
-        dst,
-        last_index,
-        last_term,
-        _bool(pre_vote, "RequestVote.pre_vote"),
-        _bool(transfer, "RequestVote.transfer"),
-    )
+    _bool(pre_vote, "RequestVote.pre_vote")
+    _bool(transfer, "RequestVote.transfer")
+    return RequestVote(term, src, dst, last_index, last_term, pre_vote, transfer)
 
 
 def _d_request_vote_response(m: list[Any]) -> RequestVoteResponse:
@@ -871,19 +865,23 @@ def _rejecter(number: int) -> Callable[..., NoReturn]:
 _BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261)
 _SEMANTIC: dict[int, Any] = {t: _rejecter(t) for t in (*_BUILTIN_TAGS, 1004, 43000, 55799)}
 
+# What the decoder refuses in every frame: any tag, nesting deeper than
+# _MAX_DEPTH, indefinite-length items, duplicate map keys, and map keys other
+# than text or byte strings (no keys crafted to collide in a hash).
+_DECODER_POLICY: Final[dict[str, Any]] = {
+    "tag_hook": _reject_tag,
+    "semantic_decoders": _SEMANTIC,
+    "max_depth": _MAX_DEPTH,
+    "allow_indefinite": False,
+    "allow_duplicate_keys": False,
+    "strict_hashable_types": True,
+}
+
 
 def _loads(data: bytes) -> Any:
     stream = io.BytesIO(data)
     try:
-        obj = cbor2.CBORDecoder(
-            stream,
-            tag_hook=_reject_tag,
-            semantic_decoders=_SEMANTIC,
-            max_depth=_MAX_DEPTH,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-        ).decode()
+        obj = cbor2.CBORDecoder(stream, **_DECODER_POLICY).decode()
     except ProtocolError:
         raise
     except Exception as exc:

@@ -54,6 +54,7 @@ import math
 import random
 import secrets
 import ssl
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Final, TypeVar
@@ -196,8 +197,8 @@ class _ServerClientConnection(QueuedClientConnection):
             raise trio.EndOfChannel
         try:
             data = await self._sock.receive()
-            t._client_frames_in += 1
-            t._client_bytes_in += len(data)
+            t._counts["client_frames_in"] += 1
+            t._counts["client_bytes_in"] += len(data)
             requests: list[ClientRequest] = []
             for m in decode_frame(data, max_size=t.max_frame, cluster_id=t.cluster_id):
                 if not isinstance(m, ClientRequest):
@@ -205,12 +206,12 @@ class _ServerClientConnection(QueuedClientConnection):
                 requests.append(m)
         except Closed as exc:
             if exc.oversized:
-                t._bad_frames += 1
+                t._counts["bad_frames"] += 1
                 t.log.warning("%r: frame over %d bytes; closing", self, t.max_frame)
             self.close()
             raise trio.EndOfChannel from None
         except ProtocolError as exc:
-            t._bad_frames += 1
+            t._counts["bad_frames"] += 1
             t.log.warning("%r: bad frame (%s); closing", self, exc)
             self.close()
             raise trio.EndOfChannel from None
@@ -218,11 +219,11 @@ class _ServerClientConnection(QueuedClientConnection):
 
     def _encoded(self, data: bytes) -> bytes:
         # Responses are encoded when queued (ResponseQueue.put); count them here.
-        self._transport._client_bytes_out += len(data)
+        self._transport._counts["client_bytes_out"] += len(data)
         return data
 
     def _sent(self, count: int) -> None:
-        self._transport._client_frames_out += 1
+        self._transport._counts["client_frames_out"] += 1
         self._queue.written(count)
 
     async def _sender(self) -> None:
@@ -300,19 +301,8 @@ class WebSocketTransport:
         self._throttle = _Throttle()
         self._peers: dict[NodeId, _Peer] = {}
         self._inbound: dict[NodeId, trio.CancelScope] = {}
-        self._frames_in = 0
-        self._frames_out = 0
-        self._bad_frames = 0
-        self._handshakes_rejected = 0
-        self._dropped_unknown = 0
-        self._clients = 0
-        self._client_frames_in = 0
-        self._client_frames_out = 0
-        self._clients_accepted = 0
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self._client_bytes_in = 0
-        self._client_bytes_out = 0
+        # The counters of statistics(), keyed by TransportStatistics' field names.
+        self._counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"<WebSocketTransport node {self.node_id} port {self.port}>"
@@ -324,7 +314,7 @@ class WebSocketTransport:
     def send(self, dst: NodeId, message: AnyMessage) -> None:
         peer = self._peers.get(dst)
         if peer is None:
-            self._dropped_unknown += 1
+            self._counts["dropped_unknown"] += 1
             return
         try:
             peer.send_channel.send_nowait(message)
@@ -364,19 +354,7 @@ class WebSocketTransport:
                 )
                 for n, p in self._peers.items()
             },
-            frames_in=self._frames_in,
-            frames_out=self._frames_out,
-            bad_frames=self._bad_frames,
-            handshakes_rejected=self._handshakes_rejected,
-            dropped_unknown=self._dropped_unknown,
-            clients=self._clients,
-            client_frames_in=self._client_frames_in,
-            client_frames_out=self._client_frames_out,
-            clients_accepted=self._clients_accepted,
-            bytes_in=self._bytes_in,
-            bytes_out=self._bytes_out,
-            client_bytes_in=self._client_bytes_in,
-            client_bytes_out=self._client_bytes_out,
+            **self._counts,
         )
 
     # ------------------------------------------------------------------
@@ -449,7 +427,7 @@ class WebSocketTransport:
                     peer.connected = False
                     self.log.info("disconnected from peer %d at %s", peer.node_id, address)
         except* HandshakeFailed as group:
-            self._handshakes_rejected += 1
+            self._counts["handshakes_rejected"] += 1
             for exc in _exceptions(group, HandshakeFailed):
                 who = "peer refused us" if exc.by_peer else "we refused the peer"
                 self.log.log(
@@ -493,7 +471,7 @@ class WebSocketTransport:
                     self.max_frame,
                 )
                 return None
-            self._bytes_out += len(data)
+            self._counts["bytes_out"] += len(data)
             return data
 
         return encode
@@ -501,7 +479,7 @@ class WebSocketTransport:
     async def _send_loop(self, sock: FrameSocket, peer: _Peer) -> None:
         def sent(count: int) -> None:
             peer.sent += count
-            self._frames_out += 1
+            self._counts["frames_out"] += 1
 
         def lost(count: int) -> None:
             peer.dropped += count
@@ -541,13 +519,13 @@ class WebSocketTransport:
         while True:
             try:
                 data = await sock.receive()
-                self._frames_in += 1
-                self._bytes_in += len(data)
+                self._counts["frames_in"] += 1
+                self._counts["bytes_in"] += len(data)
                 messages = decode_frame(data, max_size=self.max_frame, cluster_id=self.cluster_id)
                 self._check_batch(src, messages)
             except Closed as exc:
                 if exc.oversized:
-                    self._bad_frames += 1
+                    self._counts["bad_frames"] += 1
                     self.log.warning(
                         "peer %d sent a frame over %d bytes; closing", src, sock.max_frame
                     )
@@ -555,11 +533,11 @@ class WebSocketTransport:
                     self.log.debug("connection with peer %d closed: %s", src, exc)
                 return
             except ProtocolError as exc:
-                self._bad_frames += 1
+                self._counts["bad_frames"] += 1
                 self.log.warning("bad frame from peer %d at %s: %s; closing", src, sock.remote, exc)
                 return
             except HandshakeFailed as exc:
-                self._handshakes_rejected += 1
+                self._counts["handshakes_rejected"] += 1
                 self.log.warning("peer %d refused our handshake: %s", src, exc)
                 return
             peer = self._peers.get(src)
@@ -624,7 +602,7 @@ class WebSocketTransport:
             self.log.error("connection from %s: unexpected error", remote, exc_info=group)
 
     def _refused(self, remote: str, code: str, text: str, *, by_dialer: bool = False) -> None:
-        self._handshakes_rejected += 1
+        self._counts["handshakes_rejected"] += 1
         level = self._throttle.level((remote.rpartition(":")[0], code))
         if by_dialer:
             self.log.log(
@@ -651,8 +629,8 @@ class WebSocketTransport:
     async def _serve_client(self, sock: FrameSocket, client_id: str) -> None:
         assert self._client_handler is not None
         conn = _ServerClientConnection(self, sock, client_id)
-        self._clients += 1
-        self._clients_accepted += 1
+        self._counts["clients"] += 1
+        self._counts["clients_accepted"] += 1
         self.log.debug("client %r connected from %s", client_id, sock.remote)
         try:
             with conn._scope:
@@ -670,7 +648,7 @@ class WebSocketTransport:
         finally:
             conn._closed = True
             conn._queue.close()
-            self._clients -= 1
+            self._counts["clients"] -= 1
 
 
 def _exceptions(group: BaseExceptionGroup[BaseException], kind: type[E]) -> list[E]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import pathlib
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any
 
 from trioraft.kv import encode_command
 from trioraft.runtime import Node
@@ -18,6 +21,18 @@ def put(key: str, value: bytes) -> bytes:
 
 async def get(node: object, key: str, consistency: str = "linearizable") -> object:
     return await node.read({"op": "get", "key": key}, consistency=consistency)  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def open_cluster(
+    path: pathlib.Path, size: int, **options: Any
+) -> AsyncIterator[tuple[MemoryCluster, Node]]:
+    """A started ``MemoryCluster`` (``options`` as it takes them) and its first leader.
+
+    Example: ``async with open_cluster(tmp_path, 3) as (c, leader): ...``
+    """
+    async with MemoryCluster(path, size, **options) as c:
+        yield c, await c.wait_for_leader()
 
 
 async def wipe_a_follower(c: MemoryCluster) -> tuple[Node, int]:

@@ -15,15 +15,14 @@ from trioraft.runtime import NotLeaderError, ProposalDroppedError, ProposalRejec
 from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
-from .helpers import CHUNKED_SNAPSHOTS, get, outcome, put, wipe_a_follower
+from .helpers import CHUNKED_SNAPSHOTS, get, open_cluster, outcome, put, wipe_a_follower
 
 
 @bounded(120)
 async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         res = await leader.propose(put("a", b"1"))
         assert isinstance(res, dict) and res["ok"]
         assert await get(leader, "a") == b"1"
@@ -41,8 +40,7 @@ async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(
 async def test_failover_elects_a_new_leader_and_keeps_data(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(20):
             await leader.propose(put(f"k{i}", b"%d" % i))
         old = leader.id
@@ -62,8 +60,7 @@ async def test_failover_elects_a_new_leader_and_keeps_data(
 async def test_partition_heals_and_minority_leader_steps_down(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 5) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 5) as (c, leader):
         others = [n for n in c.ids if n != leader.id]
         minority, majority = {leader.id, others[0]}, set(others[1:])
         c.network.partition(minority, majority)
@@ -97,8 +94,7 @@ async def test_wiped_follower_catches_up_by_snapshot(
 async def test_every_node_restarted_from_disk_elects_again_and_keeps_the_data(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3, snapshot_entries=30) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, snapshot_entries=30) as (c, leader):
         for i in range(100):
             await leader.propose(put(f"k{i}", b"%d" % i))
         term = leader.status().term
@@ -116,8 +112,7 @@ async def test_every_node_restarted_from_disk_elects_again_and_keeps_the_data(
 async def test_cluster_grows_to_five_shrinks_to_three_and_still_elects(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("x", b"1"))
         for n in (4, 5):
             await c.start(n, join=True)
@@ -146,8 +141,7 @@ async def test_transfer_moves_leadership_and_overlapping_proposals_land_once_or_
     # Proposals appended before the transfer starts, while it runs and after it:
     # each one either lands (applied exactly once, at the index its answer
     # names) or is refused (and is then nowhere in the log); none is lost.
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         target = next(n for n in c.ids if n != leader.id)
         landed: dict[str, int] = {}
         refused: set[str] = set()
@@ -200,8 +194,7 @@ async def test_transfer_moves_leadership_and_overlapping_proposals_land_once_or_
 async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("r", b"1"))
         follower = next(n for n in c.nodes.values() if n is not leader)
         await follower.wait_applied(leader.status().commit_index)
@@ -237,8 +230,7 @@ async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(
 async def test_statistics_count_committed_proposals_and_status_shows_all_applied(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(10):
             await leader.propose(put(f"s{i}", b"x"))
         st = leader.statistics()
@@ -255,8 +247,7 @@ async def test_proposals_overload_instead_of_growing(
 ) -> None:
     from trioraft.runtime import OverloadedError
 
-    async with MemoryCluster(tmp_path, 3, max_pending_proposals=5) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, max_pending_proposals=5) as (_, leader):
         outcomes: list[str] = []
 
         async def one(i: int) -> None:
@@ -278,8 +269,8 @@ def test_kv_commands_encode_as_cbor_maps() -> None:
 async def test_snapshot_is_taken_once_the_bytes_since_the_last_pass_the_limit(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3, snapshot_entries=10**6, snapshot_bytes=4000) as c:
-        leader = await c.wait_for_leader()
+    by_bytes_only = dict(snapshot_entries=10**6, snapshot_bytes=4000)
+    async with open_cluster(tmp_path, 3, **by_bytes_only) as (_, leader):
         for i in range(30):
             await leader.propose(put(f"b{i}", b"v" * 100))
         assert leader.statistics().snapshots_taken == 0
@@ -292,8 +283,7 @@ async def test_snapshot_is_taken_once_the_bytes_since_the_last_pass_the_limit(
 async def test_proposal_and_read_time_out_when_no_quorum_answers(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as (c, leader):
         c.network.isolate(leader.id)
         t0 = trio.current_time()
         with pytest.raises(TimeoutError, match="may still be applied"):
@@ -308,8 +298,7 @@ async def test_proposal_and_read_time_out_when_no_quorum_answers(
 async def test_propose_nowait_answers_through_its_callback(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as (c, leader):
         answers: list[tuple[object, BaseException | None]] = []
         got = trio.Event()
 

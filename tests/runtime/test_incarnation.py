@@ -9,10 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from trioraft.testing.cluster import MemoryCluster
-
 from .conftest import bounded
-from .helpers import put
+from .helpers import open_cluster, put
 
 
 @bounded(300)
@@ -22,8 +20,7 @@ async def test_wiped_follower_is_not_a_voter_until_readded(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioraft")
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(10):
             await leader.propose(put(f"k{i}", b"%d" % i))
         first = leader.id

@@ -10,9 +10,9 @@ import trio.testing
 
 from trioraft.kv import encode_command
 from trioraft.runtime.metrics import Exposition, Histogram, node_metrics
-from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
+from .helpers import open_cluster
 
 
 def test_histogram_puts_a_value_equal_to_a_bound_in_that_bucket() -> None:
@@ -54,8 +54,7 @@ def test_exposition_writes_cumulative_buckets_and_escapes_labels() -> None:
 async def test_statistics_count_elections_leader_changes_latencies_and_failures(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(5):
             await leader.propose(encode_command("put", f"k{i}", value=b"v"))
         await leader.read({"op": "get", "key": "k0"}, consistency="linearizable")
@@ -88,8 +87,7 @@ async def test_statistics_count_elections_leader_changes_latencies_and_failures(
 async def test_a_proposal_that_times_out_is_counted(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         for n in c.nodes.values():
             if n is not leader:
                 c.network.isolate(n.id)

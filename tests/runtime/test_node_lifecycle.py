@@ -18,7 +18,7 @@ from trioraft.testing.cluster import MemoryCluster, memory_transport
 from trioraft.transport.memory import MemoryNetwork
 
 from .conftest import bounded
-from .helpers import CHUNKED_SNAPSHOTS, wipe_a_follower
+from .helpers import CHUNKED_SNAPSHOTS, open_cluster, wipe_a_follower
 
 
 def put(key: str) -> bytes:
@@ -47,8 +47,7 @@ async def test_the_core_counts_as_applied_only_what_the_state_machine_applied(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     """The core's applied index follows the apply task, not the hand-over to it."""
-    async with MemoryCluster(tmp_path, 3, state_machine=SlowKV) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, state_machine=SlowKV) as (c, leader):
         async with trio.open_nursery() as nursery:
             for i in range(20):
                 nursery.start_soon(leader.propose, put(f"k{i}"))

@@ -31,7 +31,7 @@ from trioraft.transport.codec import (
 )
 
 from .conftest import bounded
-from .helpers import put
+from .helpers import open_cluster, put
 from .realcluster import RealCluster
 
 #: The longest session the docstore server makes: "<principal>/<client_id>".
@@ -163,8 +163,7 @@ async def test_session_id_at_max_client_id_replicates(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
     assert len(LONGEST_SESSION) == MAX_SESSION_ID
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("a", b"1"), client_id=LONGEST_SESSION, sequence=1)
         await leader.propose(put("b", b"2"), client_id="\U0001d11e" * MAX_SESSION_ID, sequence=1)
         await applied_everywhere(c, "b", b"2")
@@ -183,8 +182,7 @@ async def test_session_id_at_max_client_id_replicates(
 async def test_oversized_proposal_is_refused(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         with pytest.raises(ValueError, match=str(MAX_ENTRY_DATA)) as err:
             await leader.propose(b"x" * (MAX_ENTRY_DATA + 1))
         assert error_code(err.value) == "too_large"
@@ -201,8 +199,7 @@ async def test_oversized_proposal_is_refused(
 async def test_entry_of_max_size_with_longest_session_replicates(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         results: list[object] = []
         for i in range(2):  # queued together: the leader must not batch them into one frame
             leader.propose_nowait(
@@ -261,8 +258,7 @@ def test_append_batches_always_fit_a_frame(tmp_path: pathlib.Path) -> None:
 async def test_add_learner_id_over_2_63_is_refused(
     tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
 ) -> None:
-    async with MemoryCluster(tmp_path, 3) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3) as (c, leader):
         for bad in (2**63, 0, -1, True, "4", 1.0):
             with pytest.raises(ValueError, match="node id"):
                 await leader.add_learner(bad, "mem:9")  # type: ignore[arg-type]

@@ -24,9 +24,12 @@ from trioraft.storage import SnapshotStore, StorageCorruption
 from trioraft.testing.cluster import MemoryCluster
 
 from .conftest import bounded
-from .helpers import outcome, put
+from .helpers import open_cluster, outcome, put
 
 M = TypeVar("M", bound=KVStateMachine)
+
+# A snapshot every 20 entries, the log kept 2 entries behind it.
+EVERY_20 = dict(snapshot_entries=20, snapshot_keep_entries=2)
 
 
 async def get_local(node: object, key: str) -> object:
@@ -61,7 +64,7 @@ def kept_by_node(kind: type[M]) -> tuple[dict[int, M], Callable[[str], M]]:
 async def left_behind(c: MemoryCluster) -> int:
     """Stop a follower once it applied one entry, then commit 45 more without it.
 
-    With ``snapshot_entries=20`` the leader snapshots past the follower's log.
+    Under ``EVERY_20`` the leader snapshots past the follower's log.
     Returns the follower's id.
     """
     leader = await c.wait_for_leader()
@@ -81,8 +84,7 @@ async def test_snapshot_newer_than_the_log_at_restart(
     # A lagging follower (its log ends at a few entries) has the leader's
     # snapshot committed by its receiver, and crashes before the Ready that
     # compacts its log (or its core refused the InstallSnapshot: its term moved).
-    async with MemoryCluster(tmp_path, 3, snapshot_entries=20, snapshot_keep_entries=2) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, **EVERY_20) as (c, leader):
         victim = await left_behind(c)
         assert leader._snaps is not None
         snap = leader._snaps.latest_stored()
@@ -131,10 +133,7 @@ async def test_own_snapshot_racing_a_received_one_never_becomes_latest(
     # commits the leader's ~40; the own task commits later.  It must not
     # become "latest": under a log boundary of 40 the next restart had a gap.
     machines, factory = kept_by_node(RacingKV)
-    async with MemoryCluster(
-        tmp_path, 3, state_machine=factory, snapshot_entries=20, snapshot_keep_entries=2
-    ) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, state_machine=factory, **EVERY_20) as (c, leader):
         victim = await left_behind(c)
 
         node = await c.start(victim)
@@ -168,8 +167,7 @@ async def test_damaged_newest_snapshot_falls_back(
 ) -> None:
     # The node keeps two snapshots so that a damaged newest one can fall back
     # to the older; the log must still reach back to the older one.
-    async with MemoryCluster(tmp_path, 3, snapshot_entries=20, snapshot_keep_entries=2) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, **EVERY_20) as (c, leader):
         victim = await follower_of(c)
         for i in range(70):
             await leader.propose(put(f"k{i}", b"%d" % i))
@@ -198,8 +196,7 @@ async def test_damaged_snapshot_without_a_bridge_fails_clearly(
 ) -> None:
     # A snapshot installed from the leader replaced the whole log: if it is
     # damaged, no older snapshot and no log entries can stand in for it.
-    async with MemoryCluster(tmp_path, 3, snapshot_entries=20, snapshot_keep_entries=2) as c:
-        leader = await c.wait_for_leader()
+    async with open_cluster(tmp_path, 3, **EVERY_20) as (c, leader):
         victim = await follower_of(c)
         await c.stop(victim)
         for i in range(45):
@@ -225,9 +222,7 @@ async def test_reused_index_fails_the_old_proposal(
     # An isolated leader appends proposals it can never commit; a new leader
     # compacts past them and the old one installs its snapshot, then leads
     # again and reuses those indexes.  Every old proposal must fail, none hang.
-    async with MemoryCluster(
-        tmp_path, 3, snapshot_entries=20, snapshot_keep_entries=2, check_quorum=False
-    ) as c:
+    async with MemoryCluster(tmp_path, 3, **EVERY_20, check_quorum=False) as c:
         old = await c.wait_for_leader()
         await old.propose(put("a", b"1"))
         c.network.isolate(old.id)
@@ -277,10 +272,9 @@ async def test_membership_change_is_bounded_by_proposal_timeout(
     # The joint configuration takes 0.8 s to apply, then the leader is cut
     # off before C(new) commits: the change as a whole gets proposal_timeout.
     machines, factory = kept_by_node(SlowConfigKV)
-    async with MemoryCluster(
+    async with open_cluster(
         tmp_path, 3, state_machine=factory, proposal_timeout=1.0, check_quorum=False
-    ) as c:
-        leader = await c.wait_for_leader()
+    ) as (c, leader):
         learner = await c.start(4, join=True)
         await leader.add_learner(4, "mem:4")
         await learner.wait_applied(leader.status().commit_index)

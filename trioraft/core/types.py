@@ -360,16 +360,25 @@ class SnapshotMeta:
 
 
 # --------------------------------------------------------------------------
-# Messages between cores.  ``src`` and ``dst`` are node ids; ``term`` is the
-# sender's current term (for pre-vote requests: the term it would campaign in).
+# Messages between cores.  Each opens with ``term``, ``src`` and ``dst``.
 # --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class RequestVote:
+class _Envelope:
+    """What every message between cores opens with (its first three fields).
+
+    ``src`` and ``dst`` are node ids; ``term`` is the sender's current term
+    (for pre-vote requests: the term it would campaign in).
+    """
+
     term: int
     src: NodeId
     dst: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote(_Envelope):
     last_index: int
     last_term: int
     pre_vote: bool = False
@@ -377,19 +386,15 @@ class RequestVote:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestVoteResponse:
-    term: int  # for a pre-vote: the term of the request it answers (etcd d4471b2)
-    src: NodeId
-    dst: NodeId
+class RequestVoteResponse(_Envelope):
+    """The answer to a RequestVote; for a pre-vote ``term`` is the request's (etcd d4471b2)."""
+
     granted: bool
     pre_vote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class AppendEntries:
-    term: int
-    src: NodeId
-    dst: NodeId
+class AppendEntries(_Envelope):
     prev_index: int
     prev_term: int
     entries: tuple[Entry, ...]
@@ -397,7 +402,7 @@ class AppendEntries:
 
 
 @dataclass(frozen=True, slots=True)
-class AppendEntriesResponse:
+class AppendEntriesResponse(_Envelope):
     """Answer to AppendEntries or InstallSnapshot.
 
     On success ``index`` is the highest index known to match the leader.
@@ -406,9 +411,6 @@ class AppendEntriesResponse:
     (0 when the follower's log is simply shorter).
     """
 
-    term: int
-    src: NodeId
-    dst: NodeId
     success: bool
     index: int
     hint_index: int = 0
@@ -416,7 +418,7 @@ class AppendEntriesResponse:
 
 
 @dataclass(frozen=True, slots=True)
-class Heartbeat:
+class Heartbeat(_Envelope):
     """Leader liveness plus commit propagation and ReadIndex confirmation.
 
     ``commit`` is min(follower's match, leader commit) so a follower never
@@ -425,42 +427,29 @@ class Heartbeat:
     with ``ctx`` at least a read's round confirm that read (etcd-io/raft #397).
     """
 
-    term: int
-    src: NodeId
-    dst: NodeId
     commit: int
     ctx: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class HeartbeatResponse:
-    term: int
-    src: NodeId
-    dst: NodeId
+class HeartbeatResponse(_Envelope):
     ctx: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class InstallSnapshot:
+class InstallSnapshot(_Envelope):
     """Leader to a follower that needs entries the leader has compacted.
 
     The core carries only the metadata: the runtime streams the snapshot's
     bytes alongside and delivers this message once they have arrived intact.
     """
 
-    term: int
-    src: NodeId
-    dst: NodeId
     meta: SnapshotMeta
 
 
 @dataclass(frozen=True, slots=True)
-class TimeoutNow:
+class TimeoutNow(_Envelope):
     """Leadership transfer: the target campaigns at once, without pre-vote."""
-
-    term: int
-    src: NodeId
-    dst: NodeId
 
 
 Message = (

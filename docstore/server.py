@@ -143,20 +143,6 @@ class ForbiddenRequest(DocstoreError):
     code = "forbidden"
 
 
-#: The :class:`ServerConfig` settings a node's :class:`NodeConfig` takes as
-#: they are (the same name and meaning in both).
-_AS_IN_NODE_CONFIG: Final = (
-    "join",
-    "advertise",
-    "cluster_id",
-    "election_timeout_min",
-    "election_timeout_max",
-    "heartbeat_interval",
-    "snapshot_entries",
-    "proposal_timeout",
-)
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     """One node's settings; the defaults here are the only defaults.
@@ -248,11 +234,18 @@ class ServerConfig:
             data_dir=self.data,
             listen=listen,
             peers=peers,
+            join=self.join,
+            advertise=self.advertise,
+            election_timeout_min=self.election_timeout_min,
+            election_timeout_max=self.election_timeout_max,
+            heartbeat_interval=self.heartbeat_interval,
+            snapshot_entries=self.snapshot_entries,
+            proposal_timeout=self.proposal_timeout,
+            cluster_id=self.cluster_id,
             cluster_secret=self.secret.encode(),
             client_tokens=self.client_tokens(),
             ssl_context=server_ctx,
             client_ssl_context=client_ctx,
-            **{name: getattr(self, name) for name in _AS_IN_NODE_CONFIG},
         )
 
 

@@ -84,7 +84,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from trioraft.core.types import Entry, EntryKind, HardState, SnapshotMeta
+from trioraft.core.types import Entry, EntryKind, HardState
 from trioraft.storage.errors import (
     LogCompacted,
     LogUnavailable,
@@ -93,7 +93,7 @@ from trioraft.storage.errors import (
     StorageFatalError,
 )
 from trioraft.storage.fs import FileHandle, FileSystem, OsFileSystem, atomic_write, read_all
-from trioraft.storage.ready import check_hard_state, persist_ready
+from trioraft.storage.ready import ReadyStore, check_hard_state
 
 __all__ = ["DEFAULT_SEGMENT_BYTES", "FileLogStore"]
 
@@ -181,7 +181,7 @@ def _decode_frame(buf: bytes | memoryview, start: int, end: int) -> list[Entry]:
     return out
 
 
-class FileLogStore:
+class FileLogStore(ReadyStore):
     """A durable Raft log in a directory.  Use :meth:`open`; call ``close()`` when done.
 
     All methods are blocking; the runtime calls them from a worker thread,
@@ -280,9 +280,7 @@ class FileLogStore:
             self._hard = HardState(term, vote or None, commit)
         path = self._path(IDENTITY_FILE)
         if IDENTITY_FILE in names:
-            self._incarnation = _unseal(
-                b"TRID", read_all(fs, path), path, _INCARNATION_BYTES
-            ).hex()
+            self._incarnation = _unseal(b"TRID", read_all(fs, path), path, _INCARNATION_BYTES).hex()
         else:
             # A new directory (or one written before incarnations existed).
             ident = self._randbytes(_INCARNATION_BYTES)
@@ -723,43 +721,19 @@ class FileLogStore:
             self._trim_prefix()
             self._delete_dead_segments()
 
-    def persist(
-        self,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        snapshot: SnapshotMeta | None = None,
-    ) -> None:
-        """One Ready's write: ``snapshot``'s boundary, then ``entries`` and ``hard_state``.
-
-        The call the runtime makes for every Ready that has something to
-        write; when it returns, all of it is durable.  Entries take one
-        fdatasync (group commit).  The hard state is its own file, rewritten
-        atomically with its own sync: it changes only with the term or the
-        vote (the core leaves a commit-only change out), so that sync is paid
-        once per election, not per write.  When a Ready carries both (a
-        follower's first append from a new leader), the new term and vote are
-        made durable before the entries and the commit index after them, so
-        no crash leaves entries of a term above the stored one.  A hard state
-        inside the log's frames would save those syncs but must then survive
-        segment deletion (copied forward into every new segment): a format
-        change not worth one or two fsyncs per term.  A snapshot's boundary
-        likewise has its own file.
-
-        Raises:
-            ValueError: the entries do not fit the log.
-            StorageFatalError: an I/O error; stop the node.
-        """
-        persist_ready(self, hard_state, entries, snapshot)
-
     # ------------------------------------------------------------ hard state
-
-    def incarnation(self) -> str:
-        """This directory's incarnation id: 32 hex digits, fixed when it was created."""
-        return self._incarnation
-
-    def hard_state(self) -> HardState:
-        """The last saved hard state (``HardState()`` for a fresh log)."""
-        return self._hard
+    # ``persist`` (ReadyStore) writes a Ready's parts in ready.py's order.
+    # Entries take one fdatasync (group commit).  The hard state is its own
+    # file, rewritten atomically with its own sync: it changes only with the
+    # term or the vote (the core leaves a commit-only change out), so that
+    # sync is paid once per election, not per write.  When a Ready carries
+    # both (a follower's first append from a new leader), the new term and
+    # vote are made durable before the entries and the commit index after
+    # them, so no crash leaves entries of a term above the stored one.  A hard
+    # state inside the log's frames would save those syncs but must then
+    # survive segment deletion (copied forward into every new segment): a
+    # format change not worth one or two fsyncs per term.  A snapshot's
+    # boundary likewise has its own file.
 
     def save_hard_state(self, hs: HardState) -> None:
         """Durably replace the hard state (tmp, sync, rename, sync dir)."""

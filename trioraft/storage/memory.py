@@ -14,14 +14,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 
-from trioraft.core.types import Entry, HardState, SnapshotMeta
+from trioraft.core.types import Entry, HardState
 from trioraft.storage.errors import LogCompacted, LogUnavailable, StorageError
-from trioraft.storage.ready import check_hard_state, persist_ready
+from trioraft.storage.ready import ReadyStore, check_hard_state
 
 __all__ = ["MemoryLogStore"]
 
 
-class MemoryLogStore:
+class MemoryLogStore(ReadyStore):
     """A volatile log store for tests and the simulator.
 
     Example::
@@ -131,23 +131,6 @@ class MemoryLogStore:
         else:
             self._entries.clear()
         self._b_index, self._b_term = index, term
-
-    def persist(
-        self,
-        hard_state: HardState | None,
-        entries: Sequence[Entry],
-        snapshot: SnapshotMeta | None = None,
-    ) -> None:
-        """One Ready's write, in :meth:`FileLogStore.persist`'s order (kept so a fault-injecting
-        subclass sees the same calls)."""
-        persist_ready(self, hard_state, entries, snapshot)
-
-    def incarnation(self) -> str:
-        """This store's incarnation id (random, fixed for the object's life)."""
-        return self._incarnation
-
-    def hard_state(self) -> HardState:
-        return self._hard
 
     def save_hard_state(self, hs: HardState) -> None:
         self._check()

@@ -12,6 +12,10 @@ below is the one that leaves no state Raft forbids:
 3. the entries (one sync: group commit);
 4. the rest of the hard state (the commit index may cover the entries just
    written, so it goes last).
+
+Both log stores (files and memory) subclass :class:`ReadyStore`, which
+writes a Ready in that order and answers the hard state and incarnation
+they hold in memory.
 """
 
 from __future__ import annotations
@@ -22,14 +26,47 @@ from typing import Protocol
 from trioraft.core.types import Entry, HardState, SnapshotMeta
 
 
-class _Store(Protocol):
+class ReadyStore(Protocol):
+    """What every log store does alike; subclass it and provide the writes.
+
+    A subclass keeps ``_hard`` (the last saved hard state) and
+    ``_incarnation`` up to date and implements :meth:`compact`,
+    :meth:`append` and :meth:`save_hard_state`.
+    """
+
+    _hard: HardState
+    _incarnation: str
+
     def compact(self, index: int, term: int) -> None: ...
 
     def append(self, entries: Sequence[Entry]) -> None: ...
 
-    def hard_state(self) -> HardState: ...
-
     def save_hard_state(self, hs: HardState) -> None: ...
+
+    def hard_state(self) -> HardState:
+        """The last saved hard state (``HardState()`` for a fresh log)."""
+        return self._hard
+
+    def incarnation(self) -> str:
+        """This store's incarnation id: 32 hex digits, fixed when its data was created."""
+        return self._incarnation
+
+    def persist(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: SnapshotMeta | None = None,
+    ) -> None:
+        """One Ready's write: ``snapshot``'s boundary, then ``entries`` and ``hard_state``.
+
+        The call the runtime makes for every Ready that has something to
+        write, in the order above; when it returns, all of it is durable.
+
+        Raises:
+            ValueError: the entries do not fit the log.
+            StorageFatalError: an I/O error; stop the node.
+        """
+        persist_ready(self, hard_state, entries, snapshot)
 
 
 def check_hard_state(hs: HardState) -> None:
@@ -39,7 +76,7 @@ def check_hard_state(hs: HardState) -> None:
 
 
 def persist_ready(
-    store: _Store,
+    store: ReadyStore,
     hard_state: HardState | None,
     entries: Sequence[Entry],
     snapshot: SnapshotMeta | None,

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import trio
@@ -117,21 +117,15 @@ class DocstoreSystem:
     }
 
     async def serve(self, spec: NodeSpec) -> None:
+        # The settings both name alike (listen, join, the cluster's id and
+        # secret, the token, the timings) mean the same: copied as they are.
+        same = {f.name for f in fields(ServerConfig)} & {f.name for f in fields(NodeSpec)}
         config = ServerConfig(
             id=spec.node_id,
-            listen=spec.listen,
             advertise=spec.address,
             peers=spec.peers,
-            join=spec.join,
             data=f"{spec.data_dir}/docstore",
-            cluster_id=spec.cluster_id,
-            secret=spec.secret,
-            token=spec.token,
-            election_timeout_min=spec.election_timeout_min,
-            election_timeout_max=spec.election_timeout_max,
-            heartbeat_interval=spec.heartbeat_interval,
-            snapshot_entries=spec.snapshot_entries,
-            proposal_timeout=spec.proposal_timeout,
+            **{name: getattr(spec, name) for name in same},
         )
         await serve(config)
 
@@ -160,7 +154,8 @@ class DocstoreSystem:
                 elif x < 0.28:
                     await self._cas(run, db, worker, key, last)
                 elif x < 0.32:
-                    await self._write(run, db, worker, key, None, {"op": "delete"}, last)
+                    cmd = {"op": "delete", "coll": "r", "key": key}
+                    await self._write(run, db, worker, key, None, cmd, last)
                 elif x < 0.45:
                     await self._inc(run, db, f"c{rng.randrange(COUNTERS)}", rng.randint(1, 3))
                 elif x < 0.50:
@@ -201,8 +196,11 @@ class DocstoreSystem:
         value: str | None,
         cmd: dict[str, Any],
         last: dict[str, object],
-    ) -> None:
-        cmd = {**cmd, "coll": "r", "key": key}
+    ) -> str:
+        """Run ``cmd``, which writes ``value`` to register ``key``, into the history.
+
+        Returns the outcome, also counted under the command's op.
+        """
         h = run.history.invoke(f"c{worker}", f"r/{key}", "write", value)
         outcome = await self._execute(run, db, cmd)
         if outcome == "ok":
@@ -212,6 +210,7 @@ class DocstoreSystem:
             run.history.timeout(h)
             last.pop(key, None)
         run.report.ops[f"{cmd['op']} {outcome}"] += 1
+        return outcome
 
     async def _put(
         self,
@@ -228,7 +227,8 @@ class DocstoreSystem:
         doc: dict[str, Any] = {"v": value}
         if ttl:
             doc["_expires"] = int((time.time() + LONG_TTL) * 1000)
-        await self._write(run, db, worker, key, value, {"op": "put", "doc": doc}, last)
+        cmd = {"op": "put", "coll": "r", "key": key, "doc": doc}
+        await self._write(run, db, worker, key, value, cmd, last)
 
     async def _cas(
         self, run: ChaosRun, db: RemoteDatabase, worker: int, key: str, last: dict[str, object]
@@ -291,17 +291,9 @@ class DocstoreSystem:
                 },
             ],
         }
-        h = run.history.invoke(f"c{worker}", f"r/{key}", "write", value)
-        outcome = await self._execute(run, db, cmd)
-        if outcome == "ok":
-            run.history.ok(h)
-            last[key] = value
+        if await self._write(run, db, worker, key, value, cmd, last) == "ok":
             c.unknown -= 1
             c.acked += 1
-        else:
-            run.history.timeout(h)
-            last.pop(key, None)
-        run.report.ops[f"batch {outcome}"] += 1
 
     async def _read(
         self,

@@ -125,23 +125,20 @@ class ClassCount:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One generated request: its class (``kind/label``) and the ClientRequest fields."""
+    """One generated request: its class (``kind/label``) and the call it makes."""
 
     label: str
-    kind: str
-    payload: Any = None
-    client_id: str = ""
-    sequence: int = 0
-    consistency: str = "linearizable"
+    call: ClientRequest
 
-    def client_request(self) -> ClientRequest:
-        return ClientRequest(
-            0, self.kind, self.payload, self.client_id, self.sequence, self.consistency
-        )
+    @classmethod
+    def of(cls, label: str, kind: str, *fields: Any, **named: Any) -> Request:
+        """The rest as :class:`ClientRequest` takes them; its id is 0 (the connection's)."""
+        return cls(label, ClientRequest(0, kind, *fields, **named))
 
     def describe(self) -> str:
-        session = f" session={self.client_id[:40]!r}/{self.sequence}" if self.client_id else ""
-        return f"[{self.label}] {self.kind} {safe_repr(self.payload, 240)}{session}"
+        c = self.call
+        session = f" session={c.client_id[:40]!r}/{c.sequence}" if c.client_id else ""
+        return f"[{self.label}] {c.kind} {safe_repr(c.payload, 240)}{session}"
 
 
 @dataclass
@@ -389,27 +386,29 @@ class RequestMaker:
 
     def _command(self) -> Request:
         case = self.gen.command()
-        return Request(f"command/{case.label}", "command", case.value)
+        return Request.of(f"command/{case.label}", "command", case.value)
 
     def _query(self) -> Request:
         case = self.gen.query()
-        return Request(f"query/{case.label}", "query", case.value, consistency=self.consistency())
+        return Request.of(
+            f"query/{case.label}", "query", case.value, consistency=self.consistency()
+        )
 
     def _watch(self) -> Request:
         case = self.gen.watch()
-        return Request(f"watch/{case.label}", "watch", case.value)
+        return Request.of(f"watch/{case.label}", "watch", case.value)
 
     def _cancel(self) -> Request:
         rid: Any = self.rng.choice(
             [*self.watch_ids[-3:], *NASTY_IDS, 2**63 - 1, 10**6] if self.watch_ids else NASTY_IDS
         )
         payload = self.rng.choice(({"request_id": rid}, {"request_id": rid, "x": 1}, rid, None))
-        return Request("cancel", "cancel", payload)
+        return Request.of("cancel", "cancel", payload)
 
     def _info(self) -> Request:
         payload = self.rng.choice((None, {}, b"\xff", [1], {"op": "digest"}, 2**64 - 1))
         kind = self.rng.choice(("status", "members", "digest"))
-        return Request("info", kind, payload, consistency=self.consistency())
+        return Request.of("info", kind, payload, consistency=self.consistency())
 
     def _membership(self) -> Request:
         # Never a change that could succeed: a fake learner that got promoted
@@ -433,7 +432,7 @@ class RequestMaker:
             payload = self.rng.choice((None, [], "x", {b"id": 1}, {"id": 1, "extra": True}))
             if kind == "remove_node":
                 payload = self.rng.choice((None, [], "x", {b"id": 1}))
-        return Request(f"membership/{kind}", kind, payload)
+        return Request.of(f"membership/{kind}", kind, payload)
 
     def _transfer_leader(self) -> Request:
         payload: Any = self.rng.choice(
@@ -446,13 +445,13 @@ class RequestMaker:
                 [],
             )
         )
-        return Request("transfer_leader", "transfer_leader", payload)
+        return Request.of("transfer_leader", "transfer_leader", payload)
 
     def _snapshot(self) -> Request:
-        return Request("snapshot", "snapshot", self.rng.choice((None, {}, {"x": 1}, b"\x00")))
+        return Request.of("snapshot", "snapshot", self.rng.choice((None, {}, {"x": 1}, b"\x00")))
 
     def _backup(self) -> Request:
-        return Request(
+        return Request.of(
             "backup", "backup", self.rng.choice((None, {}, [1])), consistency=self.consistency()
         )
 
@@ -464,7 +463,7 @@ class RequestMaker:
             ("lane", "x" * 256, "é" * 256, "/", "a/b/c", "\x00", " ", "lane")
         )
         sequence = self.rng.choice((self.lane_seq, 0, 2**63 - 1, 1, self.lane_seq))
-        return Request("command/session", "command", case.value, client_id, sequence)
+        return Request.of("command/session", "command", case.value, client_id, sequence)
 
     def _kind(self) -> Request:
         """Kinds the docstore service does not offer, the generic ones included."""
@@ -477,7 +476,7 @@ class RequestMaker:
                 None,
             )
         )
-        return Request(f"kind/{kind[:12]}", kind, payload)
+        return Request.of(f"kind/{kind[:12]}", kind, payload)
 
     def _depth(self) -> Request:
         """A document as deep as the limits allow, written then read back."""
@@ -487,10 +486,10 @@ class RequestMaker:
             v = {"d": v}
         if self.rng.random() < 0.5:
             cmd = {"op": "put", "coll": "deep", "key": f"k{depth}", "doc": {"d": v}}
-            return Request("depth/put", "command", cmd)
+            return Request.of("depth/put", "command", cmd)
         q = {"op": self.rng.choice(("get", "find")), "coll": "deep"}
         q.update({"key": f"k{depth}"} if q["op"] == "get" else {})
-        return Request("depth/read", "query", q, consistency="linearizable")
+        return Request.of("depth/read", "query", q, consistency="linearizable")
 
     def watch_write(self, payload: Any) -> list[Request]:
         """Writes into the watched collection that reach its filter."""
@@ -499,8 +498,10 @@ class RequestMaker:
         key = f"w{self.rng.randrange(5)}"
         doc = {"arr": [1, 2, [3]], "n": 1, "o": {"arr": [[1], 2], "x": 1}, "s": "x"}
         return [
-            Request("watch/write", "command", {"op": "put", "coll": coll, "key": key, "doc": doc}),
-            Request(
+            Request.of(
+                "watch/write", "command", {"op": "put", "coll": coll, "key": key, "doc": doc}
+            ),
+            Request.of(
                 "watch/write",
                 "command",
                 {"op": "patch", "coll": coll, "key": key, "ops": {"$inc": {"n": 1}}},
@@ -531,17 +532,15 @@ class Fuzzer:
         cluster: FuzzCluster,
         links: Links,
         report: FuzzReport,
-        rng: random.Random,
-        kinds: tuple[str, ...] | None = None,
-        skip: tuple[str, ...] = (),
+        maker: RequestMaker,
     ) -> None:
         self.cluster = cluster
         self.links = links
         self.report = report
-        self.maker = RequestMaker(rng, kinds, skip)
+        self.maker = maker
         #: The last requests sent: a node dies some time after the one that killed it.
         self.recent: deque[Request] = deque(maxlen=4)
-        self.rng = rng
+        self.rng = maker.rng  # one seeded generator picks the requests and their nodes
         self.dead: set[int] = set()
         self.unreachable: set[int] = set()
         self.silent_in_a_row = 0
@@ -578,7 +577,7 @@ class Fuzzer:
                 self.finding(f"{code} answer ({resp.error_message[:200]}) to {req.describe()}")
             return
         result = resp.result
-        if req.kind == "command" and isinstance(result, dict) and result.get("ok") is False:
+        if req.call.kind == "command" and isinstance(result, dict) and result.get("ok") is False:
             code = str(result.get("error"))
             c.errors[code] += 1
             if code in BUG_CODES:
@@ -604,7 +603,7 @@ class Fuzzer:
             return None
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
-                resp = await conn.call(req.client_request())
+                resp = await conn.call(req.call)
         except (ValueError, TypeError):  # the codec refuses it (the ProtocolError family)
             c.unsendable += 1
             return None
@@ -632,7 +631,7 @@ class Fuzzer:
         async def drain() -> None:
             sent_first = False
             try:
-                async with conn.stream(req.client_request(), buffer=4096) as responses:
+                async with conn.stream(req.call, buffer=4096) as responses:
                     self.maker.watch_ids.append(conn._next_id)
                     async for resp in responses:
                         if not sent_first:
@@ -654,7 +653,7 @@ class Fuzzer:
             if resp is not None:
                 self.record(req, resp)
                 if resp.ok:
-                    for w in self.maker.watch_write(req.payload):
+                    for w in self.maker.watch_write(req.call.payload):
                         await self.send(w, node=n)
                 return
             return
@@ -666,7 +665,7 @@ class Fuzzer:
         try:
             conn = await self.links.get(self.links.leader)
             with trio.fail_after(2 * REQUEST_TIMEOUT):
-                async with conn.stream(req.client_request(), buffer=64) as responses:
+                async with conn.stream(req.call, buffer=64) as responses:
                     async for resp in responses:
                         done = isinstance(resp.result, dict) and resp.result.get("done") is True
                         if not resp.ok or done:
@@ -684,9 +683,9 @@ class Fuzzer:
             for i in range(count):
                 req = self.maker.next()
                 self.recent.append(req)
-                if req.kind == "watch":
+                if req.call.kind == "watch":
                     await self.watch(req, watches)
-                elif req.kind == "backup":
+                elif req.call.kind == "backup":
                     await self.backup(req)
                 else:
                     await self.send(req)
@@ -707,7 +706,7 @@ class Fuzzer:
             # Cancel what is still open (the cancel kind, with real ids), then stop draining.
             if self.links.leader not in self.dead:
                 for rid in self.maker.watch_ids:
-                    cancel = Request("cancel", "cancel", {"request_id": rid})
+                    cancel = Request.of("cancel", "cancel", {"request_id": rid})
                     await self.send(cancel, self.links.leader)
             watches.cancel_scope.cancel()
 
@@ -771,7 +770,7 @@ async def run_fuzz(opts: FuzzOptions) -> FuzzReport:
             except trio.TooSlowError:
                 report.findings.append(f"no leader at start; logs: {cluster.tail(1)}")
                 return report
-            fuzzer = Fuzzer(cluster, links, report, rng, opts.kinds, opts.skip)
+            fuzzer = Fuzzer(cluster, links, report, RequestMaker(rng, opts.kinds, opts.skip))
             await fuzzer.run(opts.requests, opts.progress)
             fuzzer.check_alive("after the last request")
             if len(cluster.dead()) < len(NODES):

@@ -526,24 +526,22 @@ class FuzzOptions:
     skip: tuple[str, ...] = ()
 
 
+@dataclass
 class Fuzzer:
-    def __init__(
-        self,
-        cluster: FuzzCluster,
-        links: Links,
-        report: FuzzReport,
-        maker: RequestMaker,
-    ) -> None:
-        self.cluster = cluster
-        self.links = links
-        self.report = report
-        self.maker = maker
-        #: The last requests sent: a node dies some time after the one that killed it.
-        self.recent: deque[Request] = deque(maxlen=4)
-        self.rng = maker.rng  # one seeded generator picks the requests and their nodes
-        self.dead: set[int] = set()
-        self.unreachable: set[int] = set()
-        self.silent_in_a_row = 0
+    cluster: FuzzCluster
+    links: Links
+    report: FuzzReport
+    maker: RequestMaker
+    #: The last requests sent: a node dies some time after the one that killed it.
+    recent: deque[Request] = field(default_factory=lambda: deque(maxlen=4))
+    dead: set[int] = field(default_factory=set)
+    unreachable: set[int] = field(default_factory=set)
+    silent_in_a_row: int = 0
+
+    @property
+    def rng(self) -> random.Random:
+        """One seeded generator picks the requests and the nodes they go to."""
+        return self.maker.rng
 
     def finding(self, text: str) -> None:
         self.report.findings.append(text)
@@ -770,7 +768,8 @@ async def run_fuzz(opts: FuzzOptions) -> FuzzReport:
             except trio.TooSlowError:
                 report.findings.append(f"no leader at start; logs: {cluster.tail(1)}")
                 return report
-            fuzzer = Fuzzer(cluster, links, report, RequestMaker(rng, opts.kinds, opts.skip))
+            maker = RequestMaker(rng, opts.kinds, opts.skip)
+            fuzzer = Fuzzer(cluster=cluster, links=links, report=report, maker=maker)
             await fuzzer.run(opts.requests, opts.progress)
             fuzzer.check_alive("after the last request")
             if len(cluster.dead()) < len(NODES):

@@ -845,16 +845,10 @@ def run_seed(
     return res
 
 
-def sweep(
-    seeds: range, cfg: SimConfig, on_result: Callable[[SimResult], None] | None = None
-) -> list[SimResult]:
-    """Run many seeds; returns the results that found violations."""
-    return sweep_runs(run_seed, seeds, cfg, on_result)
-
-
-def first_violation(cfg: SimConfig, seeds: range) -> SimResult | None:
-    """The first seed in ``seeds`` whose run finds a violation, or None."""
-    return first_violating_run(run_seed, cfg, seeds)
+#: ``sweep(seeds, cfg)``: run many seeds; the results that found violations.
+sweep = functools.partial(sweep_runs, run_seed)
+#: ``first_violation(cfg, seeds)``: the first seed's result that finds a violation, or None.
+first_violation = functools.partial(first_violating_run, run_seed)
 
 
 def _replay_command(seed: int, a: argparse.Namespace) -> str:

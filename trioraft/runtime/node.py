@@ -456,7 +456,13 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
                 inline = rd.snapshot is None and _ready_bytes(rd) <= self.config.inline_write_bytes
                 if inline and rd.early_messages:
                     # Let the senders put the appends on the wire before the
-                    # inline fsync blocks this thread.
+                    # inline fsync blocks this thread.  A sender needs two
+                    # scheduling rounds to write (the WebSocket's send lock
+                    # yields once), and trio runs a round's tasks in random
+                    # order: with one round here and the storage lock's, the
+                    # fsync came first in half the writes, and the leader's
+                    # and followers' fsyncs did not overlap.
+                    await trio.lowlevel.checkpoint()
                     await trio.lowlevel.checkpoint()
                 async with self._storage_lock:
                     if inline:

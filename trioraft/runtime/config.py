@@ -90,6 +90,11 @@ class NodeConfig:
     #: (it blocks the node for one fsync, cheaper than a worker-thread hop);
     #: larger ones go to a worker thread.  0 sends every write to a thread.
     inline_write_bytes: int = 64 * 1024
+    #: ... but only while writes are fast: when the recent writes (a moving
+    #: average of 8) took longer than this, they go to a worker thread, so a
+    #: slow or busy disk does not stop the node for each fsync (the hop costs
+    #: 0.1-0.2 ms).  ``math.inf`` keeps small writes inline whatever they take.
+    inline_write_seconds: float = 0.001
 
     def __post_init__(self) -> None:
         check_node_id(self.node_id, "node_id")
@@ -108,6 +113,8 @@ class NodeConfig:
         for name in ("snapshot_entries", "snapshot_bytes", "apply_chunk", "max_pending_proposals"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not self.inline_write_seconds >= 0:
+            raise ValueError("inline_write_seconds must be >= 0")
         if self.snapshot_chunk_bytes < 1024:
             raise ValueError("snapshot_chunk_bytes must be >= 1024")
         # The core cuts a batch at max_bytes_per_append (one entry alone may

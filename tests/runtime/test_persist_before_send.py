@@ -24,6 +24,7 @@ bite.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import pathlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -159,8 +160,10 @@ async def run_cluster(tmp_path: pathlib.Path, checks: Checks) -> None:
                 election_timeout_min=0.3,
                 election_timeout_max=0.6,
                 heartbeat_interval=0.05,
-                # Large writes too go inline, so a check never races a worker thread.
+                # Large and slow writes too go inline, so a check never races a
+                # worker thread.
                 inline_write_bytes=1 << 30,
+                inline_write_seconds=math.inf,
             )
             node = await stack.enter_async_context(
                 open_node(

@@ -167,7 +167,10 @@ class LocalExecutor:
         # No separate validate_command here: apply runs the same checks in this
         # process before anything is logged, and reports them the same way.
         before = self.sm.last_applied().index
-        result, changes = self.sm.apply_local(cmd, now_ms())
+        # A copy: the engine keeps what it stores, and the caller may change
+        # its own lists and maps after the call (in a cluster the command
+        # arrives as bytes, so nothing is shared).
+        result, changes = self.sm.apply_local(clone(cmd), now_ms())
         if self.sm.last_applied().index != before:  # a record was written
             await self._durable(changes)
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -48,6 +49,26 @@ async def test_returned_documents_are_copies(tmp_path: Path) -> None:
         doc["l"].append(2)
         (await c.find())[0]["l"].append(3)
         assert (await c.get("k"))["l"] == [1]  # type: ignore[index]
+
+
+async def test_the_callers_objects_are_not_kept(tmp_path: Path) -> None:
+    # Embedded, a command is applied in the caller's process: the store kept
+    # the caller's nested lists and maps, so changing them after the call
+    # changed a stored document with no revision and no log record (a later
+    # $push then applied to the changed list; found by the model test).
+    async with docstore.open(tmp_path) as db:
+        c = db.collection("c")
+        doc: dict[str, Any] = {"l": [], "m": {"x": 1}}
+        await db.execute(C.put("c", "k", doc))
+        doc["l"].append(9)
+        doc["m"]["x"] = 2
+        assert await c.get("k") == {"l": [], "m": {"x": 1}, "_key": "k", "_rev": 1}
+        patch: dict[str, Any] = {"$set": {"n": {"deep": [1]}}}
+        await db.execute(C.patch("c", "k", patch))
+        patch["$set"]["n"]["deep"].append(2)
+        assert (await c.get("k"))["n"] == {"deep": [1]}  # type: ignore[index]
+    async with docstore.open(tmp_path) as db:
+        assert (await db.collection("c").get("k"))["l"] == []  # type: ignore[index]
 
 
 async def test_conflict_error_carries_current_revision(tmp_path: Path) -> None:

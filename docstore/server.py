@@ -359,7 +359,7 @@ class DocstoreService:
         if not self.sm.settings_recorded and session.node.is_leader:
             # Entries before the record apply with the built-in settings, not
             # this cluster's: a new cluster's first writes wait for its first
-            # leader's record (DUTY_INTERVAL_UNRECORDED away).
+            # leader's record, which this service proposes if need be.
             session.nursery.start_soon(
                 self._command_after_settings, session, data, client_id, req.sequence, done
             )
@@ -392,6 +392,7 @@ class DocstoreService:
                     await node.propose(encode_command(self.sm.settings_command()))
                 except Exception as exc:  # lost leadership...: look again
                     log.debug("settings not recorded: %r", exc)
+                if not self.sm.settings_recorded:  # failed, or refused by apply
                     await trio.sleep(DUTY_INTERVAL_UNRECORDED)
 
     def _check_command(self, session: Session, req: ClientRequest) -> bytes:

@@ -155,7 +155,6 @@ class DocstoreStateMachine:
         self._time_ms = 0
         #: The settings the cluster recorded (the first leader's), or None before.
         self._settings: dict[str, Any] | None = None
-        self._settings_event = trio.Event()
         self._gen = 0
         self._log: DataFile | None = None
         self._dirty = False
@@ -400,10 +399,6 @@ class DocstoreStateMachine:
     def settings_recorded(self) -> bool:
         return self._settings is not None
 
-    async def wait_settings_recorded(self) -> None:
-        """Return once the cluster's settings are recorded (at once if they are)."""
-        await self._settings_event.wait()
-
     def _record_settings(self, cmd: dict[str, Any], e: Entry, fx: list[list[Any]]) -> object:
         proposed = {k: v for k, v in cmd.items() if k != "op"}
         try:
@@ -422,7 +417,6 @@ class DocstoreStateMachine:
         self._settings = record
         if record is None:
             return
-        self._settings_event.set()
         self.limits = Limits(**record["limits"])
         self.engine.limits = self.limits
         self.max_sessions = record["max_sessions"]

@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from typing import Any
 
 import pytest
 
+from trioraft.storage.log import FileLogStore
 from trioraft.testing.simnode import SimConfig, first_violation, main, run_seed, sweep
 
 SLOW = bool(os.environ.get("TRIORAFT_SLOW"))
@@ -60,6 +63,21 @@ def test_a_seed_replays_exactly() -> None:
     a, b = run_seed(1234, cfg), run_seed(1234, cfg)
     assert a.trace_hash == b.trace_hash and a.stats == b.stats and a.sim_time == b.sim_time
     assert run_seed(1235, cfg).trace_hash != a.trace_hash
+
+
+def test_a_seed_replays_exactly_on_a_slow_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runtime writes inline or in a thread by how long recent writes took
+    # in real time; a busy host made the same seed another run.
+    cfg = SimConfig(steps=300)
+    fast = run_seed(1, cfg).trace_hash
+    persist = FileLogStore.persist
+
+    def slow_persist(self: FileLogStore, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.002)
+        persist(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileLogStore, "persist", slow_persist)
+    assert run_seed(1, cfg).trace_hash == fast
 
 
 def test_a_seed_replays_exactly_in_another_process() -> None:

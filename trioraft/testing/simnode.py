@@ -299,6 +299,9 @@ class Simulation:
             snapshot_entries=self.snapshot_entries,
             snapshot_keep_entries=self.keep_entries,
             snapshot_chunk_bytes=4096,
+            # The node picks inline or threaded writes by how long recent
+            # writes took in real time; the run must not depend on the host.
+            inline_write_seconds=math.inf,
             faults=self.cfg.faults & FAULTS,
         )
 

@@ -383,7 +383,8 @@ class DocstoreService:
 
     async def _record_settings(self, node: Node) -> None:
         """Propose this node's settings as the cluster's while it leads and none are
-        recorded (one proposal at a time; :func:`serve`'s leader duties do it too)."""
+        recorded, one proposal at a time: for a write that finds none, and as one
+        of :func:`serve`'s leader duties."""
         while not self.sm.settings_recorded and node.is_leader:
             async with self._recording:
                 if self.sm.settings_recorded:
@@ -746,7 +747,7 @@ async def serve(
         node: Node = await nursery.start(
             functools.partial(serve_node, client_service=service.build), node_config, sm
         )
-        nursery.start_soon(_leader_duties, node, sm)
+        nursery.start_soon(_leader_duties, node, service)
         http = config.http or config.http_nodes.get(config.id)
         if http:
             from docstore.monitor import serve_monitor
@@ -770,7 +771,7 @@ DUTY_INTERVAL_UNRECORDED = 0.05
 SETTINGS_WAIT = 5.0
 
 
-async def _leader_duties(node: Node, sm: DocstoreStateMachine) -> None:
+async def _leader_duties(node: Node, service: DocstoreService) -> None:
     """What the leader proposes on its own, about once a second.
 
     * The cluster's settings, when none are recorded: the first leader records
@@ -780,21 +781,21 @@ async def _leader_duties(node: Node, sm: DocstoreStateMachine) -> None:
       ``_expires`` has passed by its clock.  Each such entry also moves the
       replicated clock that reads judge expiry by.
     """
+    sm = service.sm
     while True:
         await trio.sleep(DUTY_INTERVAL if sm.settings_recorded else DUTY_INTERVAL_UNRECORDED)
         if not node.is_leader:
             continue
+        if not sm.settings_recorded:
+            # The same proposal as a write that finds none (one at a time).
+            with trio.move_on_after(DUTY_INTERVAL):
+                await service._record_settings(node)
         due = sm.next_expiry()  # O(documents with _expires), once a second
-        for wanted, cmd in (
-            (not sm.settings_recorded, sm.settings_command()),
-            (due is not None and due <= time.time() * 1000, {"op": "expire"}),
-        ):
-            if not wanted:
-                continue
+        if due is not None and due <= time.time() * 1000:
             try:
-                await node.propose(encode_command(cmd))
+                await node.propose(encode_command({"op": "expire"}))
             except Exception as exc:  # lost leadership, overloaded...: the next round retries
-                log.debug("%s round not applied: %r", cmd["op"], exc)
+                log.debug("expire round not applied: %r", exc)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -22,15 +23,25 @@ def mock_time(autojump_clock: trio.testing.MockClock) -> Iterator[trio.testing.M
         yield autojump_clock
 
 
-def bounded(seconds: float) -> Callable[[F], F]:
-    """Fail the test if it takes longer than ``seconds`` of (virtual) time."""
+def virtual_time(seconds: float) -> Callable[[F], F]:
+    """Run the test under :func:`mock_time`, failing past ``seconds`` of virtual time.
+
+    The test does not name the clock: pytest-trio takes a clock only from the
+    test's own arguments, so the wrapper's signature adds ``mock_time`` and
+    the wrapper drops it before calling the test.
+    """
 
     def deco(fn: F) -> F:
         @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def wrapper(*args: Any, mock_time: trio.testing.MockClock, **kwargs: Any) -> Any:
             with trio.fail_after(seconds):
                 return await fn(*args, **kwargs)
 
+        sig = inspect.signature(fn)
+        clock = inspect.Parameter("mock_time", inspect.Parameter.KEYWORD_ONLY)
+        wrapper.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=[*sig.parameters.values(), clock]
+        )
         return wrapper  # type: ignore[return-value]
 
     return deco

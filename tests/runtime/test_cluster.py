@@ -14,13 +14,13 @@ from trioraft.kv import encode_command
 from trioraft.runtime import NotLeaderError, ProposalDroppedError, ProposalRejectedError
 from trioraft.testing.cluster import MemoryCluster
 
-from .conftest import bounded
+from .conftest import virtual_time
 from .helpers import CHUNKED_SNAPSHOTS, get, open_cluster, outcome, put, wipe_a_follower
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         res = await leader.propose(put("a", b"1"))
@@ -36,10 +36,8 @@ async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(
         assert err.value.leader_address == f"mem:{leader.id}"
 
 
-@bounded(120)
-async def test_failover_elects_a_new_leader_and_keeps_data(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_failover_elects_a_new_leader_and_keeps_data(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(20):
             await leader.propose(put(f"k{i}", b"%d" % i))
@@ -56,10 +54,8 @@ async def test_failover_elects_a_new_leader_and_keeps_data(
         assert await get(restarted, "after", "local") == b"x"
 
 
-@bounded(120)
-async def test_partition_heals_and_minority_leader_steps_down(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_partition_heals_and_minority_leader_steps_down(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 5) as (c, leader):
         others = [n for n in c.ids if n != leader.id]
         minority, majority = {leader.id, others[0]}, set(others[1:])
@@ -75,10 +71,8 @@ async def test_partition_heals_and_minority_leader_steps_down(
         assert await get(leader, "maj", "local") == b"1"
 
 
-@bounded(120)
-async def test_wiped_follower_catches_up_by_snapshot(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_wiped_follower_catches_up_by_snapshot(tmp_path: pathlib.Path) -> None:
     async with MemoryCluster(tmp_path, 3, **CHUNKED_SNAPSHOTS) as c:
         leader, victim = await wipe_a_follower(c)
         assert leader.statistics().snapshots_taken >= 1
@@ -90,9 +84,9 @@ async def test_wiped_follower_catches_up_by_snapshot(
         assert leader.statistics().snapshots_sent >= 1
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_every_node_restarted_from_disk_elects_again_and_keeps_the_data(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     async with open_cluster(tmp_path, 3, snapshot_entries=30) as (c, leader):
         for i in range(100):
@@ -108,9 +102,9 @@ async def test_every_node_restarted_from_disk_elects_again_and_keeps_the_data(
         assert await get(leader, "k0") == b"0"
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_cluster_grows_to_five_shrinks_to_three_and_still_elects(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("x", b"1"))
@@ -134,9 +128,9 @@ async def test_cluster_grows_to_five_shrinks_to_three_and_still_elects(
         assert await get(new, "z") == b"3"
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_transfer_moves_leadership_and_overlapping_proposals_land_once_or_are_refused(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     # Proposals appended before the transfer starts, while it runs and after it:
     # each one either lands (applied exactly once, at the index its answer
@@ -190,9 +184,9 @@ async def test_transfer_moves_leadership_and_overlapping_proposals_land_once_or_
             assert await get(new, key) is None
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("r", b"1"))
@@ -226,9 +220,9 @@ async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(
             await get(leader, "r", "eventual")
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_statistics_count_committed_proposals_and_status_shows_all_applied(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(10):
@@ -241,10 +235,8 @@ async def test_statistics_count_committed_proposals_and_status_shows_all_applied
         assert status.leader_id == leader.id and status.applied_index == status.commit_index
 
 
-@bounded(120)
-async def test_proposals_overload_instead_of_growing(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_proposals_overload_instead_of_growing(tmp_path: pathlib.Path) -> None:
     from trioraft.runtime import OverloadedError
 
     async with open_cluster(tmp_path, 3, max_pending_proposals=5) as (_, leader):
@@ -265,9 +257,9 @@ def test_kv_commands_encode_as_cbor_maps() -> None:
     assert cbor2.loads(put("a", b"1")) == {"op": "put", "key": "a", "value": b"1"}
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_snapshot_is_taken_once_the_bytes_since_the_last_pass_the_limit(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     by_bytes_only = dict(snapshot_entries=10**6, snapshot_bytes=4000)
     async with open_cluster(tmp_path, 3, **by_bytes_only) as (_, leader):
@@ -279,10 +271,8 @@ async def test_snapshot_is_taken_once_the_bytes_since_the_last_pass_the_limit(
         assert leader.statistics().snapshots_taken >= 1
 
 
-@bounded(60)
-async def test_proposal_and_read_time_out_when_no_quorum_answers(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(60)
+async def test_proposal_and_read_time_out_when_no_quorum_answers(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as (c, leader):
         c.network.isolate(leader.id)
         t0 = trio.current_time()
@@ -294,10 +284,8 @@ async def test_proposal_and_read_time_out_when_no_quorum_answers(
         assert leader.statistics().proposals_pending == 0
 
 
-@bounded(60)
-async def test_propose_nowait_answers_through_its_callback(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(60)
+async def test_propose_nowait_answers_through_its_callback(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as (c, leader):
         answers: list[tuple[object, BaseException | None]] = []
         got = trio.Event()

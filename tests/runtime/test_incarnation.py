@@ -9,14 +9,13 @@ import pytest
 import trio
 import trio.testing
 
-from .conftest import bounded
+from .conftest import virtual_time
 from .helpers import open_cluster, put
 
 
-@bounded(300)
+@virtual_time(300)
 async def test_wiped_follower_is_not_a_voter_until_readded(
     tmp_path: pathlib.Path,
-    mock_time: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioraft")

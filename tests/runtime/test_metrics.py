@@ -5,13 +5,11 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-import trio
-import trio.testing
 
 from trioraft.kv import encode_command
 from trioraft.runtime.metrics import Exposition, Histogram, node_metrics
 
-from .conftest import bounded
+from .conftest import virtual_time
 from .helpers import open_cluster
 
 
@@ -50,9 +48,9 @@ def test_exposition_writes_cumulative_buckets_and_escapes_labels() -> None:
         e.counter("z", "no suffix", [])
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_statistics_count_elections_leader_changes_latencies_and_failures(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(5):
@@ -83,10 +81,8 @@ async def test_statistics_count_elections_leader_changes_latencies_and_failures(
         assert f'trioraft_follower_lag_entries{{node="{new.id}",peer="{old}"}}' in text
 
 
-@bounded(120)
-async def test_a_proposal_that_times_out_is_counted(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_a_proposal_that_times_out_is_counted(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for n in c.nodes.values():
             if n is not leader:

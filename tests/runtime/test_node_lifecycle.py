@@ -17,7 +17,7 @@ from trioraft.storage.snapshots import SnapshotReceiver
 from trioraft.testing.cluster import MemoryCluster, memory_transport
 from trioraft.transport.memory import MemoryNetwork
 
-from .conftest import bounded
+from .conftest import virtual_time
 from .helpers import CHUNKED_SNAPSHOTS, open_cluster, wipe_a_follower
 
 
@@ -42,9 +42,9 @@ class ClosingKV(KVStateMachine):
         self.closed = True
 
 
-@bounded(60)
+@virtual_time(60)
 async def test_the_core_counts_as_applied_only_what_the_state_machine_applied(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     """The core's applied index follows the apply task, not the hand-over to it."""
     async with open_cluster(tmp_path, 3, state_machine=SlowKV) as (c, leader):
@@ -63,10 +63,8 @@ async def test_the_core_counts_as_applied_only_what_the_state_machine_applied(
         assert leader.core.applied == leader.status().applied_index >= 21
 
 
-@bounded(60)
-async def test_aclose_returns_once_the_node_has_stopped(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(60)
+async def test_aclose_returns_once_the_node_has_stopped(tmp_path: pathlib.Path) -> None:
     sm = ClosingKV(str(tmp_path / "sm"))
     cfg = NodeConfig(node_id=1, data_dir=str(tmp_path / "n1"), listen="mem:1")
     async with (
@@ -87,9 +85,9 @@ def storage_errors(exc: BaseException) -> list[StorageFatalError]:
     return []
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_a_storage_failure_while_receiving_a_snapshot_stops_the_node(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The snapshot receiver restarts a bad stream, but a write error is fatal, never retried."""
     failed: list[str] = []

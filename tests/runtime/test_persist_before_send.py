@@ -53,7 +53,7 @@ from trioraft.transport.base import Transport, TransportStatistics
 from trioraft.transport.memory import MemoryNetwork
 from trioraft.transport.messages import AnyMessage
 
-from .conftest import bounded
+from .conftest import virtual_time
 
 
 class RecordingStore(MemoryLogStore):
@@ -193,9 +193,9 @@ async def wait_leader(nodes: list[Node]) -> Node:
         await trio.sleep(0.01)
 
 
-@bounded(60)
+@virtual_time(60)
 async def test_no_message_leaves_before_what_it_vouches_for_is_durable(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     checks = Checks()
     await run_cluster(tmp_path, checks)
@@ -205,9 +205,9 @@ async def test_no_message_leaves_before_what_it_vouches_for_is_durable(
     assert checks.checked["ack"] >= 10 and checks.checked["term"] > 0
 
 
-@bounded(60)
+@virtual_time(60)
 async def test_the_checks_catch_a_driver_that_sends_before_the_write(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every message out before the write (the order broken): the same run fails its checks."""
 

@@ -30,7 +30,7 @@ from trioraft.transport.codec import (
     encode_frame,
 )
 
-from .conftest import bounded
+from .conftest import virtual_time
 from .helpers import open_cluster, put
 from .realcluster import RealCluster
 
@@ -116,9 +116,9 @@ async def test_committed_config_with_bad_address_does_not_stop_node_on_restart(
         assert len(warnings) == 1, warnings  # one clear line, not one per update
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_snapshot_of_config_with_bad_address_installs_on_followers(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     async with MemoryCluster(
         tmp_path, 3, snapshot_entries=20, snapshot_keep_entries=2, snapshot_chunk_bytes=1024
@@ -158,10 +158,8 @@ async def test_snapshot_of_config_with_bad_address_installs_on_followers(
 # ------------------------------------------------------------- session ids
 
 
-@bounded(120)
-async def test_session_id_at_max_client_id_replicates(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_session_id_at_max_client_id_replicates(tmp_path: pathlib.Path) -> None:
     assert len(LONGEST_SESSION) == MAX_SESSION_ID
     async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("a", b"1"), client_id=LONGEST_SESSION, sequence=1)
@@ -178,10 +176,8 @@ async def test_session_id_at_max_client_id_replicates(
 # ------------------------------------------------------------ entry sizes
 
 
-@bounded(120)
-async def test_oversized_proposal_is_refused(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_oversized_proposal_is_refused(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         with pytest.raises(ValueError, match=str(MAX_ENTRY_DATA)) as err:
             await leader.propose(b"x" * (MAX_ENTRY_DATA + 1))
@@ -195,10 +191,8 @@ async def test_oversized_proposal_is_refused(
         await applied_everywhere(c, "after", b"1")
 
 
-@bounded(300)
-async def test_entry_of_max_size_with_longest_session_replicates(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(300)
+async def test_entry_of_max_size_with_longest_session_replicates(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         results: list[object] = []
         for i in range(2):  # queued together: the leader must not batch them into one frame
@@ -214,10 +208,8 @@ async def test_entry_of_max_size_with_longest_session_replicates(
         assert c.network.statistics().oversized == 0
 
 
-@bounded(300)
-async def test_uncommitted_oversized_entry_of_an_earlier_log_heals(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(300)
+async def test_uncommitted_oversized_entry_of_an_earlier_log_heals(tmp_path: pathlib.Path) -> None:
     # Earlier code appended a 10 MB document sent raw; nodes 1 and 2 hold it,
     # so one of them leads and must replicate it to node 3.
     raw = Entry(2, 1, data=b"d" * 10_000_047, client_id=LONGEST_SESSION, sequence=1)
@@ -254,10 +246,8 @@ def test_append_batches_always_fit_a_frame(tmp_path: pathlib.Path) -> None:
 # --------------------------------------------------------------- node ids
 
 
-@bounded(120)
-async def test_add_learner_id_over_2_63_is_refused(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_add_learner_id_over_2_63_is_refused(tmp_path: pathlib.Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for bad in (2**63, 0, -1, True, "4", 1.0):
             with pytest.raises(ValueError, match="node id"):

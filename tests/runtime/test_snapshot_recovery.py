@@ -23,7 +23,7 @@ from trioraft.statemachine import SnapshotInfo
 from trioraft.storage import SnapshotStore, StorageCorruption
 from trioraft.testing.cluster import MemoryCluster
 
-from .conftest import bounded
+from .conftest import virtual_time
 from .helpers import open_cluster, outcome, put
 
 M = TypeVar("M", bound=KVStateMachine)
@@ -77,10 +77,8 @@ async def left_behind(c: MemoryCluster) -> int:
     return victim
 
 
-@bounded(120)
-async def test_snapshot_newer_than_the_log_at_restart(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_snapshot_newer_than_the_log_at_restart(tmp_path: pathlib.Path) -> None:
     # A lagging follower (its log ends at a few entries) has the leader's
     # snapshot committed by its receiver, and crashes before the Ready that
     # compacts its log (or its core refused the InstallSnapshot: its term moved).
@@ -125,9 +123,9 @@ class RacingKV(KVStateMachine):
         await super().restore_snapshot(path, info)
 
 
-@bounded(120)
+@virtual_time(120)
 async def test_own_snapshot_racing_a_received_one_never_becomes_latest(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
+    tmp_path: pathlib.Path,
 ) -> None:
     # The node's own snapshot task writes snapshot ~3 while the receiver
     # commits the leader's ~40; the own task commits later.  It must not
@@ -161,10 +159,8 @@ def flip_a_byte(path: str) -> None:
         f.write(data)
 
 
-@bounded(120)
-async def test_damaged_newest_snapshot_falls_back(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_damaged_newest_snapshot_falls_back(tmp_path: pathlib.Path) -> None:
     # The node keeps two snapshots so that a damaged newest one can fall back
     # to the older; the log must still reach back to the older one.
     async with open_cluster(tmp_path, 3, **EVERY_20) as (c, leader):
@@ -190,10 +186,8 @@ async def test_damaged_newest_snapshot_falls_back(
         assert await get_local(node, "after") == b"x"
 
 
-@bounded(120)
-async def test_damaged_snapshot_without_a_bridge_fails_clearly(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_damaged_snapshot_without_a_bridge_fails_clearly(tmp_path: pathlib.Path) -> None:
     # A snapshot installed from the leader replaced the whole log: if it is
     # damaged, no older snapshot and no log entries can stand in for it.
     async with open_cluster(tmp_path, 3, **EVERY_20) as (c, leader):
@@ -215,10 +209,8 @@ async def test_damaged_snapshot_without_a_bridge_fails_clearly(
         assert "snapshot" in str(err.value)
 
 
-@bounded(120)
-async def test_reused_index_fails_the_old_proposal(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(120)
+async def test_reused_index_fails_the_old_proposal(tmp_path: pathlib.Path) -> None:
     # An isolated leader appends proposals it can never commit; a new leader
     # compacts past them and the old one installs its snapshot, then leads
     # again and reuses those indexes.  Every old proposal must fail, none hang.
@@ -265,10 +257,8 @@ class SlowConfigKV(KVStateMachine):
         return await super().apply(entries)
 
 
-@bounded(60)
-async def test_membership_change_is_bounded_by_proposal_timeout(
-    tmp_path: pathlib.Path, mock_time: trio.testing.MockClock
-) -> None:
+@virtual_time(60)
+async def test_membership_change_is_bounded_by_proposal_timeout(tmp_path: pathlib.Path) -> None:
     # The joint configuration takes 0.8 s to apply, then the leader is cut
     # off before C(new) commits: the change as a whole gets proposal_timeout.
     machines, factory = kept_by_node(SlowConfigKV)

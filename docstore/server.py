@@ -74,7 +74,7 @@ from trioraft.runtime import (
     ProposalDroppedError,
     serve_node,
 )
-from trioraft.runtime.config import default_of, parse_address
+from trioraft.runtime.config import default_of, parse_address, tuning_of
 from trioraft.runtime.service import MAX_IN_FLIGHT, ClientService, Done, Session, error_response
 from trioraft.statemachine import SnapshotInfo
 from trioraft.transport.base import ClientConnection
@@ -236,16 +236,12 @@ class ServerConfig:
             peers=peers,
             join=self.join,
             advertise=self.advertise,
-            election_timeout_min=self.election_timeout_min,
-            election_timeout_max=self.election_timeout_max,
-            heartbeat_interval=self.heartbeat_interval,
-            snapshot_entries=self.snapshot_entries,
-            proposal_timeout=self.proposal_timeout,
             cluster_id=self.cluster_id,
             cluster_secret=self.secret.encode(),
             client_tokens=self.client_tokens(),
             ssl_context=server_ctx,
             client_ssl_context=client_ctx,
+            **tuning_of(self),
         )
 
 

@@ -37,6 +37,23 @@ def default_of(cls: type[Any], name: str) -> Any:
     raise ValueError(f"{cls.__name__} has no field {name!r}")
 
 
+#: The timing and snapshot settings that a config built on a node's (the
+#: docstore server's, the chaos harness's node spec) passes through unchanged.
+TUNING = (
+    "election_timeout_min",
+    "election_timeout_max",
+    "heartbeat_interval",
+    "snapshot_entries",
+    "snapshot_keep_entries",
+    "proposal_timeout",
+)
+
+
+def tuning_of(config: object) -> dict[str, Any]:
+    """The :data:`TUNING` settings ``config`` has, by name: ``NodeConfig(..., **tuning_of(c))``."""
+    return {name: getattr(config, name) for name in TUNING if hasattr(config, name)}
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs.  Times are seconds.

@@ -21,6 +21,7 @@ import trio
 from trioraft.core.types import Entry
 from trioraft.kv import KVStateMachine, encode_command
 from trioraft.runtime import ClientService, Node, NodeConfig, Session, generic_service, serve_node
+from trioraft.runtime.config import tuning_of
 from trioraft.testing.chaos.process import NodeSpec
 from trioraft.testing.chaos.router import Router
 from trioraft.testing.chaos.run import ChaosRun
@@ -43,12 +44,7 @@ def node_config(spec: NodeSpec) -> NodeConfig:
         cluster_id=spec.cluster_id,
         cluster_secret=spec.secret.encode(),
         client_tokens={spec.client_id: spec.token.encode()},
-        election_timeout_min=spec.election_timeout_min,
-        election_timeout_max=spec.election_timeout_max,
-        heartbeat_interval=spec.heartbeat_interval,
-        snapshot_entries=spec.snapshot_entries,
-        snapshot_keep_entries=spec.snapshot_keep_entries,
-        proposal_timeout=spec.proposal_timeout,
+        **tuning_of(spec),
     )
 
 

@@ -107,7 +107,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from trioraft.core.errors import InvariantViolated, NotLeader, ProposalRejected
@@ -244,29 +244,6 @@ class Progress:
     def ack(self, index: int) -> None:
         while self.inflight and self.inflight[0] <= index:
             self.inflight.popleft()
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    match: int
-    next: int
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class CoreStatus:
-    """A snapshot of the core's state for ``Node.status()`` and tests."""
-
-    node_id: NodeId
-    role: Role
-    term: int
-    leader: NodeId | None
-    commit: int
-    applied: int
-    last_index: int
-    snapshot_index: int
-    membership: Membership
-    peers: dict[NodeId, PeerStatus] = field(default_factory=dict)
 
 
 class RaftCore:
@@ -1478,23 +1455,6 @@ class RaftCore:
         pr = self.progress.get(peer)
         if pr is not None and pr.state is ProgressState.REPLICATE:
             pr.become_probe()
-
-    # --------------------------------------------------------------- status
-
-    def status(self) -> CoreStatus:
-        peers = {n: PeerStatus(p.match, p.next, p.state.value) for n, p in self.progress.items()}
-        return CoreStatus(
-            node_id=self.id,
-            role=self.role,
-            term=self.term,
-            leader=self.leader,
-            commit=self.commit,
-            applied=self.applied,
-            last_index=self.last_index(),
-            snapshot_index=self.offset,
-            membership=self.membership,
-            peers=peers,
-        )
 
     @property
     def hard_state(self) -> HardState:

@@ -25,8 +25,13 @@ __all__ = ["NodeStatistics", "NodeStatus", "PeerProgress", "node_statistics", "n
 
 @dataclass(frozen=True, slots=True)
 class PeerProgress:
+    """What the leader knows of one follower's log (``NodeStatistics.peers``)."""
+
+    #: The follower's last index known to match the leader's log.
     match_index: int
+    #: Entries it lacks: the leader's last index minus ``match_index``.
     lag: int
+    #: How the leader sends to it: ``probe``, ``replicate`` or ``snapshot``.
     state: str
 
 

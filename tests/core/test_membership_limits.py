@@ -35,8 +35,7 @@ def test_membership_of_refuses_addresses_that_are_not_host_port(bad: object) -> 
 
 
 def test_change_membership_refuses_bad_ids_and_addresses() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     last = c.core(1).last_index()
     with pytest.raises(ValueError, match="node id"):
         c.core(1).change_membership([1, 2, 3], [2**63], {2**63: "a:1"})

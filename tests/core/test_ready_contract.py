@@ -13,8 +13,7 @@ from trioraft.testing.harness import Cluster
 
 
 def test_a_leaders_appends_may_leave_before_its_write_when_no_hard_state_changes() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     core = c.core(1)
     core.propose(b"x")
     rd = core.ready()
@@ -41,8 +40,7 @@ def test_nothing_leaves_early_from_a_ready_that_changes_the_term_or_vote() -> No
 
 
 def test_advance_takes_what_was_applied_and_applied_to_the_rest() -> None:
-    c = Cluster(1)
-    c.elect(1)
+    c = Cluster(1, leader=1)
     core = c.core(1)
     start = core.applied
     for k in range(3):

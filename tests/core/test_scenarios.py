@@ -179,8 +179,7 @@ class _Zero:
 
 
 def _replicated_three(faults: frozenset[str] = frozenset()) -> tuple[Cluster, AppendEntries]:
-    c = Cluster(3, faults=faults)
-    c.elect(1)
+    c = Cluster(3, faults=faults, leader=1)
     c.propose(1, b"a")
     stale = [m for m in c.take(to(2, AppendEntries)) if isinstance(m, AppendEntries)]
     c.deliver()
@@ -234,8 +233,7 @@ def test_reordered_append_above_commit(faults: frozenset[str]) -> None:
 
 def test_truncation_while_a_write_is_in_flight_is_not_acknowledged() -> None:
     """The ABA race: entries written, replaced before advance; only the survivors are stable."""
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.isolate(1)
     core1 = c.core(1)
     core1.propose(b"x")
@@ -272,8 +270,7 @@ def test_membership_change_needs_a_commit_in_the_new_leaders_term() -> None:
 
 
 def test_truncated_config_entry_rolls_the_membership_back() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.isolate(1)
     c.core(1).change_membership([1, 2, 3], learners=[4])
     c.process(1)
@@ -293,8 +290,7 @@ def test_truncated_config_entry_rolls_the_membership_back() -> None:
 
 
 def test_learner_promoted_before_hearing_of_it_still_votes() -> None:
-    c = Cluster([1, 2], learners=[3])
-    c.elect(1)
+    c = Cluster([1, 2], learners=[3], leader=1)
     c.block(1, 3)
     c.core(1).change_membership([1, 2, 3])
     c.deliver()
@@ -313,8 +309,7 @@ def test_learner_promoted_before_hearing_of_it_still_votes() -> None:
 
 
 def test_removed_leader_steps_down_and_never_campaigns() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.core(1).change_membership([2, 3])
     c.deliver()
     assert c.core(1).role is Role.FOLLOWER
@@ -327,8 +322,7 @@ def test_removed_leader_steps_down_and_never_campaigns() -> None:
 
 
 def test_removed_server_cannot_disrupt_the_cluster() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.isolate(3)
     c.core(1).change_membership([1, 2])
     c.deliver()
@@ -358,8 +352,7 @@ def test_joint_quorum_needs_both_majorities() -> None:
     assert joint.committed_index({1: 9, 2: 9, 3: 9, 4: 9, 5: 9}) == 9
     assert joint.committed_index({1: 9, 4: 9, 5: 9, 2: 3, 3: 3}) == 3
 
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     for n in (4, 5):
         c.add_node(n)
     c.core(1).change_membership([1, 2, 3], learners=[4, 5])
@@ -383,8 +376,7 @@ def test_joint_quorum_needs_both_majorities() -> None:
 
 
 def _learners_ack_only(faults: frozenset[str]) -> Cluster:
-    c = Cluster([1, 2, 3], learners=[4, 5], faults=faults)
-    c.elect(1)
+    c = Cluster([1, 2, 3], learners=[4, 5], faults=faults, leader=1)
     c.block(1, 2)
     c.block(1, 3)
     c.propose(1, b"x")
@@ -414,8 +406,7 @@ def test_learners_never_campaign() -> None:
 
 
 def test_read_index_before_first_commit_of_term_waits() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.propose(1, b"x")
     c.deliver(drop=lambda m: m.src == 1 and getattr(m, "commit", 0) >= 2)
     assert c.core(1).commit == 2 and c.applied_data(1) == [b"x"]
@@ -436,8 +427,7 @@ def test_read_index_before_first_commit_of_term_waits() -> None:
 
 
 def test_read_index_before_first_commit_without_the_guard_is_stale() -> None:
-    c = Cluster(3, faults=frozenset({"read_before_commit_in_term"}))
-    c.elect(1)
+    c = Cluster(3, faults=frozenset({"read_before_commit_in_term"}), leader=1)
     c.propose(1, b"x")
     c.deliver(drop=lambda m: m.src == 1 and getattr(m, "commit", 0) >= 2)
     c.partition([1], [2, 3])
@@ -452,8 +442,7 @@ def test_read_index_before_first_commit_without_the_guard_is_stale() -> None:
 
 
 def test_duplicate_read_index_and_delayed_heartbeat_responses() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.core(1).read(1, c.now)
     c.core(1).read(1, c.now)  # a duplicate of a pending request registers once
     c.process(1)
@@ -477,8 +466,7 @@ def test_duplicate_read_index_and_delayed_heartbeat_responses() -> None:
 
 
 def test_lease_read_under_a_paused_leader_is_refused() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.heartbeat(1)
     c.deliver()
     c.core(1).read(1, c.now, lease=True)
@@ -505,8 +493,7 @@ def test_lease_read_under_a_paused_leader_is_refused() -> None:
 
 
 def test_lease_is_shorter_than_the_minimum_election_timeout() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     sent = c.now
     c.heartbeat(1)
     c.deliver()
@@ -520,8 +507,7 @@ def test_lease_is_shorter_than_the_minimum_election_timeout() -> None:
 
 
 def _voter_restarts_inside_the_lease(faults: frozenset[str]) -> Cluster:
-    c = Cluster(3, faults=faults)
-    c.elect(1)
+    c = Cluster(3, faults=faults, leader=1)
     c.block(1, 3)  # node 3 cannot reach leader 1 (nor 1 it); 2 hears both
     c.block(3, 1)
     while c.core(3).election_deadline - c.now > 0.1:
@@ -569,8 +555,7 @@ def test_lease_after_a_voter_restarts_without_the_guard_serves_a_stale_read() ->
 
 def test_a_restarted_voter_still_lets_an_ordered_transfer_through() -> None:
     """The one exception to the refusal: safe, as the leader then holds no lease."""
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.crash(3)
     c.restart(3)  # refuses ordinary (pre-)votes for a minimum election timeout
     c.core(1).transfer_leadership(2)
@@ -580,8 +565,7 @@ def test_a_restarted_voter_still_lets_an_ordered_transfer_through() -> None:
 
 
 def _stale_timeout_now(faults: frozenset[str]) -> tuple[Cluster, int]:
-    c = Cluster(3, faults=faults)
-    c.elect(1)
+    c = Cluster(3, faults=faults, leader=1)
     c.core(1).transfer_leadership(2)  # node 2 is caught up: TimeoutNow leaves at once
     c.process(1)
     stale = c.take(to(2, TimeoutNow))  # ... and is held up (node 2 paused, a slow link)
@@ -624,8 +608,7 @@ def test_lease_after_a_stale_timeout_now_without_the_guard_serves_a_stale_read()
 def test_lease_after_a_stale_timeout_now_from_a_round_sent_during_the_transfer(
     faults: frozenset[str],
 ) -> None:
-    c = Cluster(3, faults=faults)
-    c.elect(1)
+    c = Cluster(3, faults=faults, leader=1)
     t_end = c.now + c.core(1).cfg.election_timeout_max  # when the transfer times out
     c.core(1).transfer_leadership(2)
     c.process(1)
@@ -665,8 +648,7 @@ def test_prevote_response_carries_the_request_term() -> None:
 
 
 def test_prevote_and_check_quorum_replace_a_leader_that_cannot_hear() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.block(2, 1)  # node 1 still sends, but hears nothing back
     c.block(3, 1)
     for _ in range(60):
@@ -681,8 +663,7 @@ def test_prevote_and_check_quorum_replace_a_leader_that_cannot_hear() -> None:
 
 
 def test_a_node_that_cannot_hear_the_leader_does_not_disrupt() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.block(1, 2)  # node 2 hears nothing from the leader
     term = c.core(1).term
     for _ in range(60):
@@ -699,8 +680,7 @@ def test_a_node_that_cannot_hear_the_leader_does_not_disrupt() -> None:
 
 
 def test_snapshot_install_racing_replication_and_compaction() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.isolate(3)
     c.core(1).change_membership([1, 2, 3], learners=[4])
     c.add_node(4)
@@ -741,8 +721,7 @@ def test_snapshot_install_racing_replication_and_compaction() -> None:
 
 
 def test_follower_stuck_in_probe_recovers_on_heartbeat() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.propose(1, b"x")
     c.deliver(drop=lambda m: m.dst == 2 and isinstance(m, AppendEntries))
     assert c.core(2).last_index() < 2
@@ -753,8 +732,7 @@ def test_follower_stuck_in_probe_recovers_on_heartbeat() -> None:
 
 
 def test_full_inflight_window_of_lost_appends_does_not_wedge() -> None:
-    c = Cluster(3, max_inflight=2, max_entries_per_append=1)
-    c.elect(1)
+    c = Cluster(3, max_inflight=2, max_entries_per_append=1, leader=1)
     for i in range(6):
         c.propose(1, b"%d" % i)
     c.deliver(drop=lambda m: m.dst == 2 and isinstance(m, AppendEntries))
@@ -765,8 +743,7 @@ def test_full_inflight_window_of_lost_appends_does_not_wedge() -> None:
 
 
 def test_long_divergent_log_converges_in_few_round_trips() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.isolate(1)
     for i in range(200):
         c.core(1).propose(b"stale%d" % i)
@@ -793,8 +770,7 @@ def test_long_divergent_log_converges_in_few_round_trips() -> None:
 
 
 def test_leadership_transfer_under_concurrent_proposals() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.block(1, 2)
     accepted = [c.propose(1, b"p%d" % i) for i in range(3)]
     c.deliver()
@@ -818,8 +794,7 @@ def test_leadership_transfer_under_concurrent_proposals() -> None:
 
 
 def test_transfer_times_out_and_proposals_resume() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.isolate(2)
     c.core(1).transfer_leadership(2)
     with pytest.raises(ProposalRejected):
@@ -835,8 +810,7 @@ def test_transfer_times_out_and_proposals_resume() -> None:
 
 
 def test_entries_carry_client_session_and_leader_time() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.propose(1, b"w", client_id="c-1", sequence=7, timestamp_ms=1234)
     c.deliver()
     (e,) = [e for e in c.records[3].applied if e.data == b"w"]
@@ -847,8 +821,7 @@ def test_entries_carry_client_session_and_leader_time() -> None:
 
 
 def test_restart_recovers_term_vote_log_and_replays_committed() -> None:
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     for i in range(3):
         c.propose(1, b"r%d" % i)
     c.deliver()
@@ -872,8 +845,7 @@ def test_entry_timestamps_never_decrease_across_leaders() -> None:
     # Time rule: node 1's clock runs ahead; after it fails, node 2 (whose clock
     # is behind) leads.  State machines judge TTL and session expiry by these
     # stamps, so the new leader's entries must not go back in time.
-    c = Cluster(3)
-    c.elect(1)
+    c = Cluster(3, leader=1)
     c.propose(1, b"early", timestamp_ms=5_000)
     c.heartbeat(1)
     c.process()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from trioraft.kv import encode_command
@@ -25,7 +25,7 @@ async def get(node: object, key: str, consistency: str = "linearizable") -> obje
 
 @asynccontextmanager
 async def open_cluster(
-    path: pathlib.Path, size: int, **options: Any
+    path: Path, size: int, **options: Any
 ) -> AsyncIterator[tuple[MemoryCluster, Node]]:
     """A started ``MemoryCluster`` (``options`` as it takes them) and its first leader.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
+from pathlib import Path
 
 import trio
 
@@ -15,7 +15,7 @@ TOKEN = b"test-client-token"
 
 
 class RealCluster:
-    def __init__(self, root: pathlib.Path, size: int = 3, *, max_pending: int = 50_000) -> None:
+    def __init__(self, root: Path, size: int = 3, *, max_pending: int = 50_000) -> None:
         self.root = root
         self.max_pending = max_pending
         ports = free_ports(size)

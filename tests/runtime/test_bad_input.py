@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import pathlib
+from pathlib import Path
 
 import trio
 import trio_websocket
@@ -67,7 +67,7 @@ async def send_as_peer(
 
 
 async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
 ) -> None:
     c = RealCluster(tmp_path)
     with trio.fail_after(40):
@@ -99,7 +99,7 @@ async def test_garbage_strangers_and_oversized_frames_do_not_stop_the_cluster(
             nursery.cancel_scope.cancel()
 
 
-async def test_a_client_flooding_proposals_gets_overloaded_not_oom(tmp_path: pathlib.Path) -> None:
+async def test_a_client_flooding_proposals_gets_overloaded_not_oom(tmp_path: Path) -> None:
     c = RealCluster(tmp_path, max_pending=20)
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:

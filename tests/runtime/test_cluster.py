@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -19,9 +19,7 @@ from .helpers import CHUNKED_SNAPSHOTS, get, open_cluster, outcome, put, wipe_a_
 
 
 @virtual_time(120)
-async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(
-    tmp_path: pathlib.Path,
-) -> None:
+async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         res = await leader.propose(put("a", b"1"))
         assert isinstance(res, dict) and res["ok"]
@@ -37,7 +35,7 @@ async def test_three_nodes_elect_replicate_and_followers_refuse_proposals(
 
 
 @virtual_time(120)
-async def test_failover_elects_a_new_leader_and_keeps_data(tmp_path: pathlib.Path) -> None:
+async def test_failover_elects_a_new_leader_and_keeps_data(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(20):
             await leader.propose(put(f"k{i}", b"%d" % i))
@@ -55,7 +53,7 @@ async def test_failover_elects_a_new_leader_and_keeps_data(tmp_path: pathlib.Pat
 
 
 @virtual_time(120)
-async def test_partition_heals_and_minority_leader_steps_down(tmp_path: pathlib.Path) -> None:
+async def test_partition_heals_and_minority_leader_steps_down(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 5) as (c, leader):
         others = [n for n in c.ids if n != leader.id]
         minority, majority = {leader.id, others[0]}, set(others[1:])
@@ -72,7 +70,7 @@ async def test_partition_heals_and_minority_leader_steps_down(tmp_path: pathlib.
 
 
 @virtual_time(120)
-async def test_wiped_follower_catches_up_by_snapshot(tmp_path: pathlib.Path) -> None:
+async def test_wiped_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
     async with MemoryCluster(tmp_path, 3, **CHUNKED_SNAPSHOTS) as c:
         leader, victim = await wipe_a_follower(c)
         assert leader.statistics().snapshots_taken >= 1
@@ -86,7 +84,7 @@ async def test_wiped_follower_catches_up_by_snapshot(tmp_path: pathlib.Path) -> 
 
 @virtual_time(120)
 async def test_every_node_restarted_from_disk_elects_again_and_keeps_the_data(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
 ) -> None:
     async with open_cluster(tmp_path, 3, snapshot_entries=30) as (c, leader):
         for i in range(100):
@@ -103,9 +101,7 @@ async def test_every_node_restarted_from_disk_elects_again_and_keeps_the_data(
 
 
 @virtual_time(120)
-async def test_cluster_grows_to_five_shrinks_to_three_and_still_elects(
-    tmp_path: pathlib.Path,
-) -> None:
+async def test_cluster_grows_to_five_shrinks_to_three_and_still_elects(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("x", b"1"))
         for n in (4, 5):
@@ -130,7 +126,7 @@ async def test_cluster_grows_to_five_shrinks_to_three_and_still_elects(
 
 @virtual_time(120)
 async def test_transfer_moves_leadership_and_overlapping_proposals_land_once_or_are_refused(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
 ) -> None:
     # Proposals appended before the transfer starts, while it runs and after it:
     # each one either lands (applied exactly once, at the index its answer
@@ -185,9 +181,7 @@ async def test_transfer_moves_leadership_and_overlapping_proposals_land_once_or_
 
 
 @virtual_time(120)
-async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(
-    tmp_path: pathlib.Path,
-) -> None:
+async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("r", b"1"))
         follower = next(n for n in c.nodes.values() if n is not leader)
@@ -222,7 +216,7 @@ async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(
 
 @virtual_time(120)
 async def test_statistics_count_committed_proposals_and_status_shows_all_applied(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(10):
@@ -236,7 +230,7 @@ async def test_statistics_count_committed_proposals_and_status_shows_all_applied
 
 
 @virtual_time(120)
-async def test_proposals_overload_instead_of_growing(tmp_path: pathlib.Path) -> None:
+async def test_proposals_overload_instead_of_growing(tmp_path: Path) -> None:
     from trioraft.runtime import OverloadedError
 
     async with open_cluster(tmp_path, 3, max_pending_proposals=5) as (_, leader):
@@ -259,7 +253,7 @@ def test_kv_commands_encode_as_cbor_maps() -> None:
 
 @virtual_time(120)
 async def test_snapshot_is_taken_once_the_bytes_since_the_last_pass_the_limit(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
 ) -> None:
     by_bytes_only = dict(snapshot_entries=10**6, snapshot_bytes=4000)
     async with open_cluster(tmp_path, 3, **by_bytes_only) as (_, leader):
@@ -272,7 +266,7 @@ async def test_snapshot_is_taken_once_the_bytes_since_the_last_pass_the_limit(
 
 
 @virtual_time(60)
-async def test_proposal_and_read_time_out_when_no_quorum_answers(tmp_path: pathlib.Path) -> None:
+async def test_proposal_and_read_time_out_when_no_quorum_answers(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as (c, leader):
         c.network.isolate(leader.id)
         t0 = trio.current_time()
@@ -285,7 +279,7 @@ async def test_proposal_and_read_time_out_when_no_quorum_answers(tmp_path: pathl
 
 
 @virtual_time(60)
-async def test_propose_nowait_answers_through_its_callback(tmp_path: pathlib.Path) -> None:
+async def test_propose_nowait_answers_through_its_callback(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3, proposal_timeout=1.0, check_quorum=False) as (c, leader):
         answers: list[tuple[object, BaseException | None]] = []
         got = trio.Event()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import pathlib
+from pathlib import Path
 
 import pytest
 import trio
@@ -15,7 +15,7 @@ from .helpers import open_cluster, put
 
 @virtual_time(300)
 async def test_wiped_follower_is_not_a_voter_until_readded(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioraft")

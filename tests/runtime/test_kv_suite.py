@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -55,13 +55,13 @@ def _put(index: int, key: str, value: object, term: int = 1) -> Entry:
     return Entry(index, term, data=encode_command("put", key, value=value))
 
 
-async def started(path: str | pathlib.Path) -> KVStateMachine:
+async def started(path: str | Path) -> KVStateMachine:
     kv = KVStateMachine(str(path))
     await kv.start()
     return kv
 
 
-async def log_of_two_records(path: pathlib.Path) -> pathlib.Path:
+async def log_of_two_records(path: Path) -> Path:
     """Write ``a`` then ``b`` as two records of a KV log in ``path``; returns the log file."""
     kv = await started(path)
     await kv.apply([_put(1, "a", b"1")])
@@ -70,7 +70,7 @@ async def log_of_two_records(path: pathlib.Path) -> pathlib.Path:
     return path / "kv.log"
 
 
-async def test_results_of_each_command(tmp_path: pathlib.Path) -> None:
+async def test_results_of_each_command(tmp_path: Path) -> None:
     kv = await started(tmp_path)
     results = await kv.apply(
         [
@@ -97,7 +97,7 @@ async def test_results_of_each_command(tmp_path: pathlib.Path) -> None:
     await kv.close()
 
 
-async def test_chunk_sees_its_own_writes(tmp_path: pathlib.Path) -> None:
+async def test_chunk_sees_its_own_writes(tmp_path: Path) -> None:
     kv = await started(tmp_path)
     results = await kv.apply(
         [
@@ -112,7 +112,7 @@ async def test_chunk_sees_its_own_writes(tmp_path: pathlib.Path) -> None:
     await kv.close()
 
 
-async def test_bad_queries_raise(tmp_path: pathlib.Path) -> None:
+async def test_bad_queries_raise(tmp_path: Path) -> None:
     kv = await started(tmp_path)
     for q in ({"op": "nope"}, {"op": "get"}, {"op": "get_multi", "keys": [1]}, [1], b"\xff"):
         with pytest.raises(KVQueryError):
@@ -120,7 +120,7 @@ async def test_bad_queries_raise(tmp_path: pathlib.Path) -> None:
     await kv.close()
 
 
-async def test_torn_log_tail_is_cut(tmp_path: pathlib.Path) -> None:
+async def test_torn_log_tail_is_cut(tmp_path: Path) -> None:
     log = await log_of_two_records(tmp_path)
     size = log.stat().st_size
     os.truncate(log, size - 3)  # the second record lost its end
@@ -134,7 +134,7 @@ async def test_torn_log_tail_is_cut(tmp_path: pathlib.Path) -> None:
     await kv.close()
 
 
-async def test_corruption_before_the_tail_is_an_error(tmp_path: pathlib.Path) -> None:
+async def test_corruption_before_the_tail_is_an_error(tmp_path: Path) -> None:
     log = await log_of_two_records(tmp_path)
     raw = bytearray(log.read_bytes())
     raw[8 + 8 + 2] ^= 0xFF  # inside the first record's payload
@@ -143,7 +143,7 @@ async def test_corruption_before_the_tail_is_an_error(tmp_path: pathlib.Path) ->
         await KVStateMachine(str(tmp_path)).start()
 
 
-async def test_stale_log_after_interrupted_restore_is_ignored(tmp_path: pathlib.Path) -> None:
+async def test_stale_log_after_interrupted_restore_is_ignored(tmp_path: Path) -> None:
     # A restore that crashed after renaming the new base but before resetting
     # the log must not replay the old log's (newer-indexed) records.
     kv = await started(tmp_path / "kv")
@@ -161,7 +161,7 @@ async def test_stale_log_after_interrupted_restore_is_ignored(tmp_path: pathlib.
     await kv.close()
 
 
-async def test_digest_covers_state_and_applied_index(tmp_path: pathlib.Path) -> None:
+async def test_digest_covers_state_and_applied_index(tmp_path: Path) -> None:
     a, b = KVStateMachine(str(tmp_path / "a")), KVStateMachine(str(tmp_path / "b"))
     await a.start()
     await b.start()

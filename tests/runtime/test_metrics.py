@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pathlib
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +50,7 @@ def test_exposition_writes_cumulative_buckets_and_escapes_labels() -> None:
 
 @virtual_time(120)
 async def test_statistics_count_elections_leader_changes_latencies_and_failures(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for i in range(5):
@@ -82,7 +82,7 @@ async def test_statistics_count_elections_leader_changes_latencies_and_failures(
 
 
 @virtual_time(120)
-async def test_a_proposal_that_times_out_is_counted(tmp_path: pathlib.Path) -> None:
+async def test_a_proposal_that_times_out_is_counted(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for n in c.nodes.values():
             if n is not leader:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import trio
@@ -44,7 +44,7 @@ class ClosingKV(KVStateMachine):
 
 @virtual_time(60)
 async def test_the_core_counts_as_applied_only_what_the_state_machine_applied(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
 ) -> None:
     """The core's applied index follows the apply task, not the hand-over to it."""
     async with open_cluster(tmp_path, 3, state_machine=SlowKV) as (c, leader):
@@ -64,7 +64,7 @@ async def test_the_core_counts_as_applied_only_what_the_state_machine_applied(
 
 
 @virtual_time(60)
-async def test_aclose_returns_once_the_node_has_stopped(tmp_path: pathlib.Path) -> None:
+async def test_aclose_returns_once_the_node_has_stopped(tmp_path: Path) -> None:
     sm = ClosingKV(str(tmp_path / "sm"))
     cfg = NodeConfig(node_id=1, data_dir=str(tmp_path / "n1"), listen="mem:1")
     async with (
@@ -87,7 +87,7 @@ def storage_errors(exc: BaseException) -> list[StorageFatalError]:
 
 @virtual_time(120)
 async def test_a_storage_failure_while_receiving_a_snapshot_stops_the_node(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The snapshot receiver restarts a bad stream, but a write error is fatal, never retried."""
     failed: list[str] = []

@@ -7,8 +7,8 @@ around ``docstore.open`` and ``docstore.connect``.
 
 from __future__ import annotations
 
-import pathlib
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,7 +18,7 @@ from trioraft.kv import KVStateMachine
 
 
 def _open(
-    tmp_path: pathlib.Path, data_dir: pathlib.Path | None = None
+    tmp_path: Path, data_dir: Path | None = None
 ) -> AbstractAsyncContextManager[trioraft.Node]:
     config = trioraft.NodeConfig(
         node_id=1,
@@ -29,13 +29,13 @@ def _open(
     return trioraft.open_node(config, KVStateMachine(str(tmp_path / "kv")))
 
 
-async def test_an_exception_in_the_block_comes_out_as_itself(tmp_path: pathlib.Path) -> None:
+async def test_an_exception_in_the_block_comes_out_as_itself(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError, match="from the block"):
         async with _open(tmp_path):
             raise TimeoutError("from the block")
 
 
-async def test_a_timeout_in_the_block_is_caught_by_except_too_slow(tmp_path: pathlib.Path) -> None:
+async def test_a_timeout_in_the_block_is_caught_by_except_too_slow(tmp_path: Path) -> None:
     caught = False
     try:
         async with _open(tmp_path):
@@ -46,7 +46,7 @@ async def test_a_timeout_in_the_block_is_caught_by_except_too_slow(tmp_path: pat
     assert caught
 
 
-async def test_a_bad_data_dir_fails_startup_with_the_plain_error(tmp_path: pathlib.Path) -> None:
+async def test_a_bad_data_dir_fails_startup_with_the_plain_error(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("not a directory")
     with pytest.raises(OSError):

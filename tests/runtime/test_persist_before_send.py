@@ -26,9 +26,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pathlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -142,7 +142,7 @@ def checking_transport(
     return factory
 
 
-async def run_cluster(tmp_path: pathlib.Path, checks: Checks) -> None:
+async def run_cluster(tmp_path: Path, checks: Checks) -> None:
     """Elect, replicate a few writes, transfer leadership, replicate again."""
     ids = [1, 2, 3]
     async with (
@@ -194,9 +194,7 @@ async def wait_leader(nodes: list[Node]) -> Node:
 
 
 @virtual_time(60)
-async def test_no_message_leaves_before_what_it_vouches_for_is_durable(
-    tmp_path: pathlib.Path,
-) -> None:
+async def test_no_message_leaves_before_what_it_vouches_for_is_durable(tmp_path: Path) -> None:
     checks = Checks()
     await run_cluster(tmp_path, checks)
     assert checks.violations == []
@@ -207,7 +205,7 @@ async def test_no_message_leaves_before_what_it_vouches_for_is_durable(
 
 @virtual_time(60)
 async def test_the_checks_catch_a_driver_that_sends_before_the_write(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every message out before the write (the order broken): the same run fails its checks."""
 

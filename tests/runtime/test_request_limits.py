@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
+from pathlib import Path
 
 import pytest
 import trio
@@ -65,9 +65,7 @@ def write_log_of_earlier_code(data_dir: str, members: Membership) -> None:
 # ---------------------------------------------------------------- addresses
 
 
-async def test_add_learner_with_bad_address_is_refused_and_node_survives(
-    tmp_path: pathlib.Path,
-) -> None:
+async def test_add_learner_with_bad_address_is_refused_and_node_survives(tmp_path: Path) -> None:
     c = RealCluster(tmp_path)  # the WebSocket transport parses peer addresses
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
@@ -85,7 +83,7 @@ async def test_add_learner_with_bad_address_is_refused_and_node_survives(
 
 
 async def test_committed_config_with_bad_address_does_not_stop_node_on_restart(
-    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trioraft")
     c = RealCluster(tmp_path)
@@ -117,9 +115,7 @@ async def test_committed_config_with_bad_address_does_not_stop_node_on_restart(
 
 
 @virtual_time(120)
-async def test_snapshot_of_config_with_bad_address_installs_on_followers(
-    tmp_path: pathlib.Path,
-) -> None:
+async def test_snapshot_of_config_with_bad_address_installs_on_followers(tmp_path: Path) -> None:
     async with MemoryCluster(
         tmp_path, 3, snapshot_entries=20, snapshot_keep_entries=2, snapshot_chunk_bytes=1024
     ) as c:
@@ -159,7 +155,7 @@ async def test_snapshot_of_config_with_bad_address_installs_on_followers(
 
 
 @virtual_time(120)
-async def test_session_id_at_max_client_id_replicates(tmp_path: pathlib.Path) -> None:
+async def test_session_id_at_max_client_id_replicates(tmp_path: Path) -> None:
     assert len(LONGEST_SESSION) == MAX_SESSION_ID
     async with open_cluster(tmp_path, 3) as (c, leader):
         await leader.propose(put("a", b"1"), client_id=LONGEST_SESSION, sequence=1)
@@ -177,7 +173,7 @@ async def test_session_id_at_max_client_id_replicates(tmp_path: pathlib.Path) ->
 
 
 @virtual_time(120)
-async def test_oversized_proposal_is_refused(tmp_path: pathlib.Path) -> None:
+async def test_oversized_proposal_is_refused(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         with pytest.raises(ValueError, match=str(MAX_ENTRY_DATA)) as err:
             await leader.propose(b"x" * (MAX_ENTRY_DATA + 1))
@@ -192,7 +188,7 @@ async def test_oversized_proposal_is_refused(tmp_path: pathlib.Path) -> None:
 
 
 @virtual_time(300)
-async def test_entry_of_max_size_with_longest_session_replicates(tmp_path: pathlib.Path) -> None:
+async def test_entry_of_max_size_with_longest_session_replicates(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         results: list[object] = []
         for i in range(2):  # queued together: the leader must not batch them into one frame
@@ -209,7 +205,7 @@ async def test_entry_of_max_size_with_longest_session_replicates(tmp_path: pathl
 
 
 @virtual_time(300)
-async def test_uncommitted_oversized_entry_of_an_earlier_log_heals(tmp_path: pathlib.Path) -> None:
+async def test_uncommitted_oversized_entry_of_an_earlier_log_heals(tmp_path: Path) -> None:
     # Earlier code appended a 10 MB document sent raw; nodes 1 and 2 hold it,
     # so one of them leads and must replicate it to node 3.
     raw = Entry(2, 1, data=b"d" * 10_000_047, client_id=LONGEST_SESSION, sequence=1)
@@ -233,7 +229,7 @@ async def test_uncommitted_oversized_entry_of_an_earlier_log_heals(tmp_path: pat
         assert c.nodes[3].status().last_index >= 3
 
 
-def test_append_batches_always_fit_a_frame(tmp_path: pathlib.Path) -> None:
+def test_append_batches_always_fit_a_frame(tmp_path: Path) -> None:
     # A batch may hold max_bytes_per_append plus one entry's worth: refuse
     # settings whose largest AppendEntries a follower would not decode.
     with pytest.raises(ValueError, match="max_bytes_per_append"):
@@ -247,7 +243,7 @@ def test_append_batches_always_fit_a_frame(tmp_path: pathlib.Path) -> None:
 
 
 @virtual_time(120)
-async def test_add_learner_id_over_2_63_is_refused(tmp_path: pathlib.Path) -> None:
+async def test_add_learner_id_over_2_63_is_refused(tmp_path: Path) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
         for bad in (2**63, 0, -1, True, "4", 1.0):
             with pytest.raises(ValueError, match="node id"):

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 import shutil
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,7 +97,7 @@ class BridgedKV(KVStateMachine):
         os.unlink(real)
 
     def _copy_in(self, real: str, path: str) -> None:
-        data = pathlib.Path(real).read_bytes()
+        data = Path(real).read_bytes()
         os.unlink(real)
         handle = self.disk.fs.open(path, create=True)
         handle.pwrite(data, 0)
@@ -105,7 +105,7 @@ class BridgedKV(KVStateMachine):
 
     def _copy_out(self, path: str, real: str) -> None:
         handle = self.disk.fs.open(path)
-        pathlib.Path(real).write_bytes(handle.pread(handle.size(), 0))
+        Path(real).write_bytes(handle.pread(handle.size(), 0))
 
 
 class CrashingCluster(MemoryCluster):
@@ -174,7 +174,7 @@ Scenario = Callable[[CrashingCluster, Disk, int], Awaitable[int | None]]
 
 
 async def sweep(
-    tmp_path: pathlib.Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     scenario: Scenario,
     **config: Any,
@@ -239,7 +239,7 @@ async def install_path(c: CrashingCluster, disk: Disk, cut: int) -> int | None:
 
 
 @pytest.fixture
-def crash_sweep(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Sweep:
+def crash_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sweep:
     """``sweep`` bound to this test's directory and monkeypatch.
 
     The test itself asks for ``mock_time``: pytest-trio takes the clock only

@@ -7,9 +7,9 @@ the seams", defects 3 and 4 and the items traced with them).
 from __future__ import annotations
 
 import os
-import pathlib
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -78,7 +78,7 @@ async def left_behind(c: MemoryCluster) -> int:
 
 
 @virtual_time(120)
-async def test_snapshot_newer_than_the_log_at_restart(tmp_path: pathlib.Path) -> None:
+async def test_snapshot_newer_than_the_log_at_restart(tmp_path: Path) -> None:
     # A lagging follower (its log ends at a few entries) has the leader's
     # snapshot committed by its receiver, and crashes before the Ready that
     # compacts its log (or its core refused the InstallSnapshot: its term moved).
@@ -124,9 +124,7 @@ class RacingKV(KVStateMachine):
 
 
 @virtual_time(120)
-async def test_own_snapshot_racing_a_received_one_never_becomes_latest(
-    tmp_path: pathlib.Path,
-) -> None:
+async def test_own_snapshot_racing_a_received_one_never_becomes_latest(tmp_path: Path) -> None:
     # The node's own snapshot task writes snapshot ~3 while the receiver
     # commits the leader's ~40; the own task commits later.  It must not
     # become "latest": under a log boundary of 40 the next restart had a gap.
@@ -160,7 +158,7 @@ def flip_a_byte(path: str) -> None:
 
 
 @virtual_time(120)
-async def test_damaged_newest_snapshot_falls_back(tmp_path: pathlib.Path) -> None:
+async def test_damaged_newest_snapshot_falls_back(tmp_path: Path) -> None:
     # The node keeps two snapshots so that a damaged newest one can fall back
     # to the older; the log must still reach back to the older one.
     async with open_cluster(tmp_path, 3, **EVERY_20) as (c, leader):
@@ -187,7 +185,7 @@ async def test_damaged_newest_snapshot_falls_back(tmp_path: pathlib.Path) -> Non
 
 
 @virtual_time(120)
-async def test_damaged_snapshot_without_a_bridge_fails_clearly(tmp_path: pathlib.Path) -> None:
+async def test_damaged_snapshot_without_a_bridge_fails_clearly(tmp_path: Path) -> None:
     # A snapshot installed from the leader replaced the whole log: if it is
     # damaged, no older snapshot and no log entries can stand in for it.
     async with open_cluster(tmp_path, 3, **EVERY_20) as (c, leader):
@@ -210,7 +208,7 @@ async def test_damaged_snapshot_without_a_bridge_fails_clearly(tmp_path: pathlib
 
 
 @virtual_time(120)
-async def test_reused_index_fails_the_old_proposal(tmp_path: pathlib.Path) -> None:
+async def test_reused_index_fails_the_old_proposal(tmp_path: Path) -> None:
     # An isolated leader appends proposals it can never commit; a new leader
     # compacts past them and the old one installs its snapshot, then leads
     # again and reuses those indexes.  Every old proposal must fail, none hang.
@@ -258,7 +256,7 @@ class SlowConfigKV(KVStateMachine):
 
 
 @virtual_time(60)
-async def test_membership_change_is_bounded_by_proposal_timeout(tmp_path: pathlib.Path) -> None:
+async def test_membership_change_is_bounded_by_proposal_timeout(tmp_path: Path) -> None:
     # The joint configuration takes 0.8 s to apply, then the leader is cut
     # off before C(new) commits: the change as a whole gets proposal_timeout.
     machines, factory = kept_by_node(SlowConfigKV)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import pathlib
+from pathlib import Path
 
 import pytest
 import trio
@@ -15,7 +15,7 @@ from .realcluster import RealCluster
 
 
 async def test_real_sockets_elect_fail_over_and_rejoin(
-    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="trioraft.node")
     c = RealCluster(tmp_path)
@@ -51,7 +51,7 @@ async def test_real_sockets_elect_fail_over_and_rejoin(
     assert any("is leader in term" in r.getMessage() for r in caplog.records)
 
 
-def test_a_node_without_a_secret_refuses_to_start(tmp_path: pathlib.Path) -> None:
+def test_a_node_without_a_secret_refuses_to_start(tmp_path: Path) -> None:
     cfg = NodeConfig(node_id=1, data_dir=str(tmp_path), listen="127.0.0.1:0")
     with pytest.raises(ValueError, match="cluster_secret"):
         Node(cfg, KVStateMachine(str(tmp_path / "sm")))

@@ -97,10 +97,12 @@ class Cluster:
         learners: Iterable[t.NodeId] = (),
         seed: int = 0,
         incarnations: bool = False,
+        leader: t.NodeId | None = None,
         **config: object,
     ) -> None:
         """``incarnations=True`` gives every disk an incarnation id and tells a
-        node the sender's with every message, as the transport's handshake does."""
+        node the sender's with every message, as the transport's handshake does;
+        ``leader`` is elected (:meth:`elect`) before the cluster is returned."""
         self.incarnations = incarnations
         ids = list(range(1, voters + 1)) if isinstance(voters, int) else list(voters)
         self.membership = t.Membership(frozenset(ids), frozenset(), frozenset(learners))
@@ -114,6 +116,8 @@ class Cluster:
         self.paused: set[t.NodeId] = set()
         for n in self.membership.members:
             self.add_node(n)
+        if leader is not None:
+            self.elect(leader)
 
     # ------------------------------------------------------------- nodes
 

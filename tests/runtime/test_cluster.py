@@ -215,21 +215,6 @@ async def test_lease_read_needs_no_round_trip_and_local_read_may_be_stale(tmp_pa
 
 
 @virtual_time(120)
-async def test_statistics_count_committed_proposals_and_status_shows_all_applied(
-    tmp_path: Path,
-) -> None:
-    async with open_cluster(tmp_path, 3) as (c, leader):
-        for i in range(10):
-            await leader.propose(put(f"s{i}", b"x"))
-        st = leader.statistics()
-        assert st.role == "leader" and st.proposals_committed == 10
-        assert set(st.peers) == set(c.ids) - {leader.id}
-        assert st.proposal_latency_ms["p50"] > 0
-        status = leader.status()
-        assert status.leader_id == leader.id and status.applied_index == status.commit_index
-
-
-@virtual_time(120)
 async def test_proposals_overload_instead_of_growing(tmp_path: Path) -> None:
     from trioraft.runtime import OverloadedError
 

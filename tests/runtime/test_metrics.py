@@ -49,7 +49,7 @@ def test_exposition_writes_cumulative_buckets_and_escapes_labels() -> None:
 
 
 @virtual_time(120)
-async def test_statistics_count_elections_leader_changes_latencies_and_failures(
+async def test_statistics_and_status_count_proposals_elections_latencies_and_failures(
     tmp_path: Path,
 ) -> None:
     async with open_cluster(tmp_path, 3) as (c, leader):
@@ -58,6 +58,12 @@ async def test_statistics_count_elections_leader_changes_latencies_and_failures(
         await leader.read({"op": "get", "key": "k0"}, consistency="linearizable")
         await leader.read({"op": "get", "key": "k0"}, consistency="local")
         st = leader.statistics()
+        assert st.role == "leader" and st.proposals_committed == 5
+        assert set(st.peers) == set(c.ids) - {leader.id}
+        assert all(p.state == "replicate" and p.lag >= 0 for p in st.peers.values())
+        assert st.proposal_latency_ms["p50"] > 0
+        status = leader.status()
+        assert status.leader_id == leader.id and status.applied_index == status.commit_index
         assert st.elections_started >= 1 and st.elections_won == 1
         assert st.leader_changes == 1 and st.leader_id == leader.id
         assert st.proposal_seconds.count == 5

@@ -55,7 +55,7 @@ import signal
 import ssl
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
@@ -75,7 +75,14 @@ from trioraft.runtime import (
     serve_node,
 )
 from trioraft.runtime.config import default_of, parse_address, tuning_of
-from trioraft.runtime.service import MAX_IN_FLIGHT, ClientService, Done, Session, error_response
+from trioraft.runtime.service import (
+    MAX_IN_FLIGHT,
+    ClientService,
+    Done,
+    Outcome,
+    Session,
+    error_response,
+)
 from trioraft.statemachine import SnapshotInfo
 from trioraft.transport.base import ClientConnection
 from trioraft.transport.codec import ProtocolError, decode_value
@@ -300,8 +307,10 @@ class DocstoreService:
     :class:`~trioraft.runtime.service.ClientService` (one receive loop per connection).
 
     ``serve_node(..., client_service=service.build)`` builds it with the node.
-    Commands are proposed by callback (no task per write), one-shot kinds run
-    in a task each (at most :data:`MAX_IN_FLIGHT` per connection), ``watch``,
+    Commands are proposed by callback (no task per write), queries in one
+    task per frame and consistency with one read point for all
+    (:meth:`_queries`), the other one-shot kinds in a task each (at most
+    :data:`MAX_IN_FLIGHT` requests per connection), ``watch``,
     ``backup`` and ``cancel`` are streams of this class's own.
     A ``command`` is decoded once here to be checked and its bytes are proposed
     as they came (:meth:`_check_command`).
@@ -323,7 +332,7 @@ class DocstoreService:
             connection_state=lambda conn: _Streams(self.config.role(conn.client_id)),
         )
         service.on_write("command", self._command)
-        service.on_call("query", self._query)
+        service.on_batch("query", self._queries)
         service.on_call("status", _status)
         service.on_call("members", _members)
         service.on_call("digest", self._digest)
@@ -437,12 +446,26 @@ class DocstoreService:
     def _session(principal: str, req: ClientRequest) -> str:
         return f"{principal}/{req.client_id}" if req.client_id else ""
 
-    async def _query(self, session: Session, req: ClientRequest) -> object:
-        try:
-            validate_query(req.payload, self.sm.limits)
-        except DocstoreError as exc:
-            raise RequestRefused(exc) from None
-        return await session.node.read(req.payload, consistency=req.consistency)
+    async def _queries(self, session: Session, requests: Sequence[ClientRequest]) -> list[Outcome]:
+        """The ``query`` requests of one frame with one consistency: one read point for all.
+
+        A query that fails validation is refused alone (``bad_request``); the
+        others are answered by ``Node.read_many``, after one confirmation.
+        """
+        outcomes: list[Outcome] = []
+        valid: list[object] = []
+        for req in requests:
+            try:
+                validate_query(req.payload, self.sm.limits)
+            except DocstoreError as exc:
+                outcomes.append((None, RequestRefused(exc)))
+            else:
+                outcomes.append((None, None))
+                valid.append(req.payload)
+        if not valid:
+            return outcomes
+        answers = iter(await session.node.read_many(valid, consistency=requests[0].consistency))
+        return [outcome if outcome[1] is not None else next(answers) for outcome in outcomes]
 
     async def _digest(self, session: Session, req: ClientRequest) -> object:
         return {"digest": self.sm.digest(), "applied_index": self.sm.last_applied().index}

@@ -389,6 +389,32 @@ async def test_requests_in_flight_are_capped_per_connection(server: Server) -> N
         assert (await call(conn, "query", q)).ok
 
 
+async def test_a_bad_query_in_a_frame_of_queries_is_refused_alone(server: Server) -> None:
+    # The queries of one frame share a read point (one task, one ReadIndex):
+    # a query that fails validation must still be answered by itself.
+    await put_docs(server, 2, 10)
+    good = [{"op": "get", "coll": "c", "key": f"k{i}"} for i in range(2)]
+    async with server.client() as conn:
+        conn.request(
+            ClientRequest(1, "query", good[0]),
+            ClientRequest(2, "query", {"op": "get", "coll": "c"}),  # no key
+            ClientRequest(3, "query", good[1], consistency="local"),
+            ClientRequest(4, "query", good[1]),
+            ClientRequest(5, "query", "not a map"),
+        )
+        answers: dict[int, ClientResponse] = {}
+        with trio.fail_after(10):
+            while len(answers) < 5:
+                for r in await conn.responses():
+                    assert r.request_id not in answers, "answered twice"
+                    answers[r.request_id] = r
+    codes = [answers[i].error_code for i in range(1, 6)]
+    assert codes == ["", "bad_request", "", "", "bad_request"]
+    assert "key" in answers[2].error_message
+    for i, key in ((1, "k0"), (3, "k1"), (4, "k1")):
+        assert answers[i].result["value"]["_key"] == key  # type: ignore[index]
+
+
 def test_docstore_error_messages_are_cut_to_the_protocol_limit() -> None:
     from docstore.engine.errors import InvalidCommandError, ResyncRequired
     from docstore.server import error_response

@@ -134,6 +134,8 @@ class SimFS:
         self.sync_failed = False
         #: Called (with this disk) when a crash point loses power.
         self.on_power_loss: Callable[[SimFS], None] | None = None
+        #: Called (with this disk) when an injected error fails a sync.
+        self.on_sync_failed: Callable[[SimFS], None] | None = None
 
     # ----------------------------------------------------------- faults
 
@@ -158,6 +160,8 @@ class SimFS:
             self.injected.append(f"{errno.errorcode[code]} {what} {path}")
             if what == "sync":
                 self.sync_failed = True
+                if self.on_sync_failed is not None:
+                    self.on_sync_failed(self)
             raise OSError(code, os.strerror(code), path)
 
     def power_off(self, kind: str) -> SimFS:

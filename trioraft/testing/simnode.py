@@ -6,7 +6,8 @@ Theory of operation
 Where ``trioraft.testing.sim`` drives bare cores, this runs N real
 :class:`~trioraft.runtime.Node` s (runtime, Raft log, hard state, snapshot
 store, :class:`~docstore.state_machine.DocstoreStateMachine`) in one
-``trio.run`` under ``MockClock(autojump_threshold=0)``, over the memory
+``trio.run`` on virtual time that jumps to the next deadline whenever no
+task can run (as ``MockClock(autojump_threshold=0)`` does), over the memory
 transport (the real codec), each on its own simulated disk
 (:mod:`trioraft.testing.simfs`), with clients inside the run
 (:mod:`trioraft.testing.simclients`).
@@ -190,7 +191,7 @@ class _SimNode:
         self.wipe = False  # start next time on an empty disk
 
     def stalled(self) -> bool:
-        return self.stalled_until > trio.current_time()
+        return bool(self.stalled_until) and self.stalled_until > trio.current_time()
 
     def usable(self) -> Node | None:
         """The running node, if a client can reach it now."""
@@ -228,6 +229,33 @@ class _GridNetwork(MemoryNetwork):
     def _delay(self) -> float:
         now = trio.current_time()
         return math.ceil((now + super()._delay()) * 1000) / 1000 - now
+
+
+class _JumpClock(trio.abc.Clock):
+    """Virtual time that moves to the next deadline as soon as no task can run.
+
+    What ``MockClock(autojump_threshold=0)`` does, for less: Trio asks its
+    clock how long to sleep only when no task is runnable, and in a run
+    where nothing else can wake a task (no sockets, threads run inline)
+    the clock can move to the deadline there and then.  MockClock instead
+    polls once more, jumps, and polls again before the sleepers wake, and
+    reads the real clock on every ``current_time()``.
+    """
+
+    def __init__(self) -> None:
+        self._now = 0.0
+
+    def start_clock(self) -> None:
+        pass
+
+    def current_time(self) -> float:
+        return self._now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        if deadline == math.inf:
+            return 999_999_999.0  # nothing will ever run again: hang, as MockClock does
+        self._now = max(self._now, deadline)
+        return 0.0
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -271,6 +299,8 @@ class Simulation:
         self.net: MemoryNetwork | None = None
         self.heal_at: float | None = None
         self._nursery: trio.Nursery | None = None
+        #: The fault driver's sleep, while it sleeps (:meth:`_due` moves its deadline).
+        self._wait: trio.CancelScope | None = None
 
     # ---------------------------------------------------------------- log
 
@@ -280,6 +310,7 @@ class Simulation:
     def violation(self, what: str) -> None:
         self.result.violations.append(f"t={trio.current_time():.3f} {what}")
         self.note("VIOLATION " + what)
+        self._due(trio.current_time())  # the fault phase ends
 
     def _count(self, what: str) -> None:
         self.workload._count(what)
@@ -364,6 +395,7 @@ class Simulation:
             sn.fs, sn.wipe = fs, False
             self.note(f"node {sn.id} starts on an empty disk")
         sn.fs.on_power_loss = functools.partial(self._power_lost, sn)
+        sn.fs.on_sync_failed = functools.partial(self._sync_failed, sn)
         sn.fs.error_rate = 0.0
         cls = DocstoreStateMachine
         if "sessions_ignored" in self.cfg.faults:
@@ -408,7 +440,14 @@ class Simulation:
             sn.scope = None
             sn.transport = None
             sn.restart_at = trio.current_time() + self.rng.uniform(0.01, 1.0)
+            self._due(sn.restart_at)
             sn.done.set()
+
+    def _sync_failed(self, sn: _SimNode, fs: SimFS) -> None:
+        """An injected fsync failure: the node must stop within 2 s."""
+        if fs is sn.fs and sn.sync_failed_at is None:
+            sn.sync_failed_at = trio.current_time()
+            self._due(sn.sync_failed_at + 2)
 
     def _power_lost(self, sn: _SimNode, fs: SimFS) -> None:
         """A crash point fired inside one of the node's storage operations."""
@@ -437,31 +476,17 @@ class Simulation:
 
     # -------------------------------------------------------------- steps
 
-    def _step(self) -> None:
+    async def _drive(self) -> None:
+        """The fault driver: ``cfg.steps`` moves, ``cfg.step_time`` apart on average.
+
+        Most moves do nothing, so the driver draws moves ahead and sleeps until
+        the next one that acts, waking meanwhile only for what falls due (a
+        restart, the end of a stall or a partition, a failed fsync's 2 s): a
+        wake-up for every move was a sixth of a run's task steps.
+        """
         c, r = self.cfg, self.rng
-        now = trio.current_time()
-        for sn in self.nodes.values():
-            if sn.node is None and sn.restart_at is not None and now >= sn.restart_at:
-                self._start(sn)
-            if sn.stalled_until and now >= sn.stalled_until:
-                self._release(sn)
-            if sn.fs.sync_failed and sn.sync_failed_at is None:
-                sn.sync_failed_at = now
-            if (
-                sn.sync_failed_at is not None
-                and sn.node is not None
-                and now - sn.sync_failed_at > 2
-            ):
-                self.violation(f"node {sn.id} still runs 2 s after a failed fsync")
-                sn.sync_failed_at = None
-        if self.heal_at is not None and now >= self.heal_at:
-            assert self.net is not None
-            self.net.heal()
-            self.heal_at = None
-            self.note("partition heals")
-        x = r.random()
-        sn = self.nodes[r.choice(sorted(self.nodes))]
-        for rate, action in (
+        ids = sorted(self.nodes)
+        actions = (
             (c.crash_rate, self._crash),
             (c.crash_point_rate, self._crash_point),
             (c.disk_error_rate, self._disk_errors),
@@ -472,11 +497,71 @@ class Simulation:
             (c.snapshot_rate, self._snapshot),
             (c.clock_jump_rate, self._clock_jump),
             (c.wipe_rate, self._wipe),
-        ):
-            if x < rate:
-                action(sn)
+        )
+        acting = sum(rate for rate, _ in actions)
+        at = trio.current_time()
+        for _ in range(c.steps):
+            at += r.expovariate(1 / c.step_time)
+            x = r.random()
+            sn = self.nodes[r.choice(ids)]
+            if x >= acting:
+                continue
+            for rate, action in actions:
+                if x < rate:
+                    await self._until(at)
+                    if self.result.violations:
+                        return
+                    action(sn)
+                    break
+                x -= rate
+        await self._until(at)
+
+    async def _until(self, at: float) -> None:
+        """Sleep until ``at``, seeing to what falls due meanwhile; early on a violation."""
+        while True:
+            self._housekeeping()
+            if self.result.violations or trio.current_time() >= at:
                 return
-            x -= rate
+            with trio.CancelScope(deadline=min(at, self._next_due())) as self._wait:
+                await trio.sleep_forever()
+            self._wait = None
+
+    def _due(self, when: float) -> None:
+        """Wake the driver by ``when`` (something falls due then)."""
+        wait = self._wait
+        if wait is not None and when < wait.deadline:
+            wait.deadline = when
+
+    def _next_due(self) -> float:
+        due = [] if self.heal_at is None else [self.heal_at]
+        for sn in self.nodes.values():
+            if sn.node is None and sn.restart_at is not None:
+                due.append(sn.restart_at)
+            if sn.stalled_until:
+                due.append(sn.stalled_until)
+            if sn.sync_failed_at is not None and sn.node is not None:
+                due.append(sn.sync_failed_at + 2)
+        return min(due, default=math.inf)
+
+    def _housekeeping(self) -> None:
+        now = trio.current_time()
+        for sn in self.nodes.values():
+            if sn.node is None and sn.restart_at is not None and now >= sn.restart_at:
+                self._start(sn)
+            if sn.stalled_until and now >= sn.stalled_until:
+                self._release(sn)
+            if (
+                sn.sync_failed_at is not None
+                and sn.node is not None
+                and now - sn.sync_failed_at >= 2
+            ):
+                self.violation(f"node {sn.id} still runs 2 s after a failed fsync")
+                sn.sync_failed_at = None
+        if self.heal_at is not None and now >= self.heal_at:
+            assert self.net is not None
+            self.net.heal()
+            self.heal_at = None
+            self.note("partition heals")
 
     def _crash(self, sn: _SimNode) -> None:
         self._kill(sn, "power" if self.rng.random() < 0.7 else "process")
@@ -611,7 +696,7 @@ class Simulation:
     # --------------------------------------------------------------- run
 
     async def main(self) -> None:
-        cfg, r = self.cfg, self.rng
+        r = self.rng
         net = _GridNetwork(
             seed=r.randrange(2**32),
             drop_rate=self.drop,
@@ -627,11 +712,7 @@ class Simulation:
             nursery.start_soon(self._clients, clients)
             duties = trio.CancelScope()
             nursery.start_soon(self._leader_duties, duties)
-            for _ in range(cfg.steps):
-                await trio.sleep(r.expovariate(1 / cfg.step_time))
-                self._step()
-                if self.result.violations:
-                    break
+            await self._drive()
             clients.cancel()
             duties.cancel()
             if not self.result.violations:
@@ -833,7 +914,7 @@ def run_seed(
     trio_run._r.seed(seed)
     try:
         with inline_threads():
-            trio.run(sim.main, clock=trio.testing.MockClock(autojump_threshold=0))
+            trio.run(sim.main, clock=_JumpClock())
     except Exception as exc:  # the run itself broke (e.g. a peer sent what no codec decodes)
         leaves = ", ".join(repr(e)[:300] for e in _leaves(exc))
         sim.result.violations.append(f"the simulation stopped: {leaves}")

@@ -8,7 +8,10 @@ encodes the message with the real codec (so codec bugs surface in every
 runtime test), applies the faults in force and schedules the frame at
 ``now + delay``; the delivery task decodes it and calls the destination's
 ``on_messages``.  Messages due at the same moment from one source to one
-destination arrive as one batch, like a frame.
+destination arrive as one batch, like a frame.  The delivery task sleeps in
+a cancel scope whose deadline is the earliest message's: a send that is due
+sooner moves the deadline, so the task wakes only when something is due (in
+a simulation most of its wake-ups used to find nothing to deliver).
 
 Faults (attributes and methods of the network, changeable at any time):
 
@@ -73,7 +76,7 @@ import secrets
 from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TypedDict, Unpack
 
@@ -133,16 +136,27 @@ class NetworkStatistics:
     oversized: int = 0
 
 
-@dataclass(order=True)
 class _Flight:
-    at: float
-    seq: int
-    src: NodeId = field(compare=False)
-    dst: NodeId = field(compare=False)
-    target: MemoryTransport = field(compare=False)
-    payload: bytes | AnyMessage = field(compare=False)
-    counter: _PeerCounters = field(compare=False)
-    incarnation: bytes = field(compare=False)
+    """A message in flight; the queue holds ``(due, sequence, flight)`` tuples
+    (compared in C: the heap's comparisons were a good part of a send)."""
+
+    __slots__ = ("counter", "dst", "incarnation", "payload", "src", "target")
+
+    def __init__(
+        self,
+        src: NodeId,
+        dst: NodeId,
+        target: MemoryTransport,
+        payload: bytes | AnyMessage,
+        counter: _PeerCounters,
+        incarnation: bytes,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.target = target
+        self.payload = payload
+        self.counter = counter
+        self.incarnation = incarnation
 
 
 class TransportOptions(TypedDict, total=False):
@@ -296,9 +310,10 @@ class MemoryNetwork:
         self._nodes: dict[NodeId, MemoryTransport] = {}
         self._blocked: set[tuple[NodeId, NodeId]] = set()
         self._isolated: set[NodeId] = set()
-        self._heap: list[_Flight] = []
+        self._heap: list[tuple[float, int, _Flight]] = []
         self._seq = 0
-        self._wakeup = trio.Event()
+        #: The delivery task's sleep, while it sleeps; its deadline is the earliest message's.
+        self._sleep: trio.CancelScope | None = None
         self._running = False
         self._cm: AbstractAsyncContextManager[MemoryNetwork] | None = None
         #: The counters of :class:`NetworkStatistics` but ``in_flight``, by field name.
@@ -458,43 +473,33 @@ class MemoryNetwork:
             copies = 2
             self._counts["duplicated"] += 1
         now = trio.current_time()
+        flight = _Flight(src, dst, target, payload, counter, sender.incarnation)
         for _ in range(copies):
             self._seq += 1
-            heapq.heappush(
-                self._heap,
-                _Flight(
-                    now + self._delay(),
-                    self._seq,
-                    src,
-                    dst,
-                    target,
-                    payload,
-                    counter,
-                    sender.incarnation,
-                ),
-            )
+            at = now + self._delay()
+            heapq.heappush(self._heap, (at, self._seq, flight))
             counter.in_flight += 1
-        self._wakeup.set()
+            sleep = self._sleep
+            if sleep is not None and at < sleep.deadline:
+                sleep.deadline = at
 
     async def _deliver_forever(self) -> None:
+        heap = self._heap
         while True:
-            self._wakeup = trio.Event()
-            if not self._heap:
-                await self._wakeup.wait()
-                continue
-            if self._heap[0].at > trio.current_time():
-                with trio.move_on_at(self._heap[0].at):
-                    await self._wakeup.wait()
-                continue
-            self._deliver_due()
-            # Let receivers run before the next round, like a real network would.
-            await trio.lowlevel.checkpoint()
+            # Sleeping yields, so receivers run before the next round, as on a
+            # real network, even when the next message is due at once.
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._sleep:
+                await trio.sleep_forever()
+            self._sleep = None
+            if heap and heap[0][0] <= trio.current_time():
+                self._deliver_due()
 
     def _deliver_due(self) -> None:
         now = trio.current_time()
+        heap = self._heap
         batches: dict[tuple[NodeId, NodeId, bytes], list[_Flight]] = {}
-        while self._heap and self._heap[0].at <= now:
-            f = heapq.heappop(self._heap)
+        while heap and heap[0][0] <= now:
+            f = heapq.heappop(heap)[2]
             f.counter.in_flight -= 1
             batches.setdefault((f.src, f.dst, f.incarnation), []).append(f)
         for (src, dst, incarnation), flights in batches.items():

@@ -249,8 +249,9 @@ class _Retry:
 
     Every call that goes to the leader (a request, a watch, a read of the
     current revision, a backup) connects through :meth:`connect` and judges an
-    error answer with :meth:`answered`; its own cancel scope bounds the whole,
-    be it an overall timeout or a deadline for the next backup chunk.
+    error answer with :meth:`answered`; the call bounds the whole, be it with
+    an overall timeout or a deadline for the next backup chunk (a cancel scope;
+    :meth:`RemoteExecutor.request` passes its deadline down instead).
     """
 
     __slots__ = ("delay", "ex", "last", "refused")
@@ -379,10 +380,15 @@ class RemoteExecutor:
             if self._link is link:
                 self._link = None
 
+    def _live_link(self) -> _Link | None:
+        """The current connection if it is open."""
+        link = self._link
+        return link if link is not None and not link.conn.closed else None
+
     async def _get_link(self) -> _Link:
         """The current connection, or a new one (preferred leader first)."""
-        link = self._link
-        if link is not None and not link.conn.closed:
+        link = self._live_link()
+        if link is not None:
             return link  # the common case: no lock, no checkpoint
         async with self._link_lock:
             link = self._link
@@ -430,20 +436,32 @@ class RemoteExecutor:
         limit = self.timeout if limit is None else limit
         req = ClientRequest(0, kind, payload, client_id, sequence, consistency)
         retry = _Retry(self)
-        with trio.move_on_after(limit):
-            while True:
-                link = await retry.connect()
-                try:
-                    resp = await link.conn.call(req)
-                except ClientConnectionError as exc:
-                    retry.last = str(exc)
-                    self._drop(link)
-                else:
-                    if resp.ok:
-                        return resp.result
-                    if retry.answered(link, resp):
-                        continue
-                await retry.backoff()
+        # The deadline bounds every wait below without a cancel scope on the
+        # common path (connected, answered): the connection enforces it on the
+        # call, and only connecting enters a scope.
+        deadline = trio.current_time() + limit
+        while True:
+            link = self._live_link()
+            if link is None:
+                with trio.move_on_at(deadline):
+                    link = await retry.connect()
+                if link is None:
+                    break
+            try:
+                resp = await link.conn.call(req, deadline=deadline)
+            except trio.TooSlowError:
+                break
+            except ClientConnectionError as exc:
+                retry.last = str(exc)
+                self._drop(link)
+            else:
+                if resp.ok:
+                    return resp.result
+                if retry.answered(link, resp):
+                    continue
+            await retry.backoff(deadline)
+            if trio.current_time() >= deadline:
+                break
         raise UnavailableError(f"no answer from the cluster within {limit}s ({retry.last})")
 
     def nobody_listens(self) -> UnavailableError:

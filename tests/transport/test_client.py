@@ -223,6 +223,45 @@ async def test_cancelled_calls_drop_their_late_answers() -> None:
             assert await conn.receive() == []  # the late answer is not handed out
 
 
+async def test_calls_past_their_deadline_raise_and_drop_their_late_answers() -> None:
+    # No cancel scope per call: the connection's timer wakes the late ones,
+    # including one whose deadline is earlier than every other in flight.
+    async def slow(conn: ClientConnection) -> None:
+        async def answer(r: ClientRequest) -> None:
+            await trio.sleep(r.payload)  # type: ignore[arg-type]
+            conn.send([ClientResponse(r.request_id, True, r.kind)])
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                for r in await conn.receive():
+                    nursery.start_soon(answer, r)
+
+    async with server(slow) as t, connect(t) as conn:
+        now = trio.current_time()
+        outcomes: dict[str, object] = {}
+
+        async def one(kind: str, pause: float, within: float) -> None:
+            try:
+                outcomes[kind] = (
+                    await conn.call(ClientRequest(0, kind, pause), deadline=now + within)
+                ).result
+            except trio.TooSlowError:
+                outcomes[kind] = "late"
+                outcomes[kind + ".at"] = trio.current_time() - now
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "patient", 0.3, 5.0)
+            await trio.sleep(0.01)
+            nursery.start_soon(one, "hurried", 0.3, 0.05)
+            nursery.start_soon(one, "quick", 0.0, 0.5)
+        assert outcomes["patient"] == "patient" and outcomes["quick"] == "quick"
+        assert outcomes["hurried"] == "late" and 0.05 <= outcomes["hurried.at"] < 0.25  # type: ignore[operator]
+        with pytest.raises(trio.TooSlowError):
+            await conn.call(ClientRequest(0, "past", 0.0), deadline=now)
+        with trio.move_on_after(0.4):
+            assert await conn.receive() == []  # late answers are not handed out
+
+
 async def test_oversized_responses_become_errors() -> None:
     async def big(conn: ClientConnection) -> None:
         for r in await conn.receive():

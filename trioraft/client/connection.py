@@ -10,6 +10,12 @@ reader task routes each response to its caller.  Responses to ids that no
 ``call`` is waiting for (requests queued with :meth:`Connection.send`) are
 handed out by :meth:`Connection.receive`.
 
+A ``call`` may carry a ``deadline`` (``trio.current_time()`` scale): past it
+the call raises :class:`trio.TooSlowError` and its answer is abandoned.  One
+timer task per connection enforces the deadlines of every call in flight, so
+a call pays a comparison for its timeout, not a cancel scope (that scope
+was a tenth of the client's CPU per request under load).
+
 Backpressure: ``call`` waits for room in the bounded send queue; ``send``
 raises :class:`trio.WouldBlock` instead.  If you use ``send``, you must also
 ``receive``: the reader waits for you once ``queue_size`` unclaimed frames
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -117,11 +124,14 @@ class ConnectionClosedError(ClientConnectionError):
 
 
 class _Waiter:
-    __slots__ = ("event", "response")
+    __slots__ = ("deadline", "event", "expired", "response")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
         self.event = trio.Event()
         self.response: ClientResponse | None = None
+        #: Set by the timer: the deadline passed with no response.
+        self.expired = False
 
 
 class Connection:
@@ -153,6 +163,9 @@ class Connection:
         self._next_id = 0
         self._closed_reason: str | None = None
         self._sender_done = trio.Event()
+        # The timer sleeps in this scope until the earliest deadline it knows of.
+        self._timer_scope = trio.CancelScope()
+        self._timer_next = math.inf
         self.frames_out = 0
         self.frames_in = 0
 
@@ -226,7 +239,7 @@ class Connection:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise ConnectionClosedError(self._closed_reason or "closed") from None
 
-    async def call(self, request: ClientRequest) -> ClientResponse:
+    async def call(self, request: ClientRequest, *, deadline: float = math.inf) -> ClientResponse:
         """Send ``request`` and wait for its response.
 
         The connection assigns the ``request_id`` (the one given is
@@ -234,16 +247,23 @@ class Connection:
         tasks.  Cancelling a call abandons its response.
 
         Raises:
+            trio.TooSlowError: no response by ``deadline`` (``trio.current_time()``
+                scale); the response is abandoned, the request may have run
+                (not if the deadline had passed when called: it is not sent).
             ConnectionClosedError: the connection closed before the answer.
             ProtocolError, TypeError: the codec refuses the request.
         """
         self._check_open()
+        if deadline <= trio.current_time():
+            raise trio.TooSlowError("the call's deadline has passed: not sent")
         rid = self.next_request_id()
         r = request
         data = self._encode(
             ClientRequest(rid, r.kind, r.payload, r.client_id, r.sequence, r.consistency)
         )
-        waiter = self._pending[rid] = _Waiter()
+        waiter = self._pending[rid] = _Waiter(deadline)
+        if deadline < self._timer_next:  # rare: deadlines mostly come later and later
+            self._timer_next = self._timer_scope.deadline = deadline
         try:
             try:
                 try:
@@ -252,17 +272,40 @@ class Connection:
                     # queued for one frame.
                     self._out_send.send_nowait(data)
                 except trio.WouldBlock:
-                    await self._out_send.send(data)
+                    with trio.move_on_at(deadline):
+                        await self._out_send.send(data)
+                    if trio.current_time() >= deadline:
+                        waiter.expired = True
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 raise ConnectionClosedError(self._closed_reason or "closed") from None
-            await waiter.event.wait()
+            if not waiter.expired:
+                await waiter.event.wait()
         finally:
             del self._pending[rid]
             if waiter.response is None and not self.closed:
                 self._abandon(rid)
-        if waiter.response is None:
-            raise ConnectionClosedError(self._closed_reason or "closed")
-        return waiter.response
+        if waiter.response is not None:
+            return waiter.response
+        if waiter.expired:
+            raise trio.TooSlowError(f"no answer to request {rid} by its deadline")
+        raise ConnectionClosedError(self._closed_reason or "closed")
+
+    async def _timer(self) -> None:
+        """Expire the calls whose deadline passed (see the module docstring)."""
+        while True:
+            now = trio.current_time()
+            earliest = math.inf
+            for waiter in self._pending.values():
+                if waiter.response is not None or waiter.expired:
+                    continue
+                if waiter.deadline <= now:
+                    waiter.expired = True
+                    waiter.event.set()
+                elif waiter.deadline < earliest:
+                    earliest = waiter.deadline
+            self._timer_next = earliest
+            with trio.CancelScope(deadline=earliest) as self._timer_scope:
+                await trio.sleep_forever()
 
     @asynccontextmanager
     async def stream(
@@ -470,6 +513,7 @@ async def open_client_connection(
         nursery = await stack.enter_async_context(open_service_nursery())
         nursery.start_soon(conn._reader)
         nursery.start_soon(conn._sender)
+        nursery.start_soon(conn._timer)
         try:
             yield conn
         finally:

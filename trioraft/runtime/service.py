@@ -80,6 +80,8 @@ __all__ = [
 MAX_IN_FLIGHT: Final = 1024
 
 Done = Callable[[object, BaseException | None], None]
+#: One request's answer from a :data:`BatchHandler`: ``(result, None)`` or ``(None, error)``.
+Outcome = tuple[object, BaseException | None]
 
 
 class BadRequestError(NodeError, ValueError):
@@ -111,20 +113,28 @@ class Session:
     def answer(self, request_id: int, result: object, error: BaseException | None) -> None:
         """Send the final response of a write or call and give back its slot."""
         self.in_flight -= 1
+        self.conn.send([_response(request_id, result, error)])
+
+    def answer_all(self, requests: Sequence[ClientRequest], outcomes: Sequence[Outcome]) -> None:
+        """:meth:`answer` each of ``requests`` with its outcome, in one go."""
+        self.in_flight -= len(requests)
         self.conn.send(
             [
-                ClientResponse(request_id, True, result)
-                if error is None
-                else error_response(request_id, error)
+                _response(req.request_id, result, error)
+                for req, (result, error) in zip(requests, outcomes, strict=True)
             ]
         )
+
+
+def _response(request_id: int, result: object, error: BaseException | None) -> ClientResponse:
+    if error is None:
+        return ClientResponse(request_id, True, result)
+    return error_response(request_id, error)
 
 
 WriteHandler = Callable[[Session, ClientRequest, Done], None]
 CallHandler = Callable[[Session, ClientRequest], Awaitable[object]]
 StreamHandler = Callable[[Session, ClientRequest], None]
-#: One request's answer from a :data:`BatchHandler`: ``(result, None)`` or ``(None, error)``.
-Outcome = tuple[object, BaseException | None]
 BatchHandler = Callable[[Session, Sequence[ClientRequest]], Awaitable[Sequence[Outcome]]]
 
 _WRITE, _CALL, _STREAM, _BATCH = 0, 1, 2, 3
@@ -266,11 +276,8 @@ class ClientService:
                     f"{len(outcomes)} outcomes for {len(requests)} {requests[0].kind!r} requests"
                 )
         except Exception as exc:  # every failure becomes the answer
-            for req in requests:
-                session.answer(req.request_id, None, exc)
-            return
-        for req, (result, error) in zip(requests, outcomes, strict=True):
-            session.answer(req.request_id, result, error)
+            outcomes = [(None, exc)] * len(requests)
+        session.answer_all(requests, outcomes)
 
 
 # ============================================================ the generic kinds

@@ -82,6 +82,12 @@ def main() -> None:
         help="profile the docstore leader and client (and the trioraft leader) under load;"
         " py-spy when installed, else cProfile where it can",
     )
+    p.add_argument(
+        "--profile-op",
+        default="put",
+        choices=("put", "linearizable", "lease", "local"),
+        help="what the docstore profile's load does: put, or get with this consistency",
+    )
     p.add_argument("--plot", metavar="PNG")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--dir", help="data directory (default: a temporary one, removed after)")

@@ -28,7 +28,9 @@ with the network and Raft left out:
 ``--cpu WRITERS`` measures instead, end to end, the CPU milliseconds per
 write of each process (leader, followers, the client) of a 3-node docstore
 cluster under WRITERS writers through ``docstore.connect``, then of the
-trioraft KV path, with bench/cluster's processes and loads.
+trioraft KV path, with bench/cluster's processes and loads.  With
+``--cpu-op linearizable`` (or ``lease``, ``local``) the WRITERS are readers
+and the figures are per get.
 
 Prints entries (or requests) per second of CPU time and CPU microseconds
 per entry (``time.process_time``: a shared machine's other processes inflate
@@ -295,9 +297,10 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_per_write(seconds: float, clients: int, runs: int) -> None:
-    """CPU ms per write of each process: a 3-node docstore cluster under ``clients``
-    writers through ``docstore.connect``, then the trioraft KV path (bench/cluster)."""
+def cpu_per_write(seconds: float, clients: int, runs: int, op: str = "put") -> None:
+    """CPU ms per operation of each process: a 3-node docstore cluster under ``clients``
+    writers (``op`` "put") or readers (a consistency) through ``docstore.connect``,
+    then the trioraft KV path (bench/cluster)."""
     from bench.cluster import docstore as ds
     from bench.cluster import kv
 
@@ -321,38 +324,39 @@ def cpu_per_write(seconds: float, clients: int, runs: int) -> None:
                     target, load_fn, extra = cluster.leader, kv.remote_load, (4,)  # connections
 
                 def load(s: float, fn: Any = load_fn, to: Any = target, x: Any = extra) -> int:
-                    lat, _, _ = trio.run(fn, to, "put", clients, s, 0, *x)
+                    lat, _, _ = trio.run(fn, to, op, clients, s, 0, *x)
                     return len(lat)
 
                 load(1.0)  # warm-up: connections, sessions
                 for _ in range(runs):
                     before = {n: _cpu_seconds(pid) for n, pid in pids.items()}
                     own = time.process_time()
-                    writes = load(seconds)
+                    ops = load(seconds)
                     own = time.process_time() - own
                     after = {n: _cpu_seconds(pid) for n, pid in pids.items()}
-                    per = {n: (after[n] - before[n]) * 1000 / writes for n in pids}
+                    per = {n: (after[n] - before[n]) * 1000 / ops for n in pids}
                     lead = next(n for n, pid in pids.items() if pid == leader)
                     follow = [v for n, v in per.items() if n != lead]
                     rows[name].append(
                         {
-                            "writes/s": writes / seconds,
+                            "ops/s": ops / seconds,
                             "leader": per[lead],
                             "follower": sum(follow) / len(follow),
-                            "client": own * 1000 / writes,
-                            "total": sum(per.values()) + own * 1000 / writes,
+                            "client": own * 1000 / ops,
+                            "total": sum(per.values()) + own * 1000 / ops,
                         }
                     )
             finally:
                 cluster.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(f"CPU ms per write, {clients} writers, {seconds:g} s, median of {runs}:")
-    print("           writes/s   leader  follower  client   total")
+    what = "write" if op == "put" else f"{op} get"
+    print(f"CPU ms per {what}, {clients} clients, {seconds:g} s, median of {runs}:")
+    print("              ops/s   leader  follower  client   total")
     for name, rs in rows.items():
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
         print(
-            f"{name:9} {med['writes/s']:9,.0f} {med['leader']:8.3f} {med['follower']:9.3f}"
+            f"{name:9} {med['ops/s']:9,.0f} {med['leader']:8.3f} {med['follower']:9.3f}"
             f" {med['client']:7.3f} {med['total']:7.3f}"
         )
 
@@ -381,10 +385,16 @@ def main() -> None:
         metavar="WRITERS",
         help="instead: CPU ms per write of each process of a docstore and a KV cluster",
     )
+    p.add_argument(
+        "--cpu-op",
+        default="put",
+        choices=("put", "linearizable", "lease", "local"),
+        help="what the --cpu clients do: put, or get with this consistency",
+    )
     p.add_argument("--seconds", type=float, default=3.0, help="per --cpu measurement")
     args = p.parse_args()
     if args.cpu:
-        cpu_per_write(args.seconds, args.cpu, args.runs)
+        cpu_per_write(args.seconds, args.cpu, args.runs, args.cpu_op)
         return
     for name in args.only.split(","):
         run = PARTS[name](args.n, args.batch, args.lanes)

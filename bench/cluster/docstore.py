@@ -167,16 +167,23 @@ async def _fill(coll: Any, keys: list[str]) -> None:
 
 
 def profile_docstore(cluster: DocstoreCluster, args: argparse.Namespace) -> str:
-    """Profile the docstore leader and this (client) process under a put load.
+    """Profile the docstore leader and this (client) process under a load of
+    ``args.profile_op``: puts, or gets of one consistency (``--read-clients`` readers).
 
     py-spy on both when installed (all threads, wall clock: waiting shows);
     without it only the client, with cProfile.
     """
-    clients = 64 if 64 in args.client_counts else max(args.client_counts)
+    op = args.profile_op
+    if op == "put":
+        clients = 64 if 64 in args.client_counts else max(args.client_counts)
+        who = f"{clients} writers"
+    else:
+        clients = args.read_clients
+        who = f"{clients} {op} readers"
     base = os.path.abspath(args.profile)
     seconds = max(2.0, args.seconds)
     addrs = list(cluster.addresses.values())
-    head = f"-- docstore profile, {clients} writers through docstore.connect, {seconds:g} s --"
+    head = f"-- docstore profile, {who} through docstore.connect, {seconds:g} s --"
     leader_path, client_path = base + ".docstore-leader", base + ".docstore-client"
     leader = start_spy(cluster.leader_pid(), seconds, leader_path)
     if leader is None:
@@ -186,7 +193,7 @@ def profile_docstore(cluster: DocstoreCluster, args: argparse.Namespace) -> str:
 
         prof = cProfile.Profile()
         prof.enable()
-        trio.run(docstore_load, addrs, "put", clients, seconds, 0, 0.5)
+        trio.run(docstore_load, addrs, op, clients, seconds, 0, 0.5)
         prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(25)
@@ -200,7 +207,7 @@ def profile_docstore(cluster: DocstoreCluster, args: argparse.Namespace) -> str:
     client = start_spy(os.getpid(), seconds, client_path)
     assert client is not None
     time.sleep(0.5)
-    trio.run(docstore_load, addrs, "put", clients, seconds + 1, 0, 0.5)
+    trio.run(docstore_load, addrs, op, clients, seconds + 1, 0, 0.5)
     return "\n".join(
         [
             head + " (py-spy samples, all threads)",

@@ -673,6 +673,8 @@ def test_a_node_that_cannot_hear_the_leader_does_not_disrupt() -> None:
     assert c.core(3).term == term
     c.propose(1, b"still")
     c.deliver()
+    c.heartbeat(1)  # the commit index rides on the next heartbeat
+    c.deliver()
     assert b"still" in c.applied_data(3)
 
 
@@ -710,6 +712,8 @@ def test_snapshot_install_racing_replication_and_compaction() -> None:
     assert installed == [first.index, second.index]  # the stale one, then the newer
     for i in range(3):
         c.propose(1, b"g%d" % i)
+    c.deliver()
+    c.heartbeat(1)
     c.deliver()
     assert c.applied_data(3) == [b"g0", b"g1", b"g2"]
     assert_state_machine_safety(c)
@@ -787,6 +791,8 @@ def test_leadership_transfer_under_concurrent_proposals() -> None:
     assert err.value.leader == 2
     accepted.append(c.propose(2, b"after"))
     c.deliver()
+    c.heartbeat(2)
+    c.deliver()
     for n in (1, 2, 3):
         data = c.applied_data(n)
         assert data == [b"p0", b"p1", b"p2", b"after"]  # each once, none lost
@@ -812,6 +818,8 @@ def test_transfer_times_out_and_proposals_resume() -> None:
 def test_entries_carry_client_session_and_leader_time() -> None:
     c = Cluster(3, leader=1)
     c.propose(1, b"w", client_id="c-1", sequence=7, timestamp_ms=1234)
+    c.deliver()
+    c.heartbeat(1)
     c.deliver()
     (e,) = [e for e in c.records[3].applied if e.data == b"w"]
     assert (e.client_id, e.sequence, e.timestamp_ms) == ("c-1", 7, 1234)
@@ -926,3 +934,18 @@ def test_wiped_voter_without_the_guard_elects_a_leader_missing_committed_entries
     c, x = _wiped_voter_campaign(frozenset({"incarnation_unchecked"}))
     assert c.core(2).role is Role.LEADER
     assert c.core(2).term_at(x) != 1  # the committed x is gone from the new leader's log
+
+
+def test_a_new_commit_index_rides_on_the_next_append_or_heartbeat() -> None:
+    """No empty appends just to announce a commit (they delayed the leader's answer)."""
+    c = Cluster(3, leader=1)
+    c.propose(1, b"a")
+    delivered = c.deliver()
+    assert not [m for m in delivered if isinstance(m, AppendEntries) and not m.entries]
+    assert c.applied_data(1) == [b"a"] and c.applied_data(2) == []
+    c.propose(1, b"b")
+    c.deliver()
+    assert c.applied_data(2) == [b"a"]  # the next append carried the commit
+    c.heartbeat(1)
+    c.deliver()
+    assert c.applied_data(2) == [b"a", b"b"]

@@ -85,6 +85,9 @@ Rules upheld (each has a named scenario test in tests/core/):
   follower behind the compaction point gets a snapshot; a rejection whose
   hint falls below the recorded match means the follower lost entries it
   acknowledged: the match is reset and the follower probed from the hint;
+  a new commit index sends nothing by itself: followers learn it from the
+  next append or heartbeat (an empty append at once made the leader's
+  answer wait behind two more sends, decodes and acks);
 * incarnations: the configuration records each member's data directory
   (the leader records a voter's at first contact, ``peer_incarnation``); a
   member speaking from another one is refused as a voter (its votes and
@@ -345,7 +348,6 @@ class RaftCore:
         self._failed_reads: list[ReadFailed] = []
         self._pending_snapshot: SnapshotMeta | None = None
         self._broadcast_wanted = False
-        self._commit_sent = 0
         self._in_flight_ready = False
 
     # ------------------------------------------------------------------ log
@@ -580,7 +582,6 @@ class RaftCore:
         self._round = 0
         self._round_sent = {}
         self._term_start = self.last_index() + 1
-        self._commit_sent = self.commit
         self._append([Entry(self._term_start, self.term, EntryKind.NOOP)])
         self._broadcast_wanted = True
         self._maybe_commit()
@@ -988,12 +989,10 @@ class RaftCore:
         if self._in_flight_ready:
             raise RuntimeError("ready() called again before advance()")
         if self.role is Role.LEADER:
-            if self._broadcast_wanted or self.commit > self._commit_sent:
-                # New commit index with nothing else to send still goes out
-                # (empty appends) so followers apply promptly.
-                self._broadcast_append(allow_empty=self.commit > self._commit_sent)
+            if self._broadcast_wanted:
+                # A new commit index rides on the next append or heartbeat.
+                self._broadcast_append(allow_empty=False)
                 self._broadcast_wanted = False
-                self._commit_sent = self.commit
             if self._round_wanted:
                 self._round_wanted = False
                 self._start_round()
@@ -1061,7 +1060,7 @@ class RaftCore:
             or (
                 self.role is Role.LEADER
                 and (
-                    self._broadcast_wanted or self._round_wanted or self.commit > self._commit_sent
+                    self._broadcast_wanted or self._round_wanted
                 )
             )
             or self._hard_state_to_persist() is not None

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import math
 import os
 import pstats
 import shutil
@@ -218,7 +219,7 @@ class _FakeConn:
     def __init__(self) -> None:
         self.rev = 0
 
-    async def call(self, req: ClientRequest) -> ClientResponse:
+    async def call(self, req: ClientRequest, *, deadline: float = math.inf) -> ClientResponse:
         self.rev += 1
         if req.kind == "query":
             return ClientResponse(req.request_id, True, {"ok": True, "value": dict(DOC)})

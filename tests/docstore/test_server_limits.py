@@ -334,6 +334,9 @@ async def test_write_token_cannot_register_extension(server: Server) -> None:
 
 
 async def test_admin_token_may_snapshot(server: Server) -> None:
+    # The fixture waits for a commit; the snapshot is of what is applied.
+    with trio.fail_after(10):
+        await server.node.wait_applied(1)
     async with server.client("docstore") as conn:
         r = await call(conn, "snapshot")
     assert r.ok and r.result["index"] >= 1  # type: ignore[index]

@@ -6,7 +6,7 @@ Theory of operation
 A node answers its clients through one :class:`ClientService`, created
 with the node (``serve_node(..., client_service=factory)`` calls
 ``factory(node)``), so a handler never runs before the node exists.  Whoever
-runs the node registers a handler per request kind; there are three sorts:
+runs the node registers a handler per request kind; there are four sorts:
 
 * **writes** (:meth:`ClientService.on_write`): ``handler(session, request,
   done)`` runs in the receive loop and hands the request on (typically to
@@ -25,9 +25,10 @@ runs the node registers a handler per request kind; there are three sorts:
   request)`` starts whatever it needs in ``session.nursery`` and answers
   itself, as many times as it likes; it ends with exactly one final response.
 
-Writes and calls (batched or not) share a bound per connection (``max_in_flight``): one over
-it is answered ``overloaded`` at once, without running its handler.  Streams
-bound themselves (docstore: watches per connection, backups per node).
+Writes and calls (batched or not) share a bound per connection
+(``max_in_flight``): one over it is answered ``overloaded`` at once, without
+running its handler.  Streams bound themselves (docstore: watches per
+connection, backups per node).
 
 Errors.  A handler fails by raising; the exception becomes the response
 (:func:`error_response`).  Its class carries the wire code (a ``code`` class

@@ -157,7 +157,9 @@ class NodeCalls:
         ``"linearizable"`` (ReadIndex: confirmed by a quorum, sees every
         write acknowledged before it started), ``"lease"`` (the leader's
         lease, no round trip; relies on bounded clock drift) or ``"local"``
-        (this node's state as it is, possibly stale; any node).
+        (this node's state as it is, possibly stale; any node: a follower
+        learns a commit from the leader's next append or heartbeat, so when
+        writes pause it may lag by up to ``heartbeat_interval``).
         """
         core = self._check_open()
         if consistency not in CONSISTENCY:

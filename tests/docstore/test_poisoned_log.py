@@ -191,12 +191,20 @@ async def _leader_address(c: Cluster) -> tuple[int, str]:
 async def _leader_connection(
     root: pathlib.Path,
 ) -> AsyncIterator[tuple[Cluster, int, Connection]]:
-    """A running 3-node cluster, its leader and a raw client connection to it."""
+    """A running 3-node cluster, its leader and a raw client connection to it.
+
+    One write first, which the service holds until the cluster's settings are
+    recorded: until then the leader proposes that record on its own, and the
+    log could grow while a test checks that a refused command left it alone.
+    """
     async with running(root) as c:
         leader, address = await _leader_address(c)
         async with open_client_connection(
             address, cluster_id="docstore", client_id=DEFAULT_CLIENT, token=TOKEN
         ) as conn:
+            warm = {"op": "put", "coll": "warm", "key": "w", "doc": {}}
+            resp = await conn.call(ClientRequest(0, "command", warm))
+            assert resp.ok and resp.result["ok"], resp  # type: ignore[index]
             yield c, leader, conn
 
 

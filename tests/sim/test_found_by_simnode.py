@@ -146,8 +146,13 @@ def test_a_leader_again_in_a_later_term_streams_its_snapshot_anew() -> None:
     assert not [v for v in res.violations if "liveness" in v]
 
 
+#: More crashes, partitions and snapshots than the default: deposed leaders
+#: install conflicting snapshots and restart more often.
+DENSE = SimConfig(crash_rate=0.01, partition_rate=0.015, snapshot_rate=0.01)
+
+
 def test_a_restarted_node_keeps_the_entries_it_appended_after_a_discarding_snapshot() -> None:
-    """Found by the simulator on 53f21be (seed 8114, 3 nodes).
+    """Found by the simulator on 53f21be (seed 8114 of an earlier schedule, 3 nodes).
 
     Node 2 installed a snapshot (326, term 9) whose entry conflicted with its
     log, so the log was discarded, then appended and applied the new leader's
@@ -157,9 +162,13 @@ def test_a_restarted_node_keeps_the_entries_it_appended_after_a_discarding_snaps
     then ahead of the log, and the core stopped with ``InvariantViolated``.
     The storage-level test is
     tests/storage/test_recovery.py::test_entries_appended_after_a_discarding_compaction_survive_a_restart.
+
+    On the current schedule, with the discard's empty frame written after the
+    boundary again, ``DENSE`` seed 199 is the first of seeds 0-199 to fail:
+    node 2's recovery redoes the discard at boundary 86 and it never catches
+    up again (liveness after every node restarted).
     """
-    res = run_seed(8114, SimConfig(client_backoff=False))
-    assert not [v for v in res.violations if "InvariantViolated" in v]
+    assert run_seed(199, DENSE).violations == []
 
 
 def test_acknowledged_increments_survive_power_losses_and_clock_jumps() -> None:

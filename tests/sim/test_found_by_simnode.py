@@ -139,11 +139,16 @@ def test_a_leader_again_in_a_later_term_streams_its_snapshot_anew() -> None:
     term 9.  Node 3, in term 9, refused the term-8 chunks and acked offset 0;
     each ack reset the sender's failure count, so the stream ran forever and
     no term-9 stream could start (one stream per follower): node 3 stayed at
-    index 150 (simulator seed 7, with the ``sessions_ignored`` defect, which
-    only changes the timing; liveness failed before the fix).
+    index 150 (simulator seed 7 of an earlier schedule, with the
+    ``sessions_ignored`` defect, which only changed the timing).  The
+    runtime-level test is
+    tests/runtime/test_snapshot_stream_terms.py::test_a_leader_again_in_a_later_term_streams_its_snapshot_anew.
+
+    On the current schedule, with the stream's term check removed, seed 560
+    is the first of seeds 0-560 to fail: node 2 leads terms 7, 9 and 10, and
+    node 3 stays at index 161, behind the log's start (liveness after healing).
     """
-    res = run_seed(7, SimConfig(faults=frozenset({"sessions_ignored"}), client_backoff=False))
-    assert not [v for v in res.violations if "liveness" in v]
+    assert run_seed(560, SimConfig()).violations == []
 
 
 #: More crashes, partitions and snapshots than the default: deposed leaders
@@ -171,19 +176,12 @@ def test_a_restarted_node_keeps_the_entries_it_appended_after_a_discarding_snaps
     assert run_seed(199, DENSE).violations == []
 
 
-def test_acknowledged_increments_survive_power_losses_and_clock_jumps() -> None:
-    """Found by the simulator on 8801bef (seed 20482, 3 nodes).
-
-    Node 3, a deposed leader whose log ended at 45 (term 2), installed the
-    new leader's snapshot (45, term 3), then appended and acknowledged
-    entries 46-69, two of them acknowledged ``$inc`` increments.  After a
-    power loss, recovery found the old term-2 entry at the boundary: the
-    log store's compaction discarded a conflicting entry from the file only
-    when it was *not* the last one, so recovery took it for an undurable
-    discard and dropped 46-69.  The entries were committed (nodes 2 and 3)
-    and, once node 2 had lost power too, gone: counter ``n1`` ended at 14
-    with 16 acknowledged.  The storage-level test is
-    tests/storage/test_recovery.py::test_entries_appended_after_a_snapshot_conflicting_with_the_last_entry_survive.
-    """
-    res = run_seed(20482, SimConfig(client_backoff=False))
-    assert not [v for v in res.violations if "acknowledged increments" in v]
+# Seed 20482 of an earlier schedule found a case the boundary fix above missed:
+# compaction left a conflicting entry in the file when it was the log's *last*
+# one, recovery redid the discard after a power loss and dropped entries a
+# majority had acknowledged (two acknowledged $inc increments lost; 515d3e0).
+# With that fix reverted, no seed of the current schedule failed (seeds 0-1449
+# of DENSE, and seeds 0-449 of the default config and 0-1899 of DENSE on the
+# schedule just before 846df13), so it has no simulator test here; its test is
+# test_entries_appended_after_a_snapshot_conflicting_with_the_last_entry_survive
+# in tests/storage/test_recovery.py.

@@ -136,27 +136,17 @@ class NetworkStatistics:
     oversized: int = 0
 
 
+@dataclass(slots=True, eq=False)
 class _Flight:
     """A message in flight; the queue holds ``(due, sequence, flight)`` tuples
     (compared in C: the heap's comparisons were a good part of a send)."""
 
-    __slots__ = ("counter", "dst", "incarnation", "payload", "src", "target")
-
-    def __init__(
-        self,
-        src: NodeId,
-        dst: NodeId,
-        target: MemoryTransport,
-        payload: bytes | AnyMessage,
-        counter: _PeerCounters,
-        incarnation: bytes,
-    ) -> None:
-        self.src = src
-        self.dst = dst
-        self.target = target
-        self.payload = payload
-        self.counter = counter
-        self.incarnation = incarnation
+    src: NodeId
+    dst: NodeId
+    target: MemoryTransport
+    payload: bytes | AnyMessage
+    counter: _PeerCounters
+    incarnation: bytes
 
 
 class TransportOptions(TypedDict, total=False):

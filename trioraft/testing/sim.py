@@ -846,26 +846,47 @@ def first_violation(cfg: SimConfig, seeds: range) -> SimResult | None:
     return first_violating_run(run_seed, cfg, seeds)
 
 
+def add_sweep_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    seeds: int,
+    nodes: int,
+    steps: int,
+    node_choices: tuple[int, ...] | None = None,
+    fault_help: str,
+) -> None:
+    """The options both simulators' command lines take: the seeds, the nodes, the
+    steps and the faults (see :func:`parse_sweep_arguments`)."""
+    p.add_argument("--seeds", type=int, default=seeds, help="how many seeds to run")
+    p.add_argument("--start", type=int, default=0, help="first seed")
+    p.add_argument("--seed", type=int, help="replay one seed and print its violations")
+    p.add_argument("--nodes", type=int, default=nodes, choices=node_choices)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--fault", action="append", default=[], help=fault_help)
+
+
+def parse_sweep_arguments(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``p``'s arguments, refusing a count below one."""
+    a = p.parse_args(argv)
+    if a.nodes < 1 or a.steps < 1 or a.seeds < 1:
+        p.error("--nodes, --steps and --seeds must be positive")
+    return a
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m trioraft.testing.sim",
         description="Run seeded Raft simulations and check safety and liveness.",
     )
-    p.add_argument("--seeds", type=int, default=200, help="how many seeds to run")
-    p.add_argument("--start", type=int, default=0, help="first seed")
-    p.add_argument("--seed", type=int, help="replay one seed and print its violations")
-    p.add_argument("--nodes", type=int, default=5)
-    p.add_argument("--learners", type=int, default=0)
-    p.add_argument("--steps", type=int, default=SimConfig.steps)
-    p.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        help="test-only: disable a guard (see trioraft.core.raft.FAULTS)",
+    add_sweep_arguments(
+        p,
+        seeds=200,
+        nodes=5,
+        steps=SimConfig.steps,
+        fault_help="test-only: disable a guard (see trioraft.core.raft.FAULTS)",
     )
-    a = p.parse_args(argv)
-    if a.nodes < 1 or a.steps < 1 or a.seeds < 1:
-        p.error("--nodes, --steps and --seeds must be positive")
+    p.add_argument("--learners", type=int, default=0)
+    a = parse_sweep_arguments(p, argv)
     cfg = SimConfig(nodes=a.nodes, steps=a.steps, learners=a.learners, faults=frozenset(a.fault))
     return report(
         a,

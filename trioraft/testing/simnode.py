@@ -84,7 +84,13 @@ from trioraft.core.types import Entry, NodeId, Role
 from trioraft.runtime.config import NodeConfig
 from trioraft.runtime.node import Node
 from trioraft.testing.cluster import inline_threads
-from trioraft.testing.sim import first_violating_run, report, sweep_runs
+from trioraft.testing.sim import (
+    add_sweep_arguments,
+    first_violating_run,
+    parse_sweep_arguments,
+    report,
+    sweep_runs,
+)
 from trioraft.testing.simclients import Workload
 from trioraft.testing.simfs import SimFS
 from trioraft.transport.base import Transport, TransportStatistics
@@ -950,24 +956,19 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m trioraft.testing.simnode",
         description="Run seeded whole-node simulations (runtime, storage, docstore).",
     )
-    p.add_argument("--seeds", type=int, default=100, help="how many seeds to run")
-    p.add_argument("--start", type=int, default=0, help="first seed")
-    p.add_argument("--seed", type=int, help="replay one seed and print its violations")
-    p.add_argument("--nodes", type=int, default=3, choices=(3, 5))
-    p.add_argument("--steps", type=int, default=SimConfig.steps)
+    add_sweep_arguments(
+        p,
+        seeds=100,
+        nodes=3,
+        steps=SimConfig.steps,
+        node_choices=(3, 5),
+        fault_help="test-only: re-introduce a defect (trioraft.core.raft.FAULTS or SIM_FAULTS)",
+    )
     p.add_argument("--trace", action="store_true", help="with --seed: print the run's trace")
     p.add_argument(
         "--mixed-settings", action="store_true", help="configure each node's max_sessions alone"
     )
-    p.add_argument(
-        "--fault",
-        action="append",
-        default=[],
-        help="test-only: re-introduce a defect (trioraft.core.raft.FAULTS or SIM_FAULTS)",
-    )
-    a = p.parse_args(argv)
-    if a.steps < 1 or a.seeds < 1:
-        p.error("--steps and --seeds must be positive")
+    a = parse_sweep_arguments(p, argv)
     cfg = SimConfig(
         nodes=a.nodes, steps=a.steps, faults=frozenset(a.fault), mixed_settings=a.mixed_settings
     )

@@ -130,7 +130,11 @@ async def test_chaos_checks_catch_stale_reads(tmp_path: pathlib.Path) -> None:
         ChaosOptions(duration=8, seed=SEED, nemesis=False, bug="stale-reads", root=str(tmp_path))
     )
     print(report.summary())
-    assert report.linearizable is not None and report.linearizable.ok is False, report.summary()
-    assert "not linearizable" in report.linearizable.explain()
+    assert not report.ok, report.summary()
+    # Caught by the history's check, or by the final reads checked with it: a
+    # short run on a busy machine may have no stale answer among its reads.
+    caught = [r for r in (report.linearizable, report.final) if r is not None and not r.ok]
+    assert caught, report.summary()
+    assert "not linearizable" in caught[0].explain()
     # The replicas themselves are intact: only the answers lie.
     assert report.digests_equal, report.summary()

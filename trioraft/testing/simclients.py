@@ -130,7 +130,7 @@ class Workload:
     async def _client(self, cl: _Client) -> None:
         r = cl.rng
         while True:
-            await trio.sleep(r.expovariate(1 / self.think))
+            await self.sim.timers.sleep(r.expovariate(1 / self.think))
             if cl.sequence < 0:
                 status, res = await self._propose(cl, encode_command(OPEN_SESSION), 0)
                 if status == "ok" and isinstance(res, dict) and res.get("ok"):
@@ -262,9 +262,9 @@ class Workload:
         async def back_off(fixed: float) -> None:
             nonlocal pause
             if not self.backoff:
-                await trio.sleep(fixed)
+                await self.sim.timers.sleep(fixed)
                 return
-            await trio.sleep(r.uniform(pause / 2, pause))
+            await self.sim.timers.sleep(r.uniform(pause / 2, pause))
             pause = min(pause * 2, self.retry_pause_max)
 
         while trio.current_time() < deadline:
@@ -283,7 +283,7 @@ class Workload:
                 hint = exc.leader_id
                 if hint in self.sim.nodes and (hint != target or not self.backoff):
                     target = hint  # try it at once
-                    await trio.sleep(0.005)
+                    await self.sim.timers.sleep(0.005)
                 else:
                     target = r.choice(ids)
                     await back_off(0.005)

@@ -93,6 +93,7 @@ from trioraft.testing.sim import (
 )
 from trioraft.testing.simclients import Workload
 from trioraft.testing.simfs import SimFS
+from trioraft.testing.simtime import Alarm, JumpClock, Timers, skip_idle_polls
 from trioraft.transport.base import Transport, TransportStatistics
 from trioraft.transport.memory import MemoryNetwork, MemoryTransport
 from trioraft.transport.messages import AnyMessage
@@ -230,38 +231,22 @@ class _HeldTransport:
 class _GridNetwork(MemoryNetwork):
     """Deliveries land on a 1 ms grid: messages due in the same millisecond arrive
     together (one wake-up of the network and of each receiver, not one per message),
-    still in a random order across the grid."""
+    still in a random order across the grid.  The delivery task sleeps on the
+    simulation's timers (simtime.py), not in a cancel scope."""
+
+    def __init__(self, timers: Timers, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._alarm = Alarm(timers)
+
+    async def _sleep_until(self, deadline: float) -> None:
+        await self._alarm.sleep_until(deadline)
+
+    def _wake_by(self, at: float) -> None:
+        self._alarm.move(at)
 
     def _delay(self) -> float:
         now = trio.current_time()
         return math.ceil((now + super()._delay()) * 1000) / 1000 - now
-
-
-class _JumpClock(trio.abc.Clock):
-    """Virtual time that moves to the next deadline as soon as no task can run.
-
-    What ``MockClock(autojump_threshold=0)`` does, for less: Trio asks its
-    clock how long to sleep only when no task is runnable, and in a run
-    where nothing else can wake a task (no sockets, threads run inline)
-    the clock can move to the deadline there and then.  MockClock instead
-    polls once more, jumps, and polls again before the sleepers wake, and
-    reads the real clock on every ``current_time()``.
-    """
-
-    def __init__(self) -> None:
-        self._now = 0.0
-
-    def start_clock(self) -> None:
-        pass
-
-    def current_time(self) -> float:
-        return self._now
-
-    def deadline_to_sleep_time(self, deadline: float) -> float:
-        if deadline == math.inf:
-            return 999_999_999.0  # nothing will ever run again: hang, as MockClock does
-        self._now = max(self._now, deadline)
-        return 0.0
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -305,8 +290,10 @@ class Simulation:
         self.net: MemoryNetwork | None = None
         self.heal_at: float | None = None
         self._nursery: trio.Nursery | None = None
-        #: The fault driver's sleep, while it sleeps (:meth:`_due` moves its deadline).
-        self._wait: trio.CancelScope | None = None
+        #: The simulation's own sleeps (clients, fault driver, network): see simtime.py.
+        self.timers = Timers()
+        #: The fault driver's sleep (:meth:`_due` brings its deadline forward).
+        self._wait = Alarm(self.timers)
 
     # ---------------------------------------------------------------- log
 
@@ -528,15 +515,11 @@ class Simulation:
             self._housekeeping()
             if self.result.violations or trio.current_time() >= at:
                 return
-            with trio.CancelScope(deadline=min(at, self._next_due())) as self._wait:
-                await trio.sleep_forever()
-            self._wait = None
+            await self._wait.sleep_until(min(at, self._next_due()))
 
     def _due(self, when: float) -> None:
         """Wake the driver by ``when`` (something falls due then)."""
-        wait = self._wait
-        if wait is not None and when < wait.deadline:
-            wait.deadline = when
+        self._wait.move(when)
 
     def _next_due(self) -> float:
         due = [] if self.heal_at is None else [self.heal_at]
@@ -702,8 +685,10 @@ class Simulation:
     # --------------------------------------------------------------- run
 
     async def main(self) -> None:
+        skip_idle_polls()
         r = self.rng
         net = _GridNetwork(
+            self.timers,
             seed=r.randrange(2**32),
             drop_rate=self.drop,
             duplicate_rate=self.dup,
@@ -736,7 +721,7 @@ class Simulation:
         """What docstore's leader does on its own: record the cluster's settings."""
         with scope:
             while True:
-                await trio.sleep(0.5)
+                await self.timers.sleep(0.5)
                 lead = self._leader()
                 if lead is None or lead.node is None or lead.sm is None:
                     continue
@@ -799,7 +784,7 @@ class Simulation:
         mark = 0
         with trio.move_on_at(deadline):
             while True:
-                await trio.sleep(0.05)
+                await self.timers.sleep(0.05)
                 for sn in self.nodes.values():
                     if sn.node is None and sn.done.is_set():
                         self._start(sn)
@@ -848,8 +833,8 @@ class Simulation:
                 with trio.move_on_after(5):
                     for sn in self.nodes.values():
                         # Polled: the node may restart meanwhile (a new Node object).
-                        while sn.node is None or sn.node._applied < index:  # noqa: ASYNC110
-                            await trio.sleep(0.02)
+                        while sn.node is None or sn.node._applied < index:
+                            await self.timers.sleep(0.02)
                     digests = set()
                     for sn in self.nodes.values():
                         assert sn.node is not None and sn.sm is not None
@@ -920,7 +905,7 @@ def run_seed(
     trio_run._r.seed(seed)
     try:
         with inline_threads():
-            trio.run(sim.main, clock=_JumpClock())
+            trio.run(sim.main, clock=JumpClock(sim.timers))
     except Exception as exc:  # the run itself broke (e.g. a peer sent what no codec decodes)
         leaves = ", ".join(repr(e)[:300] for e in _leaves(exc))
         sim.result.violations.append(f"the simulation stopped: {leaves}")

@@ -469,20 +469,27 @@ class MemoryNetwork:
             at = now + self._delay()
             heapq.heappush(self._heap, (at, self._seq, flight))
             counter.in_flight += 1
-            sleep = self._sleep
-            if sleep is not None and at < sleep.deadline:
-                sleep.deadline = at
+            self._wake_by(at)
 
     async def _deliver_forever(self) -> None:
         heap = self._heap
         while True:
             # Sleeping yields, so receivers run before the next round, as on a
             # real network, even when the next message is due at once.
-            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._sleep:
-                await trio.sleep_forever()
-            self._sleep = None
+            await self._sleep_until(heap[0][0] if heap else math.inf)
             if heap and heap[0][0] <= trio.current_time():
                 self._deliver_due()
+
+    async def _sleep_until(self, deadline: float) -> None:
+        """The delivery task's sleep; :meth:`_wake_by` brings its deadline forward."""
+        with trio.CancelScope(deadline=deadline) as self._sleep:
+            await trio.sleep_forever()
+        self._sleep = None
+
+    def _wake_by(self, at: float) -> None:
+        sleep = self._sleep
+        if sleep is not None and at < sleep.deadline:
+            sleep.deadline = at
 
     def _deliver_due(self) -> None:
         now = trio.current_time()

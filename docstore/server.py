@@ -431,7 +431,13 @@ class DocstoreService:
                         f"sequence: 0 opens a session and carries {OPEN_SESSION}"
                     )
                 return _OPEN_SESSION_DATA
-            checked = validate_command(cmd, self.sm.limits, self.sm.engine.registry)
+            checked = validate_command(
+                cmd,
+                self.sm.limits,
+                self.sm.engine.registry,
+                # decoded without tags: its size bounds its documents'
+                encoded_size=len(payload) if isinstance(payload, bytes) else None,
+            )
             for i, sub in enumerate(checked["commands"] if checked["op"] == "batch" else [checked]):
                 if sub["op"] == "expire" and "now_ms" in sub:
                     where = f"commands[{i}]." if sub is not checked else ""
@@ -655,12 +661,13 @@ def required_role(req: ClientRequest) -> Role | None:
 
 def _command_role(cmd: object) -> Role:
     """``admin`` for a command that registers code (alone or in a batch), else ``write``."""
-    if isinstance(cmd, dict):
-        subs = cmd.get("commands") if cmd.get("op") == "batch" else [cmd]
-        if isinstance(subs, list) and any(
-            isinstance(c, dict) and c.get("op") == "register" for c in subs
-        ):
-            return "admin"
+    if not isinstance(cmd, dict) or cmd.get("op") not in ("register", "batch"):
+        return "write"  # the common case, decided without looking further
+    subs = cmd.get("commands") if cmd.get("op") == "batch" else [cmd]
+    if isinstance(subs, list) and any(
+        isinstance(c, dict) and c.get("op") == "register" for c in subs
+    ):
+        return "admin"
     return "write"
 
 

@@ -167,12 +167,33 @@ def _bool(v: object, what: str) -> None:
         raise InvalidCommandError(f"{what} is true or false, got {show(v)}")
 
 
+#: A plain JSON value's compact JSON text takes at most this many bytes per byte
+#: of its CBOR without tags.  The worst cases: a half-precision float is 3 bytes
+#: and up to 23 characters (``-1.7881393432617188e-07``); a control character in
+#: a string is 1 byte and 6 (``\u001f``); an integer, ``false`` or ``null`` at
+#: most 5 per byte; the brackets, colons and commas of arrays and maps fewer
+#: than their items' bytes.
+JSON_BYTES_PER_CBOR_BYTE = 10
+
+
+def sizes_bounded(encoded_size: int, limits: Limits = DEFAULT_LIMITS) -> bool:
+    """Whether no document of a command taking ``encoded_size`` bytes of CBOR without
+    tags can exceed ``limits.max_doc_bytes`` as JSON, so none needs measuring.
+
+    Example:
+        >>> sizes_bounded(200), sizes_bounded(200_000)
+        (True, False)
+    """
+    return encoded_size * JSON_BYTES_PER_CBOR_BYTE <= limits.max_doc_bytes
+
+
 def validate_command(
     cmd: object,
     limits: Limits = DEFAULT_LIMITS,
     registry: Registry | None = None,
     *,
     sizes: bool = True,
+    encoded_size: int | None = None,
     where: str = "",
 ) -> dict[str, Any]:
     """``cmd``, checked: raise the error apply would give it for what needs no state.
@@ -180,7 +201,10 @@ def validate_command(
     ``registry``: the extension code this node holds; ``register`` and ``call``
     of code it lacks are refused (None skips that check, as a remote client
     must).  ``sizes=False`` leaves the document size to the write path, which
-    measures the stored form.  ``where`` prefixes messages (batch items).
+    measures the stored form.  ``encoded_size``: the command's size as CBOR
+    without tags (as a node decodes it from a client); when it bounds every
+    document below the limit (:func:`sizes_bounded`), documents are not
+    measured.  ``where`` prefixes messages (batch items).
 
     Example:
         >>> validate_command({"op": "delete", "coll": "c", "key": 1})
@@ -189,6 +213,8 @@ def validate_command(
         docstore.engine.errors.InvalidCommandError: key: document keys are strings, got int
     """
     op, c = _shape(cmd, "command", COMMAND_FIELDS, _COMMAND_ALLOWED, where)
+    if encoded_size is not None and sizes_bounded(encoded_size, limits):
+        sizes = False
     field = "op"  # the field being checked, named in the error
     try:
         if "coll" in c:

@@ -1,4 +1,5 @@
-"""values.compact_json: the same text as json.JSONEncoder with the same settings.
+"""values.compact_json: the same text as json.JSONEncoder with the same settings,
+and never more than ``JSON_BYTES_PER_CBOR_BYTE`` bytes per byte of CBOR.
 
 The document size check and the apply log's records use it; a replica whose
 text differed would measure a document differently (another ``limit``
@@ -11,12 +12,15 @@ import json
 import math
 from typing import Any
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docstore.engine.errors import LimitError
-from docstore.engine.values import DEFAULT_LIMITS, check_size, compact_json
+from docstore.engine.errors import DocstoreError, LimitError
+from docstore.engine.validate import JSON_BYTES_PER_CBOR_BYTE, validate_command
+from docstore.engine.values import DEFAULT_LIMITS, Limits, check_size, compact_json
+from trioraft.transport.codec import decode_value, encode_value
 
 _json_values = st.recursive(
     st.none()
@@ -65,3 +69,74 @@ def test_size_check_counts_utf8_bytes_of_the_compact_text() -> None:
     check_size({"v": "é" * ((limit - 8) // 2)})
     with pytest.raises(LimitError):
         check_size({"v": "é" * ((limit - 8) // 2 + 1)})
+
+
+# ------------------------------------------- sizes bounded by the command's CBOR
+
+_finite_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**64), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _json_size(value: Any) -> int:
+    return len(compact_json()(value).encode())
+
+
+def test_every_half_float_keeps_within_the_json_per_cbor_bound() -> None:
+    """The bound's worst case: 3 bytes of CBOR, up to 23 characters of JSON."""
+    worst = 0.0
+    for bits in range(1 << 16):
+        data = b"\xf9" + bits.to_bytes(2, "big")
+        value = cbor2.loads(data)
+        if math.isfinite(value):
+            worst = max(worst, _json_size(value) / len(data))
+    assert 7 < worst <= JSON_BYTES_PER_CBOR_BYTE
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32 - 1))
+def test_single_floats_keep_within_the_json_per_cbor_bound(bits: int) -> None:
+    data = b"\xfa" + bits.to_bytes(4, "big")
+    value = cbor2.loads(data)
+    if math.isfinite(value):
+        assert _json_size(value) <= JSON_BYTES_PER_CBOR_BYTE * len(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_finite_json | st.text(alphabet=st.characters(max_codepoint=0x1F)))
+def test_json_text_keeps_within_the_bound_of_its_cbor(value: Any) -> None:
+    data = encode_value(value)
+    assert decode_value(data) == value
+    assert _json_size(value) <= JSON_BYTES_PER_CBOR_BYTE * len(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=3), _finite_json, max_size=6),
+    st.integers(min_value=2, max_value=400),
+)
+def test_a_size_skipped_by_the_bound_never_changes_the_verdict(
+    doc: dict[str, Any], limit: int
+) -> None:
+    """With the command's CBOR size, the server measures fewer documents but refuses
+    exactly the same commands as when it measures every one."""
+    limits = Limits(max_doc_bytes=limit)
+    cmd = {"op": "put", "coll": "c", "key": "k", "doc": doc}
+    data = encode_value(cmd)
+
+    def verdict(**kw: Any) -> str:
+        try:
+            validate_command(cmd, limits, **kw)
+        except LimitError as exc:
+            return f"limit: {exc}"
+        except DocstoreError as exc:
+            return type(exc).__name__
+        return "ok"
+
+    assert verdict(encoded_size=len(data)) == verdict()

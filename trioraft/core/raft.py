@@ -1038,18 +1038,24 @@ class RaftCore:
         for restarts only (the state machine's applied index is the real
         restart point), so a commit change alone costs no fsync.
         """
-        hs = HardState(
-            self.term,
-            None if "vote_not_persisted" in self._faults else self.vote,
-            self.commit,
-        )
+        if not self._hard_state_changed():
+            return None
+        return HardState(self.term, self._vote_to_persist(), self.commit)
+
+    def _vote_to_persist(self) -> NodeId | None:
+        return None if "vote_not_persisted" in self._faults else self.vote
+
+    def _hard_state_changed(self) -> bool:
+        """Whether the term or vote differs from the last persisted hard state."""
         p = self._persisted_hs
-        if hs.term != p.term or hs.vote != p.vote:
-            return hs
-        return None
+        return self.term != p.term or self._vote_to_persist() != p.vote
 
     def has_ready(self) -> bool:
-        """True if ``ready()`` would return work (cheap check for the runtime)."""
+        """True if ``ready()`` would return work (cheap check for the runtime).
+
+        Called once more than ``ready()`` in every drain (the call that finds
+        nothing), so it builds nothing.
+        """
         writing = self._unstable_from <= self.last_index() or self._pending_snapshot is not None
         return bool(
             writing
@@ -1057,13 +1063,8 @@ class RaftCore:
             or self._reads_out
             or self._failed_reads
             or self.commit > self._apply_cursor
-            or (
-                self.role is Role.LEADER
-                and (
-                    self._broadcast_wanted or self._round_wanted
-                )
-            )
-            or self._hard_state_to_persist() is not None
+            or (self.role is Role.LEADER and (self._broadcast_wanted or self._round_wanted))
+            or self._hard_state_changed()
         )
 
     def advance(self, rd: Ready, *, applied: int | None = None) -> None:

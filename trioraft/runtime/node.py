@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 import time
@@ -56,6 +57,7 @@ import trio.lowlevel
 from trioraft.core.driver import ReadyDriver
 from trioraft.core.raft import RaftCore
 from trioraft.core.types import (
+    MESSAGE_TYPES,
     InstallSnapshot,
     Membership,
     Message,
@@ -136,6 +138,9 @@ class _Wake:
 
 
 _WAKE = _Wake()
+#: The messages that go to the core as they are (the others are a snapshot
+#: stream's or a client's): nearly every message, found with one lookup.
+_STEPPED = frozenset(MESSAGE_TYPES) - {InstallSnapshot}
 #: What the Raft loop's inbox carries.
 _InboxItem = _Wake | _PeerBatch | InstallSnapshot
 
@@ -160,10 +165,13 @@ class _CoreTimer:
 
     The Raft loop moves the scope's deadline (:meth:`rearm`) after each step
     of the core; when the deadline passes and the core agrees it is due, the
-    timer steps the core (``fire(now)``) and wakes the loop.
+    timer steps the core (``fire(now)``) and wakes the loop.  Most steps
+    leave a deadline where it was (a leader's election deadline, a
+    follower's heartbeat deadline), so the timer keeps the deadline it set
+    and touches the scope only when the core's has moved.
     """
 
-    __slots__ = ("_deadline", "_fire", "_kick", "_scope")
+    __slots__ = ("_armed", "_deadline", "_fire", "_kick", "_scope")
 
     def __init__(
         self, deadline: Callable[[], float], fire: Callable[[float], None], kick: Callable[[], None]
@@ -172,6 +180,7 @@ class _CoreTimer:
         self._fire = fire
         self._kick = kick
         self._scope: trio.CancelScope | None = None
+        self._armed = math.inf  # the scope's deadline, while there is a scope
 
     @classmethod
     def for_core(cls, core: RaftCore, kick: Callable[[], None]) -> tuple[_CoreTimer, _CoreTimer]:
@@ -183,11 +192,14 @@ class _CoreTimer:
 
     def rearm(self) -> None:
         if self._scope is not None:
-            self._scope.deadline = self._deadline()
+            deadline = self._deadline()
+            if deadline != self._armed:
+                self._armed = self._scope.deadline = deadline
 
     async def run(self) -> None:
         while True:
-            with trio.CancelScope(deadline=self._deadline()) as self._scope:
+            self._armed = self._deadline()
+            with trio.CancelScope(deadline=self._armed) as self._scope:
                 await trio.sleep_forever()
             self._scope = None
             now = trio.current_time()
@@ -274,17 +286,21 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
         self.random = random.Random()
         self.wall_clock: Callable[[], float] = time.time
         self.randbytes: Callable[[int], bytes] = os.urandom
-        self._changed_event = trio.Event()
+        # Made when someone waits: most changes have no waiter.
+        self._changed_event: trio.Event | None = None
         self._driver: ReadyDriver | None = None
 
     @property
     def _changed(self) -> trio.Event:
         """An event set at the next change of role, leader, commit or applied index."""
+        if self._changed_event is None:
+            self._changed_event = trio.Event()
         return self._changed_event
 
     def _notify(self) -> None:
-        self._changed_event.set()
-        self._changed_event = trio.Event()
+        if self._changed_event is not None:
+            self._changed_event.set()
+            self._changed_event = None
 
     # ================================================================ start
 
@@ -403,7 +419,9 @@ class Node(NodeCalls, NodeApply, NodePeers, NodeSnapshots):
         """Transport callback: never blocks."""
         raft: list[Message] = []
         for m in messages:
-            if self._route_snapshot_message(m) or isinstance(m, ClientRequest | ClientResponse):
+            if type(m) not in _STEPPED and (
+                self._route_snapshot_message(m) or isinstance(m, ClientRequest | ClientResponse)
+            ):
                 continue  # a snapshot stream's, or not on a peer connection
             raft.append(m)  # type: ignore[arg-type]
         if raft:

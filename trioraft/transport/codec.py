@@ -936,6 +936,34 @@ def decode_envelope(
     ``cluster_id``, when given, must equal the frame's ``"c"`` if it has one
     (frames may omit it).  Raises :class:`ProtocolError` for anything wrong.
     """
+    version, cid, messages = _decode(data, max_size, cluster_id)
+    return Frame(version, cid, tuple(messages))
+
+
+def decode_frame(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_FRAME,
+    cluster_id: str | None = None,
+) -> list[AnyMessage]:
+    """Decode and validate one frame into its messages.
+
+    Raises:
+        ProtocolError: oversized (checked before decoding), not CBOR, another
+            protocol version, an unknown message type, a missing, extra,
+            mistyped or out-of-range field, or a broken cross-field rule.
+    """
+    return _decode(data, max_size, cluster_id)[2]
+
+
+_FRAME_KEYS: Final = frozenset({"v", "c", "m"})
+
+
+def _decode(
+    data: bytes | bytearray | memoryview, max_size: int, cluster_id: str | None
+) -> tuple[int, str | None, list[AnyMessage]]:
+    """What :func:`decode_envelope` and :func:`decode_frame` share: (version, cluster id,
+    messages), without building a :class:`Frame` for every frame a peer sends."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"a frame is bytes, got {type(data).__name__}")
     size = data.nbytes if isinstance(data, memoryview) else len(data)
@@ -949,8 +977,8 @@ def decode_envelope(
         raise ProtocolError(
             f"unsupported protocol version {_describe(version)} (we speak {PROTOCOL_VERSION})"
         )
-    extra = obj.keys() - {"v", "c", "m"}
-    if extra:
+    if not obj.keys() <= _FRAME_KEYS:
+        extra = obj.keys() - _FRAME_KEYS
         raise ProtocolError(f"frame: unknown keys {sorted(map(repr, extra))}")
     cid = obj.get("c")
     if cid is not None or "c" in obj:
@@ -971,23 +999,7 @@ def decode_envelope(
         if dec is None:
             raise ProtocolError(f"frame.m[{len(messages)}]: unknown message type {_describe(tag)}")
         messages.append(dec(m))
-    return Frame(version, cid, tuple(messages))
-
-
-def decode_frame(
-    data: bytes | bytearray | memoryview,
-    *,
-    max_size: int = DEFAULT_MAX_FRAME,
-    cluster_id: str | None = None,
-) -> list[AnyMessage]:
-    """Decode and validate one frame into its messages.
-
-    Raises:
-        ProtocolError: oversized (checked before decoding), not CBOR, another
-            protocol version, an unknown message type, a missing, extra,
-            mistyped or out-of-range field, or a broken cross-field rule.
-    """
-    return list(decode_envelope(data, max_size=max_size, cluster_id=cluster_id).messages)
+    return version, cid, messages
 
 
 # --------------------------------------------------------------------------

@@ -1443,11 +1443,12 @@ class RaftCore:
         ):
             return
         m = self.membership
-        new = {
-            n: i
-            for n, i in self._known_incarnations().items()
-            if n in m.voters and m.incarnation_of(n) is None
-        }
+        # Every commit on the leader comes here; once each voter has a record
+        # (nearly always) there is nothing to look up.
+        unrecorded = {n for n in m.voters if m.incarnation_of(n) is None}
+        if not unrecorded:
+            return
+        new = {n: i for n, i in self._known_incarnations().items() if n in unrecorded}
         if new:
             self._append_config(m.recording(new))
 

@@ -55,3 +55,16 @@ def test_cluster_bench_docstore_short_form_prints_its_rows_ratios_and_targets(
     assert len(rows) == 2 and all(row.rstrip(" |").endswith(" 0") for row in rows), (
         rows
     )  # no errors
+
+
+def test_simnode_compare_runs_both_trees_and_compares_their_traces() -> None:
+    """bench/simnode_compare.py against HEAD: the same traces; its worktree is gone after."""
+    cmd = [sys.executable, "bench/simnode_compare.py", "--base", "HEAD", "--seeds", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "seeds per CPU second" in proc.stdout
+    assert "trace hashes: 2 of 2 the same" in proc.stdout
+    trees = subprocess.run(
+        ["git", "worktree", "list"], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    assert "simnode-base-" not in trees

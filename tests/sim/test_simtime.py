@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 import trio
 import trio._core._run as trio_run
 import trio.lowlevel
@@ -138,3 +140,40 @@ def test_idle_polls_skip_the_system_call_but_every_so_often() -> None:
     zero = [t for t in calls if t == 0]
     assert 2 <= len(zero) <= 4  # about one in POLL_EVERY of ~3 * POLL_EVERY
     assert any(t > 0 for t in calls)
+
+
+def test_a_sleep_ending_at_its_cancel_scopes_deadline_is_cancelled_as_trio_sleep_is() -> None:
+    """The clock wakes the sleeper before Trio expires the scope around it: the
+    code after the sleep must not run once more at the deadline."""
+
+    def ran(timers: Timers | None) -> list[float]:
+        log: list[float] = []
+        sleep = timers.sleep if timers is not None else trio.sleep
+
+        async def main() -> None:
+            with trio.move_on_at(0.5):
+                while True:
+                    await sleep(0.25)
+                    log.append(trio.current_time())
+            log.append(-trio.current_time())
+
+        trio.run(main, clock=JumpClock(timers))
+        return log
+
+    assert ran(None) == [0.25, -0.5]
+    assert ran(Timers()) == [0.25, -0.5]
+
+
+def test_a_negative_or_nan_sleep_is_refused_as_trio_refuses_it() -> None:
+    timers = Timers()
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="non-negative"):
+            await timers.sleep(-1)
+        with pytest.raises(ValueError, match="NaN"):
+            await timers.sleep(math.nan)
+        with pytest.raises(ValueError, match="NaN"):
+            Alarm(timers).move(math.nan)
+        assert timers.next_deadline() == math.inf  # nothing parked
+
+    trio.run(main, clock=JumpClock(timers))

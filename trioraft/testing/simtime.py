@@ -78,6 +78,8 @@ class Timers:
 
     async def sleep(self, seconds: float) -> None:
         """:func:`trio.sleep` on this clock."""
+        if seconds < 0:
+            raise ValueError("duration must be non-negative")
         await Alarm(self).sleep_until(trio.current_time() + seconds)
 
 
@@ -96,6 +98,8 @@ class Alarm:
     async def sleep_until(self, deadline: float) -> None:
         """Sleep until ``deadline`` or an earlier one set by :meth:`move`; a checkpoint
         (the next scheduler pass) when it has passed."""
+        if math.isnan(deadline):
+            raise ValueError("deadline must not be NaN")  # it would stall the heap
         if deadline <= trio.current_time():
             await trio.lowlevel.checkpoint()
             return
@@ -111,9 +115,15 @@ class Alarm:
         finally:
             self._entry = []
             self.deadline = math.inf
+        # Woken at the very deadline of a cancel scope around this sleep: the
+        # clock rescheduled the task before Trio expired the scope, so no
+        # Cancelled came.  trio.sleep would raise it; raise it here (a pass later).
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def move(self, deadline: float) -> None:
         """Wake the sleeping task by ``deadline`` (no later than it would anyway)."""
+        if math.isnan(deadline):
+            raise ValueError("deadline must not be NaN")
         entry = self._entry
         if not entry or deadline >= self.deadline:
             return  # not sleeping, already woken, or due sooner anyway

@@ -168,11 +168,12 @@ def _bool(v: object, what: str) -> None:
 
 
 #: A plain JSON value's compact JSON text takes at most this many bytes per byte
-#: of its CBOR without tags.  The worst cases: a half-precision float is 3 bytes
-#: and up to 23 characters (``-1.7881393432617188e-07``); a control character in
-#: a string is 1 byte and 6 (``\u001f``); an integer, ``false`` or ``null`` at
-#: most 5 per byte; the brackets, colons and commas of arrays and maps fewer
-#: than their items' bytes.
+#: of its CBOR without tags (more than it needs: the true worst is 8).  Counting
+#: each item with the comma that follows it in an array or map: a half-precision
+#: float is 3 bytes for up to 23 characters and a comma (``-1.7881393432617188e-07``,
+#: the worst: 8 per byte); ``false`` 1 byte for 6; a string of n bytes (1 + n
+#: with its head) at most 3 + 6n (``\u001f``); an integer at most 4 per byte; an
+#: array or a map no more per byte than the worst of its items.
 JSON_BYTES_PER_CBOR_BYTE = 10
 
 

@@ -907,10 +907,10 @@ def report(
     replay: Callable[[int], str] | None = None,
 ) -> int:
     """What both simulators' command lines print: one seed (``a.seed``) and its
-    violations, or a sweep of ``a.seeds`` from ``a.start`` with its rate, the
-    violating seeds and, with ``replay``, the command that replays each (the
-rate by the wall clock and per CPU second).  A long
-    sweep reports its progress on stderr every 100 seeds.  Returns the exit code."""
+    violations, or a sweep of ``a.seeds`` from ``a.start`` with its rate (by the
+    wall clock and per CPU second), the violating seeds and, with ``replay``, the
+    command that replays each.  A long sweep reports its progress on stderr
+    every 100 seeds.  Returns the exit code."""
     if a.seed is not None:
         res = run(a.seed, cfg)
         print(f"seed {a.seed}: {describe(res)}")

@@ -88,9 +88,11 @@ MAX_IN_FLIGHT: Final = 1024
 #: node's Raft loop, which persists and replicates what was proposed, runs
 #: only when the loop yields: in slices, the first requests are on their way
 #: to the followers, on the other core, while the next are checked.  256
-#: docstore writers: 1.075x the writes/s (median of five alternating pairs),
-#: the KV path 1.02x.
-HAND_ON: Final = 64
+#: docstore writers, writes/s against no slices (pairs run in turn): 1.075x
+#: with 64 (five pairs), 1.115x with 128 (three), and 128 against 64 1.10x;
+#: 32 was worse than 64 (each slice costs a Raft round and an fsync).  The
+#: KV path, whose requests cost less to check: 1.02-1.03x.
+HAND_ON: Final = 128
 
 Done = Callable[[object, BaseException | None], None]
 #: One request's answer from a :data:`BatchHandler`: ``(result, None)`` or ``(None, error)``.

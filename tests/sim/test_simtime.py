@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import trio
 import trio._core._run as trio_run
 import trio.lowlevel
 
-from trioraft.testing.simtime import POLL_EVERY, Alarm, JumpClock, Timers, skip_idle_polls
-
-
-@contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    """Trio's scheduler as the simulator runs it: deterministic, seeded."""
-    saved, state = trio_run._ALLOW_DETERMINISTIC_SCHEDULING, trio_run._r.getstate()
-    setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010 - a Final flag
-    trio_run._r.seed(seed)
-    try:
-        yield
-    finally:
-        setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", saved)  # noqa: B010
-        trio_run._r.setstate(state)
+from trioraft.testing.simtime import (
+    POLL_EVERY,
+    Alarm,
+    JumpClock,
+    Timers,
+    deterministic_scheduling,
+    skip_idle_polls,
+)
 
 
 def _wake_log(seed: int, *, timers: bool) -> list[tuple[float, int]]:
@@ -55,7 +47,7 @@ def _wake_log(seed: int, *, timers: bool) -> list[tuple[float, int]]:
             for i in range(12):
                 nursery.start_soon(sleeper, i)
 
-    with _deterministic(seed):
+    with deterministic_scheduling(seed):
         trio.run(main, clock=JumpClock(heap))
     return woke
 

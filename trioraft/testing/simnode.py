@@ -93,7 +93,13 @@ from trioraft.testing.sim import (
 )
 from trioraft.testing.simclients import Workload
 from trioraft.testing.simfs import SimFS
-from trioraft.testing.simtime import Alarm, JumpClock, Timers, skip_idle_polls
+from trioraft.testing.simtime import (
+    Alarm,
+    JumpClock,
+    Timers,
+    deterministic_scheduling,
+    skip_idle_polls,
+)
 from trioraft.transport.base import Transport, TransportStatistics
 from trioraft.transport.memory import MemoryNetwork, MemoryTransport
 from trioraft.transport.messages import AnyMessage
@@ -896,22 +902,13 @@ def run_seed(
     seed: int, cfg: SimConfig | None = None, *, trace: list[str] | None = None
 ) -> SimResult:
     """Run one seed; the same seed gives the same run (and trace hash)."""
-    import trio._core._run as trio_run
-
     sim = Simulation(seed, cfg or SimConfig())
-    saved = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
-    state = trio_run._r.getstate()
-    setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010 - a Final flag
-    trio_run._r.seed(seed)
     try:
-        with inline_threads():
+        with deterministic_scheduling(seed), inline_threads():
             trio.run(sim.main, clock=JumpClock(sim.timers))
     except Exception as exc:  # the run itself broke (e.g. a peer sent what no codec decodes)
         leaves = ", ".join(repr(e)[:300] for e in _leaves(exc))
         sim.result.violations.append(f"the simulation stopped: {leaves}")
-    finally:
-        setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", saved)  # noqa: B010
-        trio_run._r.setstate(state)
     res = sim.result
     res.trace_hash = sim.trace_hash()
     res.stats = dict(sorted(sim.workload.stats.items()))

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
 import trio.lowlevel
 
-__all__ = ["Alarm", "JumpClock", "Timers", "skip_idle_polls"]
+__all__ = ["Alarm", "JumpClock", "Timers", "deterministic_scheduling", "skip_idle_polls"]
 
 #: Every this many zero-timeout polls one still reaches the kernel, so a
 #: Ctrl-C (which Trio's signal handler reports through a wake-up socket)
@@ -192,6 +194,26 @@ class _QuietEpoll:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._epoll, name)
+
+
+@contextmanager
+def deterministic_scheduling(seed: int) -> Iterator[None]:
+    """Trio runs started inside schedule deterministically, from ``seed``.
+
+    Trio's own switch (``_ALLOW_DETERMINISTIC_SCHEDULING``, a private flag
+    pytest-trio uses too) sorts each scheduler pass and shuffles it with its
+    random stream, which is seeded here; both are put back after.
+    """
+    import trio._core._run as trio_run
+
+    saved, state = trio_run._ALLOW_DETERMINISTIC_SCHEDULING, trio_run._r.getstate()
+    setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: B010 - a Final flag
+    trio_run._r.seed(seed)
+    try:
+        yield
+    finally:
+        setattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", saved)  # noqa: B010
+        trio_run._r.setstate(state)
 
 
 def skip_idle_polls() -> None:

@@ -39,6 +39,7 @@ from trioraft.runtime import (
     Session,
     generic_service,
     serve_node,
+    tune_gc,
 )
 from trioraft.transport.messages import ClientRequest
 
@@ -151,5 +152,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    tune_gc()  # as ``docstore serve`` does: the two clusters' nodes run alike
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(main)

@@ -482,6 +482,7 @@ def _setup_logging(level: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from docstore.server import load_config, serve
+    from trioraft.runtime import tune_gc
 
     peers = _id_pairs(args.peer) if args.peer else None
     try:
@@ -525,6 +526,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if http:
                 print(f"docstore node {node.id}: status page http://{http}/", flush=True)
 
+    tune_gc()  # a server process: fewer collector passes over its long-lived heap
     try:
         trio.run(main)
     except OSError as exc:

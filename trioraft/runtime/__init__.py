@@ -12,6 +12,7 @@ from trioraft.runtime.errors import (
     ProposalRejectedError,
     ReadFailedError,
 )
+from trioraft.runtime.gcsettings import GC_THRESHOLDS, tune_gc
 from trioraft.runtime.node import (
     Node,
     NodeStatistics,
@@ -32,6 +33,7 @@ from trioraft.runtime.service import (
 )
 
 __all__ = [
+    "GC_THRESHOLDS",
     "BadRequestError",
     "ClientService",
     "EntryTooLargeError",
@@ -56,4 +58,5 @@ __all__ = [
     "generic_service",
     "open_node",
     "serve_node",
+    "tune_gc",
 ]

@@ -35,6 +35,7 @@ from typing import IO, Any, Final, Protocol
 import trio
 import trio.lowlevel
 
+from trioraft.runtime.gcsettings import tune_gc
 from trioraft.testing.chaos.routes import install_routes
 
 __all__ = ["NodeProcess", "NodeSpec", "find_libfaketime", "load_system", "node_main"]
@@ -117,6 +118,7 @@ def node_main(spec_path: str) -> None:
         format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    tune_gc()  # as the servers it stands for (``docstore serve``) do
     trio.run(_serve, spec)
 
 

@@ -68,7 +68,7 @@ from docstore.engine.errors import (
 from docstore.engine.queries import run_query
 from docstore.engine.registry import Registry
 from docstore.engine.state import Change, Engine
-from docstore.engine.validate import validate_query
+from docstore.engine.validate import sizes_bounded, validate_query
 from docstore.engine.values import DEFAULT_LIMITS, Limits, clone
 from docstore.protocol import OPEN_SESSION, SESSION_TTL_MS
 from docstore.storage import snapshot as snap
@@ -90,6 +90,12 @@ __all__ = [
     "encode_command",
 ]
 
+
+#: Every byte that can open a CBOR tag (major type 6: 0xc0 to 0xdf) as a non-ASCII
+#: byte, every other as NUL: ``data.translate(_TAG_HEADS).isascii()`` is True only
+#: when ``data`` holds no tag (the converse need not hold: such a byte may be
+#: inside a string or a number).
+_TAG_HEADS = bytes(0x80 if 0xC0 <= b <= 0xDF else 0 for b in range(256))
 
 _BASE = "base.snap"
 _LOG = "apply.dslog"
@@ -372,7 +378,8 @@ class DocstoreStateMachine:
             cmd = decode_command(e.data)
             if not cid and isinstance(cmd, dict) and cmd.get("op") == "settings":
                 return self._record_settings(cmd, e, fx)
-            applied = self.engine.apply(cmd, e.index, e.timestamp_ms)  # total: never raises
+            size = _bounding_size(e.data, self.engine.limits)
+            applied = self.engine.apply(cmd, e.index, e.timestamp_ms, encoded_size=size)  # total
             result = applied.result
             fx.extend(applied.effects)
             changes.extend(applied.changes)
@@ -567,6 +574,23 @@ class DocstoreStateMachine:
         await trio.to_thread.run_sync(write)
         self._dirty = False
         self._since_base = 0
+
+
+def _bounding_size(data: bytes, limits: Limits) -> int | None:
+    """``len(data)`` when it bounds the JSON size of every document in ``data``
+    (:func:`sizes_bounded`), else None: the engine's ``encoded_size``.
+
+    The node checked the command for tags before proposing it, but a log entry
+    is not trusted: a tag (a shared value, a string reference) makes a few
+    bytes decode to a large document, so an entry that may hold one is measured.
+    """
+    if (
+        sizes_bounded(len(data), limits)
+        and type(data) is bytes
+        and data.translate(_TAG_HEADS).isascii()
+    ):
+        return len(data)
+    return None
 
 
 def _write_and_flush(log: DataFile, buf: bytes) -> None:

@@ -46,7 +46,7 @@ from docstore.engine.indexes import Collection, Index, expired, plan, raw_set
 from docstore.engine.journal import Applied, Change, JournalEntry
 from docstore.engine.operations import OPS, WRITE_OPS
 from docstore.engine.registry import Registry
-from docstore.engine.validate import validate_command
+from docstore.engine.validate import sizes_bounded, validate_command
 from docstore.engine.values import (
     DEFAULT_LIMITS,
     MISSING,
@@ -195,7 +195,9 @@ class Engine:
     # Apply
     # ------------------------------------------------------------------
 
-    def apply(self, cmd: object, rev: int, now_ms: int = 0) -> Applied:
+    def apply(
+        self, cmd: object, rev: int, now_ms: int = 0, *, encoded_size: int | None = None
+    ) -> Applied:
         """Apply one command at revision ``rev``; total: never raises for any ``cmd``.
 
         The command is validated first (:func:`validate_command`, the same
@@ -204,6 +206,11 @@ class Engine:
         with nothing changed.  Only the environment (``MemoryError``) escapes.
         Anything else that goes wrong is a bug: logged, rolled back and
         answered ``internal``, the same on every replica running this code.
+
+        ``encoded_size``: the command's size as CBOR without tags, when the
+        caller knows it (the state machine, from the entry): when it bounds
+        the stored document of a put without conditions (:func:`sizes_bounded`),
+        that document is not measured.
         """
         self._journal = []
         self._rev = rev
@@ -211,7 +218,15 @@ class Engine:
         self._inserted = 0
         try:
             validate_command(cmd, self.limits, self.registry, sizes=False)
-            result = self._exec(cmd, top=True)
+            if type(cmd) is dict and len(cmd) == 4 and cmd["op"] == "put":
+                # Validated, so exactly op, coll, key and doc: a put without
+                # conditions, whose key was checked.
+                result = self._plain_put(
+                    cmd,
+                    measure=encoded_size is None or not sizes_bounded(encoded_size, self.limits),
+                )
+            else:
+                result = self._exec(cmd, top=True)
         except DocstoreError as exc:
             self._rollback()
             return Applied(exc.to_result(), [], [])
@@ -246,11 +261,32 @@ class Engine:
         out: dict[str, Any] = handler(self, cmd)
         return out
 
+    def _plain_put(self, cmd: dict[str, Any], *, measure: bool) -> dict[str, Any]:
+        """What :func:`~docstore.engine.operations._put` does with a validated put
+        without conditions, without checking its key again.
+
+        ``measure=False``: the command's CBOR size bounds the stored document's
+        JSON size.  It does: the document's JSON takes at most
+        ``JSON_BYTES_PER_CBOR_BYTE`` bytes per byte of its CBOR; ``_key``
+        (``2 + 6n`` bytes of JSON for ``n`` bytes of key, which take ``1 + n``
+        of CBOR) and ``_rev`` (a log index: 19 digits) add at most
+        ``2 + 6n + 35`` bytes, less than what the key and the command's other
+        fields (op, coll and their names: 23 bytes at least) add to the bound.
+        tests/docstore/test_plain_put_path.py compares this with the general path.
+        """
+        c = self._coll(cmd["coll"])
+        key: str = cmd["key"]
+        self._write(c, key, self._stored(c, key, cmd["doc"]), measure=measure)
+        return {"key": key}
+
     # -- primitives (every mutation goes through these) -----------------
 
-    def _write(self, c: Collection, key: str, new: dict[str, Any] | None) -> None:
+    def _write(
+        self, c: Collection, key: str, new: dict[str, Any] | None, *, measure: bool = True
+    ) -> None:
         if new is not None:
-            check_size(new, self.limits)
+            if measure:
+                check_size(new, self.limits)
             view = new
             if c.ctype is not None:
                 # User code, run before anything changes: what it raises is this

@@ -379,10 +379,11 @@ class DocstoreStateMachine:
             if not cid and isinstance(cmd, dict) and cmd.get("op") == "settings":
                 return self._record_settings(cmd, e, fx)
             size = _bounding_size(e.data, self.engine.limits)
-            applied = self.engine.apply(cmd, e.index, e.timestamp_ms, encoded_size=size)  # total
-            result = applied.result
-            fx.extend(applied.effects)
-            changes.extend(applied.changes)
+            result, effects, made = self.engine.apply_parts(
+                cmd, e.index, e.timestamp_ms, encoded_size=size
+            )  # total: never raises
+            fx.extend(effects)
+            changes.extend(made)
         except InvalidCommandError as exc:
             result = exc.to_result()
         if cid:

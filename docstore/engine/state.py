@@ -212,6 +212,16 @@ class Engine:
         the stored document of a put without conditions (:func:`sizes_bounded`),
         that document is not measured.
         """
+        return Applied(*self.apply_parts(cmd, rev, now_ms, encoded_size=encoded_size))
+
+    def apply_parts(
+        self, cmd: object, rev: int, now_ms: int = 0, *, encoded_size: int | None = None
+    ) -> tuple[dict[str, Any], list[list[Any]], list[Change]]:
+        """:meth:`apply`'s result, effects and changes, as a tuple.
+
+        What a replica calls for every entry: building the frozen
+        :class:`Applied` that holds them costs as much as a put's journal.
+        """
         self._journal = []
         self._rev = rev
         self._now = now_ms
@@ -229,21 +239,21 @@ class Engine:
                 result = self._exec(cmd, top=True)
         except DocstoreError as exc:
             self._rollback()
-            return Applied(exc.to_result(), [], [])
+            return exc.to_result(), [], []
         except RecursionError:
             self._rollback()
-            return Applied(LimitError("command nested too deeply").to_result(), [], [])
+            return LimitError("command nested too deeply").to_result(), [], []
         except MemoryError:
             raise
         except Exception as exc:
             log.exception("apply at revision %d failed; answered as an internal error", rev)
             self._rollback()
             err = InternalError(f"the command could not be applied: {show(exc, 200)}")
-            return Applied(err.to_result(), [], [])
+            return err.to_result(), [], []
         entries, self._journal = self._journal, []
         result["ok"] = True
         result["rev"] = rev
-        return Applied(result, journal.effects(entries), journal.changes(entries, rev))
+        return result, journal.effects(entries), journal.changes(entries, rev)
 
     def _rollback(self) -> None:
         journal.rollback(self._journal, self.colls, self.extensions)

@@ -29,6 +29,7 @@ describe the same rules in prose.
 from __future__ import annotations
 
 from collections.abc import Callable
+from math import isfinite
 from typing import Any
 
 from docstore.engine.errors import (
@@ -42,10 +43,13 @@ from docstore.engine.patch import check_patch
 from docstore.engine.registry import Registry
 from docstore.engine.values import (
     DEFAULT_LIMITS,
+    INT_MAX,
+    INT_MIN,
     Limits,
     check_document,
     check_key,
     check_name,
+    check_size,
     check_value,
     normalize_sort,
     show,
@@ -213,6 +217,74 @@ def validate_command(
         ...
         docstore.engine.errors.InvalidCommandError: key: document keys are strings, got int
     """
+    measure = sizes and (encoded_size is None or not sizes_bounded(encoded_size, limits))
+    if _plain_put(cmd, limits, measure):
+        return cmd  # type: ignore[return-value]
+    return _validate(cmd, limits, registry, sizes, encoded_size, where)
+
+
+def _plain_put(c: object, limits: Limits, sizes: bool) -> bool:
+    """Whether ``c`` is a put without conditions that :func:`_validate` accepts.
+
+    The common write, checked without a call per field.  False says nothing
+    about ``c``: :func:`_validate` judges it and names the field at fault.
+    Only what passes every check below is True, so a command gets the same
+    answer either way (tests/docstore/test_validate_fast_path.py compares them).
+    """
+    if type(c) is not dict or len(c) != 4:
+        return False
+    op = c.get("op")
+    if type(op) is not str or op != "put" or "coll" not in c or "key" not in c or "doc" not in c:
+        return False
+    coll, key, doc = c["coll"], c["key"], c["doc"]
+    # ASCII: its length is its UTF-8 size (check_name, check_key).
+    if (
+        type(coll) is not str
+        or not coll.isascii()
+        or not 0 < len(coll) <= limits.max_name_bytes
+        or coll[0] == "$"
+        or "\x00" in coll
+        or type(key) is not str
+        or not key.isascii()
+        or not 0 < len(key) <= limits.max_key_bytes
+        or type(doc) is not dict
+        or limits.max_depth < 1
+    ):
+        return False
+    # check_document: check_value's loop over the top level, floats inline.
+    for k, v in doc.items():
+        if type(k) is not str:
+            return False
+        tv = type(v)
+        if tv is str or tv is bool or v is None or (tv is int and INT_MIN <= v <= INT_MAX):
+            continue
+        if tv is float:
+            if isfinite(v):
+                continue
+            return False
+        try:
+            check_value(v, limits, 1)
+        except (DocstoreError, RecursionError):
+            return False
+    if "_expires" in doc and type(doc["_expires"]) is not int:
+        return False
+    if sizes:
+        try:
+            check_size(doc, limits)
+        except DocstoreError:
+            return False
+    return True
+
+
+def _validate(
+    cmd: object,
+    limits: Limits,
+    registry: Registry | None,
+    sizes: bool,
+    encoded_size: int | None,
+    where: str,
+) -> dict[str, Any]:
+    """:func:`validate_command` for every command (the one grammar)."""
     op, c = _shape(cmd, "command", COMMAND_FIELDS, _COMMAND_ALLOWED, where)
     if encoded_size is not None and sizes_bounded(encoded_size, limits):
         sizes = False

@@ -384,7 +384,10 @@ class Engine:
                 )
 
     def _stored(self, c: Collection, key: str, doc: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in doc.items() if k not in ("_key", "_rev")}
+        if type(doc) is dict and "_key" not in doc and "_rev" not in doc:
+            out = doc.copy()  # what the comprehension below gives, for a third of the cost
+        else:
+            out = {k: v for k, v in doc.items() if k not in ("_key", "_rev")}
         out["_key"] = key
         out["_rev"] = self._rev
         return out

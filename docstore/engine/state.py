@@ -52,6 +52,7 @@ from docstore.engine.values import (
     MISSING,
     Limits,
     canonical,
+    check_key,
     check_name,
     check_size,
     check_value,
@@ -229,8 +230,7 @@ class Engine:
         try:
             validate_command(cmd, self.limits, self.registry, sizes=False)
             if type(cmd) is dict and len(cmd) == 4 and cmd["op"] == "put":
-                # Validated, so exactly op, coll, key and doc: a put without
-                # conditions, whose key was checked.
+                # Validated, so exactly op, coll, key and doc: a put without conditions.
                 result = self._plain_put(
                     cmd,
                     measure=encoded_size is None or not sizes_bounded(encoded_size, self.limits),
@@ -273,7 +273,7 @@ class Engine:
 
     def _plain_put(self, cmd: dict[str, Any], *, measure: bool) -> dict[str, Any]:
         """What :func:`~docstore.engine.operations._put` does with a validated put
-        without conditions, without checking its key again.
+        without conditions (``_put`` would find none to check).
 
         ``measure=False``: the command's CBOR size bounds the stored document's
         JSON size.  It does: the document's JSON takes at most
@@ -285,7 +285,7 @@ class Engine:
         tests/docstore/test_plain_put_path.py compares this with the general path.
         """
         c = self._coll(cmd["coll"])
-        key: str = cmd["key"]
+        key = check_key(cmd["key"], self.limits)  # as _put does, whatever validated it
         self._write(c, key, self._stored(c, key, cmd["doc"]), measure=measure)
         return {"key": key}
 

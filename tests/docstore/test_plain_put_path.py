@@ -186,3 +186,15 @@ def test_a_change_is_built_as_its_frozen_dataclass_would_be() -> None:
         ch.rev = 8  # type: ignore[misc]
     with pytest.raises(TypeError):
         Change(7, "c", "k", "put")  # type: ignore[call-arg]
+
+
+def test_the_key_is_checked_even_if_validation_let_it_pass(monkeypatch: Any) -> None:
+    """The path checks the key as ``_put`` does, not only through the validator."""
+    from docstore.engine import state
+
+    monkeypatch.setattr(state, "validate_command", lambda *args, **kw: args[0])
+    eng = Engine(limits=Limits(max_key_bytes=4))
+    result, effects, changes = eng.apply_parts(
+        {"op": "put", "coll": "c", "key": "k" * 5, "doc": {}}, 1
+    )
+    assert result["error"] == "limit" and not effects and not changes

@@ -234,22 +234,13 @@ def _plain_put(c: object, limits: Limits, sizes: bool) -> bool:
     if type(c) is not dict or len(c) != 4:
         return False
     op = c.get("op")
-    if type(op) is not str or op != "put" or "coll" not in c or "key" not in c or "doc" not in c:
+    if type(op) is not str or op != "put":
         return False
-    coll, key, doc = c["coll"], c["key"], c["doc"]
-    # ASCII: its length is its UTF-8 size (check_name, check_key).
-    if (
-        type(coll) is not str
-        or not coll.isascii()
-        or not 0 < len(coll) <= limits.max_name_bytes
-        or coll[0] == "$"
-        or "\x00" in coll
-        or type(key) is not str
-        or not key.isascii()
-        or not 0 < len(key) <= limits.max_key_bytes
-        or type(doc) is not dict
-        or limits.max_depth < 1
-    ):
+    # Four fields, three of them found with the type wanted: op, coll, key and doc.
+    doc = c.get("doc")
+    if not _plain_coll_key(c.get("coll"), c.get("key"), limits):
+        return False
+    if type(doc) is not dict or limits.max_depth < 1:
         return False
     # check_document: check_value's loop over the top level, floats inline.
     for k, v in doc.items():
@@ -274,6 +265,21 @@ def _plain_put(c: object, limits: Limits, sizes: bool) -> bool:
         except DocstoreError:
             return False
     return True
+
+
+def _plain_coll_key(coll: object, key: object, limits: Limits) -> bool:
+    """Whether ``coll`` and ``key`` are ASCII strings that check_name and check_key
+    accept (ASCII: a string's length is its UTF-8 size); False: ask them."""
+    return (
+        type(coll) is str
+        and coll.isascii()
+        and 0 < len(coll) <= limits.max_name_bytes
+        and coll[0] != "$"
+        and "\x00" not in coll
+        and type(key) is str
+        and key.isascii()
+        and 0 < len(key) <= limits.max_key_bytes
+    )
 
 
 def _validate(
@@ -418,6 +424,19 @@ def _index_fields(fields: object) -> None:
 
 def validate_query(q: object, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """``q``, checked: raise the error a read of it would give, for what needs no state."""
+    if (
+        type(q) is dict
+        and len(q) == 3
+        and type(op := q.get("op")) is str
+        and op == "get"
+        and _plain_coll_key(q.get("coll"), q.get("key"), limits)
+    ):
+        return q  # a plain get, as _validate_query would find it (every read runs this twice)
+    return _validate_query(q, limits)
+
+
+def _validate_query(q: object, limits: Limits) -> dict[str, Any]:
+    """:func:`validate_query` for every query (the one grammar)."""
     _, m = _shape(q, "query", QUERY_FIELDS, _QUERY_ALLOWED, "")
     # A get's fields are checked without _field's closures (every read runs this
     # twice: the node before the read, the state machine at it); same messages.

@@ -1,12 +1,15 @@
-"""validate_command's fast path for a plain put gives exactly what the general path gives.
+"""The validators' fast paths (a plain put, a plain get) give exactly what the general
+paths give.
 
 A put without conditions is the common write, and the node, the client and
 every replica's apply validate it: :func:`validate._plain_put` accepts it
 without a call per field, and leaves everything else to :func:`validate._validate`.
-If the fast path accepted a command the general path refuses, a bad command
-would reach the log (or a replica would apply what another refuses); these
-tests compare the two over commands built near every boundary the general
-path checks.
+A get is the common read, checked by the node and again by the state
+machine: :func:`validate.validate_query` accepts a plain one itself and leaves
+the rest to :func:`validate._validate_query`.  If a fast path accepted what
+the general path refuses, a bad command would reach the log (or a replica
+would apply what another refuses); these tests compare the two over inputs
+built near every boundary the general path checks.
 """
 
 from __future__ import annotations
@@ -190,3 +193,34 @@ def test_plain_puts_take_the_fast_path() -> None:
         cmd = {"op": "put", "coll": "bench", "key": "k0001", "doc": doc}
         assert validate._plain_put(cmd, Limits(), True)
         assert validate_command(cmd) is cmd
+
+
+_query_extra = _mostly(
+    st.just({}),
+    st.dictionaries(
+        st.sampled_from(["consistency", "now_ms", "keys", "filter", "limit", "prefix", "doc", 7]),
+        st.one_of(st.none(), st.sampled_from(["local", "lease", "x"]), st.integers(-1, 3)),
+        min_size=1,
+        max_size=2,
+    ),
+)
+
+
+@st.composite
+def _queries(draw: st.DrawFn) -> object:
+    q: dict[Any, Any] = {}
+    op = _mostly(st.just("get"), st.sampled_from(["get_multi", "find", "put", _Str("get"), 1]))
+    for name, value in (("op", op), ("coll", _names), ("key", _names)):
+        if draw(st.integers(0, 19)):  # now and then a field is missing
+            q[name] = draw(value)
+    q.update(draw(_query_extra))
+    return q if draw(st.integers(0, 29)) else draw(st.sampled_from([None, [], "get"]))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_queries(), _limits)
+@example({"op": "get", "coll": "c", "key": "k"}, Limits())
+@example({"op": "get", "coll": "c", "key": "é" * 200}, Limits())
+def test_plain_get_answers_as_the_general_path(q: object, limits: Limits) -> None:
+    general = _outcome(lambda x: validate._validate_query(x, limits), q)
+    assert _outcome(lambda x: validate.validate_query(x, limits), q) == general

@@ -128,6 +128,8 @@ KIND_ROLES: Final[Mapping[str, Role]] = {
 
 #: Request kinds the docstore service answers (docs/protocol.md).
 KINDS = tuple(KIND_ROLES)
+#: A role's place in :data:`ROLES` (each request is authorised: a lookup, not a search).
+_RANK: Final[Mapping[str, int]] = {role: i for i, role in enumerate(ROLES)}
 
 #: Bytes of snapshot per ``backup`` response (well below the frame limit).
 BACKUP_CHUNK = 1 << 20
@@ -351,7 +353,7 @@ class DocstoreService:
     def _authorize(session: Session, req: ClientRequest) -> None:
         role: Role = session.state.role
         needed = required_role(req)
-        if needed is None or ROLES.index(role) >= ROLES.index(needed):
+        if needed is None or _RANK[role] >= _RANK[needed]:
             return
         what = repr(req.kind) if needed == KIND_ROLES[req.kind] else "a 'register' command"
         raise ForbiddenRequest(
@@ -438,12 +440,15 @@ class DocstoreService:
                 # decoded without tags: its size bounds its documents'
                 encoded_size=len(payload) if isinstance(payload, bytes) else None,
             )
-            for i, sub in enumerate(checked["commands"] if checked["op"] == "batch" else [checked]):
-                if sub["op"] == "expire" and "now_ms" in sub:
-                    where = f"commands[{i}]." if sub is not checked else ""
-                    raise InvalidCommandError(
-                        f"{where}now_ms: a cluster expires by the leader's clock; omit it"
-                    )
+            op = checked["op"]
+            if op == "expire" or op == "batch":  # the others cannot hold an expire
+                subs = checked["commands"] if op == "batch" else [checked]
+                for i, sub in enumerate(subs):
+                    if sub["op"] == "expire" and "now_ms" in sub:
+                        where = f"commands[{i}]." if sub is not checked else ""
+                        raise InvalidCommandError(
+                            f"{where}now_ms: a cluster expires by the leader's clock; omit it"
+                        )
         except DocstoreError as exc:
             raise RequestRefused(exc) from None
         return payload if isinstance(payload, bytes) else encode_command(checked)

@@ -257,11 +257,14 @@ class _Retry:
 
     __slots__ = ("delay", "ex", "last", "refused")
 
+    #: ``last`` before any failure.
+    NO_ANSWER = "no answer"
+
     def __init__(self, ex: RemoteExecutor) -> None:
         self.ex = ex
         self.delay = 0.02
         #: The last failure, for the error raised when time runs out.
-        self.last = "no answer"
+        self.last = self.NO_ANSWER
         # Addresses that refused since a node last answered: once that is all
         # of them no cluster is running, and waiting for the timeout helps nobody.
         self.refused: set[str] = set()
@@ -333,7 +336,8 @@ class RemoteExecutor:
         self.connect_timeout = connect_timeout
         #: This client's session id; writes use ``f"{session}.{lane}"``.
         self.session = secrets.token_hex(8)
-        self._lanes_free: list[tuple[int, int, float]] = []  # (lane, last sequence, last used)
+        # (lane's session id, last sequence, last used)
+        self._lanes_free: list[tuple[str, int, float]] = []
         self._lanes = 0
         self._nursery: trio.Nursery | None = None
         self._link: _Link | None = None
@@ -436,7 +440,8 @@ class RemoteExecutor:
             raise DatabaseClosedError("the client is closed")
         limit = self.timeout if limit is None else limit
         req = ClientRequest(0, kind, payload, client_id, sequence, consistency)
-        retry = _Retry(self)
+        # Made at the first failure (fresh then as now): most requests have none.
+        retry: _Retry | None = None
         # The deadline bounds every wait below without a cancel scope on the
         # common path (connected, answered): the connection enforces it on the
         # call, and only connecting enters a scope.
@@ -444,6 +449,7 @@ class RemoteExecutor:
         while True:
             link = self._live_link()
             if link is None:
+                retry = retry or _Retry(self)
                 with trio.move_on_at(deadline):
                     link = await retry.connect()
                 if link is None:
@@ -453,17 +459,20 @@ class RemoteExecutor:
             except trio.TooSlowError:
                 break
             except ClientConnectionError as exc:
+                retry = retry or _Retry(self)
                 retry.last = str(exc)
                 self._drop(link)
             else:
                 if resp.ok:
                     return resp.result
+                retry = retry or _Retry(self)
                 if retry.answered(link, resp):
                     continue
             await retry.backoff(deadline)
             if trio.current_time() >= deadline:
                 break
-        raise UnavailableError(f"no answer from the cluster within {limit}s ({retry.last})")
+        last = retry.last if retry is not None else _Retry.NO_ANSWER
+        raise UnavailableError(f"no answer from the cluster within {limit}s ({last})")
 
     def nobody_listens(self) -> UnavailableError:
         """The error when every address refused the connection: no cluster is running."""
@@ -493,9 +502,7 @@ class RemoteExecutor:
         seq += 1
         keep = True
         try:
-            result = await self.request(
-                "command", data, client_id=f"{self.session}.{lane}", sequence=seq
-            )
+            result = await self.request("command", data, client_id=lane, sequence=seq)
             # A lane whose session the cluster no longer holds is never used again.
             keep = not (isinstance(result, dict) and result.get("error") == "session_expired")
         finally:
@@ -507,8 +514,8 @@ class RemoteExecutor:
             raise DocstoreError(f"malformed result {result!r}")
         return result
 
-    async def _take_lane(self) -> tuple[int, int]:
-        """A lane (its number and last sequence): an idle one, or a new, registered one."""
+    async def _take_lane(self) -> tuple[str, int]:
+        """A lane (its session id and last sequence): an idle one, or a new, registered one."""
         now = trio.current_time()
         while self._lanes_free:
             lane, seq, used = self._lanes_free.pop()
@@ -516,8 +523,8 @@ class RemoteExecutor:
                 return lane, seq
             # Idle long enough that the cluster may have expired its session: drop it.
         self._lanes += 1
-        lane = self._lanes
-        await self.request("command", _OPEN_SESSION, client_id=f"{self.session}.{lane}")
+        lane = f"{self.session}.{self._lanes}"
+        await self.request("command", _OPEN_SESSION, client_id=lane)
         return lane, 0
 
     async def query(self, q: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trioraft.core.types import Message, NodeId
+from trioraft.core.types import Message, NodeId, fast_init
 
 __all__ = [
     "AnyMessage",
@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SnapshotChunk:
     """One piece of a snapshot file streamed from leader ``src`` to ``dst``.
@@ -50,6 +51,7 @@ class SnapshotChunk:
     done: bool
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class SnapshotChunkAck:
     """Follower to leader: "send from ``next_offset``" (flow control and resume).
@@ -66,6 +68,7 @@ class SnapshotChunkAck:
     next_offset: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
     """A client call to a node.
@@ -85,6 +88,7 @@ class ClientRequest:
     consistency: str = "linearizable"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClientResponse:
     """The answer to the :class:`ClientRequest` with the same ``request_id``.
@@ -104,6 +108,7 @@ class ClientResponse:
     leader_addr: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Handshake opener from a peer node, or the listener's reply to any opener.
@@ -120,6 +125,7 @@ class Hello:
     incarnation: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class ClientHello:
     """Handshake opener from a client; the key proven is the client token."""
@@ -129,6 +135,7 @@ class ClientHello:
     nonce: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HelloAuth:
     """Proof of the shared secret: HMAC-SHA256 over the handshake transcript."""
@@ -136,6 +143,7 @@ class HelloAuth:
     mac: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HelloReject:
     """The handshake failed; the sender closes the connection after it."""

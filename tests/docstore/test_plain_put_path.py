@@ -167,7 +167,7 @@ def test_bounding_size() -> None:
 
 
 def test_a_change_is_built_as_its_frozen_dataclass_would_be() -> None:
-    """Change sets its slots itself (the generated __init__ costs twice as much)."""
+    """Change is built by fast_init (the generated __init__ costs twice as much)."""
 
     @dataclasses.dataclass(frozen=True, slots=True)
     class Generated:

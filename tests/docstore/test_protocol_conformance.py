@@ -237,6 +237,12 @@ async def test_malformed_requests_are_bad_request(raw: Raw) -> None:
 
 
 async def test_a_refused_command_reaches_no_log(raw: Raw, node: Node) -> None:
+    # The leader records the cluster's settings on its own within 50 ms of its
+    # election (docstore.server._leader_duties): once that entry is in, only
+    # the refused command could move the log.
+    with trio.fail_after(10):
+        while not node.state_machine.settings_recorded:  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await trio.sleep(0.01)
     before = node.status().last_index
     r = await raw.call(1, "command", cbor({"op": "put", "coll": "c", "key": 5, "doc": {}}))
     assert r.error_code == "bad_request"

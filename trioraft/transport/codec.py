@@ -58,6 +58,7 @@ import hmac
 import io
 import re
 import secrets
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn
@@ -878,10 +879,23 @@ _DECODER_POLICY: Final[dict[str, Any]] = {
 }
 
 
+# One strict decoder per thread, pointed at each value's bytes in turn: building
+# a CBORDecoder with the policy above costs about as much as decoding a small
+# frame.  A decode that fails leaves the decoder out (the next call builds a
+# fresh one), so no state of a refused frame can reach the next.
+_decoders = threading.local()
+
+
 def _loads(data: bytes) -> Any:
     stream = io.BytesIO(data)
+    decoder = getattr(_decoders, "decoder", None)
+    if decoder is None:
+        decoder = cbor2.CBORDecoder(stream, **_DECODER_POLICY)
+    else:
+        _decoders.decoder = None  # taken until this decode has succeeded
+        decoder.fp = stream
     try:
-        obj = cbor2.CBORDecoder(stream, **_DECODER_POLICY).decode()
+        obj = decoder.decode()
     except ProtocolError:
         raise
     except Exception as exc:
@@ -895,6 +909,7 @@ def _loads(data: bytes) -> Any:
         raise ProtocolError("CBOR tags are not allowed")
     if stream.tell() != len(data):
         raise ProtocolError(f"{len(data) - stream.tell()} trailing bytes after the frame")
+    _decoders.decoder = decoder
     return obj
 
 

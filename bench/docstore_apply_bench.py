@@ -59,7 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from docstore import commands as C
 from docstore.client import RemoteDatabase, RemoteExecutor, _Link
-from docstore.engine.validate import sizes_bounded, validate_query
+from docstore.engine.validate import must_measure, validate_query
 from docstore.engine.values import check_key
 from docstore.server import DocstoreService, ServerConfig
 from docstore.state_machine import OPEN_SESSION, DocstoreStateMachine
@@ -196,7 +196,7 @@ def bench_client(n: int, batch: int, lanes: int) -> Callable[[], float]:
             cmd = C.put("bench", key, DOC)
             C.validate_command(cmd, sizes=False)  # Database._execute
             data = encode_value(cmd, "command")  # RemoteExecutor.execute
-            if not sizes_bounded(len(data)):
+            if must_measure(len(data)):
                 C.validate_command(cmd)
             reqs.append(
                 ClientRequest(

@@ -59,7 +59,7 @@ from docstore.engine.errors import (
     is_error,
     raise_for_result,
 )
-from docstore.engine.validate import sizes_bounded, validate_command
+from docstore.engine.validate import must_measure, validate_command
 from docstore.protocol import DEFAULT_CLIENT, OPEN_SESSION, SESSION_TTL_MS
 from trioraft.client.connection import (
     ClientConnectionError,
@@ -496,7 +496,7 @@ class RemoteExecutor:
         # Encoded once, here: the node decodes it once to check it and proposes
         # these very bytes (docs/protocol.md, "The docstore service").
         data = encode_value(cmd, "command")
-        if not sizes_bounded(len(data)):
+        if must_measure(len(data)):
             validate_command(cmd)  # a large command: measure its documents
         lane, seq = await self._take_lane()
         seq += 1

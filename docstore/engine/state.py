@@ -46,7 +46,7 @@ from docstore.engine.indexes import Collection, Index, expired, plan, raw_set
 from docstore.engine.journal import Applied, Change, JournalEntry
 from docstore.engine.operations import OPS, WRITE_OPS
 from docstore.engine.registry import Registry
-from docstore.engine.validate import sizes_bounded, validate_command
+from docstore.engine.validate import must_measure, validate_command
 from docstore.engine.values import (
     DEFAULT_LIMITS,
     MISSING,
@@ -210,7 +210,7 @@ class Engine:
 
         ``encoded_size``: the command's size as CBOR without tags, when the
         caller knows it (the state machine, from the entry): when it bounds
-        the stored document of a put without conditions (:func:`sizes_bounded`),
+        the stored document of a put without conditions (:func:`must_measure`),
         that document is not measured.
         """
         return Applied(*self.apply_parts(cmd, rev, now_ms, encoded_size=encoded_size))
@@ -231,10 +231,7 @@ class Engine:
             validate_command(cmd, self.limits, self.registry, sizes=False)
             if type(cmd) is dict and len(cmd) == 4 and cmd["op"] == "put":
                 # Validated, so exactly op, coll, key and doc: a put without conditions.
-                result = self._plain_put(
-                    cmd,
-                    measure=encoded_size is None or not sizes_bounded(encoded_size, self.limits),
-                )
+                result = self._plain_put(cmd, measure=must_measure(encoded_size, self.limits))
             else:
                 result = self._exec(cmd, top=True)
         except DocstoreError as exc:

@@ -188,6 +188,19 @@ def sizes_bounded(encoded_size: int, limits: Limits = DEFAULT_LIMITS) -> bool:
     return encoded_size * JSON_BYTES_PER_CBOR_BYTE <= limits.max_doc_bytes
 
 
+def must_measure(encoded_size: int | None, limits: Limits = DEFAULT_LIMITS) -> bool:
+    """Whether a command's documents must be measured as JSON: its size as CBOR
+    without tags is unknown (None) or does not bound them (:func:`sizes_bounded`).
+
+    The one rule the client, the node's check and apply all follow.
+
+    Example:
+        >>> must_measure(None), must_measure(200), must_measure(200_000)
+        (True, False, True)
+    """
+    return encoded_size is None or not sizes_bounded(encoded_size, limits)
+
+
 def validate_command(
     cmd: object,
     limits: Limits = DEFAULT_LIMITS,
@@ -213,7 +226,7 @@ def validate_command(
         ...
         docstore.engine.errors.InvalidCommandError: key: document keys are strings, got int
     """
-    measure = sizes and (encoded_size is None or not sizes_bounded(encoded_size, limits))
+    measure = sizes and must_measure(encoded_size, limits)
     if _plain_put(cmd, limits, measure):
         return cmd  # type: ignore[return-value]
     return _validate(cmd, limits, registry, sizes, encoded_size, where)
@@ -272,8 +285,7 @@ def _validate(
 ) -> dict[str, Any]:
     """:func:`validate_command` for every command (the one grammar)."""
     op, c = _shape(cmd, "command", COMMAND_FIELDS, _COMMAND_ALLOWED, where)
-    if encoded_size is not None and sizes_bounded(encoded_size, limits):
-        sizes = False
+    sizes = sizes and must_measure(encoded_size, limits)
     field = "op"  # the field being checked, named in the error
     try:
         if "coll" in c:
@@ -377,8 +389,7 @@ def _call(c: dict[str, Any], limits: Limits, registry: Registry | None, w: str) 
     _field(f"{w}args", lambda: check_value(c.get("args"), limits))
     if registry is not None and not registry.has("command", c["name"], c["version"]):
         raise UnknownCommandError(
-            f"{w}name: this node has no code for command {show(c['name'])} "
-            f"version {c['version']}"
+            f"{w}name: this node has no code for command {show(c['name'])} version {c['version']}"
         )
 
 

@@ -123,7 +123,8 @@ def _decode_records(payloads: list[bytes], path: str) -> list[dict[str, Any]]:
             or type(obj.get("fx")) is not list
         ):
             raise CorruptionError(f"{path}: undecodable record #{i}: not a record")
-    return records
+    checked: list[dict[str, Any]] = records
+    return checked
 
 
 def _with_magic(records: Iterable[bytes]) -> Iterable[bytes]:

@@ -5,7 +5,12 @@ Theory of operation
 :class:`RemoteExecutor` is the executor behind a connected
 :class:`~docstore.Database`, so the API is the embedded one.  It keeps one
 multiplexed connection, to the leader once it knows which node that is; any
-number of requests share it.  Every request is retried until
+number of requests share it.  Queries are spread over ``connections`` of them
+to that node (2 by default), opened as the queries come: closed-loop readers
+sharing one connection move in lock-step (one frame out, one read point, one
+frame back, each process working on it in turn), and two connections let
+those cycles overlap (docs/benchmarks.md, "Linearizable gets").  Writes keep
+to the first, where they batch best.  Every request is retried until
 ``timeout`` runs out: on a lost connection, a ``not_leader`` answer (the
 client switches to the leader it names, or tries the next address while an
 election is under way) and on transient errors (``dropped``, ``rejected``,
@@ -88,6 +93,11 @@ __all__ = [
 #: A lane unused for this long opens a new session rather than risk an expired one.
 LANE_IDLE = SESSION_TTL_MS / 1000 / 2
 _OPEN_SESSION = encode_value(OPEN_SESSION)
+
+#: At most this many connections to the leader (``connect(connections=...)``).
+MAX_CONNECTIONS = 16
+#: After an extra connection failed to open, queries keep to the first for this long.
+READER_RETRY = 1.0
 
 #: Error codes worth retrying (the request had no effect, or a retry dedupes).
 RETRY_CODES = frozenset(
@@ -322,7 +332,10 @@ class RemoteExecutor:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 30.0,
         connect_timeout: float = 2.0,
+        connections: int = 2,
     ) -> None:
+        if type(connections) is not int or not 1 <= connections <= MAX_CONNECTIONS:
+            raise ValueError(f"connections: an integer in 1 .. {MAX_CONNECTIONS}")
         if isinstance(addresses, str):
             addresses = [a for a in addresses.split(",") if a]
         if not addresses:
@@ -342,6 +355,10 @@ class RemoteExecutor:
         self._nursery: trio.Nursery | None = None
         self._link: _Link | None = None
         self._link_lock = trio.Lock()
+        # The connections queries also use (``connections - 1``), to the node the
+        # first one reaches; a slot being opened is in _opening.
+        self._readers: list[_Link | None] = [None] * (connections - 1)
+        self._opening: set[int] = set()
         self._preferred: str | None = None
         self._next_addr = 0
         self._closed = False
@@ -384,6 +401,49 @@ class RemoteExecutor:
             link.done.set()
             if self._link is link:
                 self._link = None
+            readers = self._readers
+            for i, r in enumerate(readers):
+                if r is link:
+                    readers[i] = None
+
+    def _query_link(self, first: _Link) -> _Link:
+        """The connection for the next query: of the open ones to the node ``first``
+        reaches (the leader), the one with the fewest calls in flight.
+
+        Closed-loop callers so fall into groups that keep to one connection each,
+        and the groups' cycles overlap; a query sent round-robin instead splits
+        every group over all connections, which keeps them in step (measured:
+        fewer linearizable gets than one connection).  A missing connection is
+        opened in the background; meanwhile the others carry the queries.
+        """
+        best, least = first, first.conn.in_flight
+        for slot, link in enumerate(self._readers):
+            if link is not None and not link.conn.closed and link.conn.remote == first.conn.remote:
+                n = link.conn.in_flight
+                if n < least:
+                    best, least = link, n
+                continue
+            self._drop(link)  # closed, or open to a node that is no longer the one
+            if slot not in self._opening and self._nursery is not None and not self._closed:
+                self._opening.add(slot)
+                self._nursery.start_soon(self._open_reader, slot, first.conn.remote)
+        return best
+
+    async def _open_reader(self, slot: int, address: str) -> None:
+        """Open the extra connection ``slot``; after a failure, not again for a while."""
+        try:
+            link = await self._connect(address)
+        except Exception as exc:  # an extra connection never takes the client down
+            self.last_error = str(exc)
+            await trio.sleep(READER_RETRY)  # queries use the first connection meanwhile
+        else:
+            if self._closed:
+                link.done.set()
+            else:
+                self._drop(self._readers[slot])
+                self._readers[slot] = link
+        finally:
+            self._opening.discard(slot)
 
     def _live_link(self) -> _Link | None:
         """The current connection if it is open."""
@@ -434,8 +494,13 @@ class RemoteExecutor:
         sequence: int = 0,
         consistency: str = "linearizable",
         limit: float | None = None,
+        spread: bool = False,
     ) -> object:
-        """Send one request to the leader, retrying as the module docstring says."""
+        """Send one request to the leader, retrying as the module docstring says.
+
+        ``spread``: the request may go on any of the connections to the leader
+        (queries); otherwise it goes on the first.
+        """
         if self._closed:
             raise DatabaseClosedError("the client is closed")
         limit = self.timeout if limit is None else limit
@@ -454,6 +519,8 @@ class RemoteExecutor:
                     link = await retry.connect()
                 if link is None:
                     break
+            if spread and self._readers:
+                link = self._query_link(link)
             try:
                 resp = await link.conn.call(req, deadline=deadline)
             except trio.TooSlowError:
@@ -529,7 +596,7 @@ class RemoteExecutor:
 
     async def query(self, q: dict[str, Any]) -> Any:
         consistency = str(q.pop("consistency", "linearizable"))
-        result = await self.request("query", q, consistency=consistency)
+        result = await self.request("query", q, consistency=consistency, spread=True)
         return raise_for_result(result)["value"]
 
     def watch(self, coll: str, flt: object, since_rev: int | None, buffer: int) -> RemoteWatcher:
@@ -538,6 +605,8 @@ class RemoteExecutor:
     async def aclose(self) -> None:
         self._closed = True
         self._drop(self._link)
+        for link in list(self._readers):
+            self._drop(link)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -1052,6 +1121,7 @@ async def connect(
     ssl_context: ssl.SSLContext | None = None,
     call_timeout: float = 30.0,
     connect_timeout: float = 2.0,
+    connections: int = 2,
 ) -> AsyncIterator[RemoteDatabase]:
     """Connect to a docstore cluster; the database has the embedded API.
 
@@ -1067,6 +1137,8 @@ async def connect(
     a certificate the context does not trust) raises :class:`TlsError` at
     once.  ``call_timeout`` bounds each call, retries included; it then raises
     :class:`UnavailableError`, at once if every address refuses the connection.
+    ``connections`` (1 to 16): how many connections to the leader queries are
+    spread over; writes use the first.
 
     Example:
         async with docstore.connect(["127.0.0.1:7101"], token=TOKEN) as db:
@@ -1088,6 +1160,7 @@ async def connect(
         ssl_context=ssl_context,
         timeout=call_timeout,
         connect_timeout=connect_timeout,
+        connections=connections,
     )
     body_exc: BaseException | None = None
     async with trio.open_nursery() as nursery:

@@ -186,6 +186,11 @@ class Connection:
         return self._sock.remote
 
     @property
+    def in_flight(self) -> int:
+        """Calls sent on this connection and not answered yet."""
+        return len(self._pending)
+
+    @property
     def closed(self) -> bool:
         return self._closed_reason is not None
 

@@ -73,6 +73,12 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--requests", type=int, default=0, help="stop a measurement after N ops")
     p.add_argument("--connections", type=int, default=4, help="trioraft client connections")
+    p.add_argument(
+        "--docstore-connections",
+        type=int,
+        default=2,
+        help="docstore.connect's connections to the leader (queries spread over them)",
+    )
     p.add_argument("--quick", action="store_true", help="one short run of each (under a minute)")
     p.add_argument("--no-embedded", action="store_true")
     p.add_argument("--no-reads", action="store_true")

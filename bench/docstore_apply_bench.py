@@ -300,7 +300,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_per_write(seconds: float, clients: int, runs: int, op: str = "put") -> None:
+def cpu_per_write(
+    seconds: float, clients: int, runs: int, op: str = "put", connections: int = 2
+) -> None:
     """CPU ms per operation of each process: a 3-node docstore cluster under ``clients``
     writers (``op`` "put") or readers (a consistency) through ``docstore.connect``,
     then the trioraft KV path (bench/cluster)."""
@@ -319,7 +321,8 @@ def cpu_per_write(seconds: float, clients: int, runs: int, op: str = "put") -> N
                     pids = {n: p.pid for n, p in cluster.procs.items()}
                     target: Any = list(cluster.addresses.values())
                     load_fn: Any = ds.docstore_load
-                    extra: tuple[Any, ...] = (0.0,)  # no warm-up inside the load
+                    # No warm-up inside the load; the client's connections to the leader.
+                    extra: tuple[Any, ...] = (0.0, None, connections)
                 else:
                     pids = {i + 1: p.pid for i, p in enumerate(cluster.procs)}
                     leader_n = {a: n for n, a in cluster.addresses.items()}[cluster.leader]
@@ -395,9 +398,15 @@ def main() -> None:
         help="what the --cpu clients do: put, or get with this consistency",
     )
     p.add_argument("--seconds", type=float, default=3.0, help="per --cpu measurement")
+    p.add_argument(
+        "--docstore-connections",
+        type=int,
+        default=2,
+        help="--cpu: docstore.connect's connections to the leader",
+    )
     args = p.parse_args()
     if args.cpu:
-        cpu_per_write(args.seconds, args.cpu, args.runs, args.cpu_op)
+        cpu_per_write(args.seconds, args.cpu, args.runs, args.cpu_op, args.docstore_connections)
         return
     for name in args.only.split(","):
         run = PARTS[name](args.n, args.batch, args.lanes)

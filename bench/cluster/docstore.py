@@ -87,7 +87,15 @@ class DocstoreCluster:
         addrs = list(self.addresses.values())
         self.notes = []
         lat, elapsed, errors = trio.run(
-            docstore_load, addrs, op, clients, args.seconds, args.requests, args.warmup, self.notes
+            docstore_load,
+            addrs,
+            op,
+            clients,
+            args.seconds,
+            args.requests,
+            args.warmup,
+            self.notes,
+            args.docstore_connections,
         )
         return make_result("docstore", "remote", op, clients, lat, elapsed, errors)
 
@@ -104,8 +112,12 @@ async def docstore_load(
     max_requests: int,
     warmup: float = 0.0,
     notes: list[str] | None = None,
+    connections: int = 2,
 ) -> tuple[list[float], float, int]:
     """C virtual clients sharing one ``docstore.connect``, each one call in flight.
+
+    ``connections``: the client's connections to the leader (queries are
+    spread over them; ``docstore.connect``'s default is 2).
 
     ``notes`` gets, for puts, the leader's entries per fsync and requests per
     client frame during the measurement (from its ``status`` counters).
@@ -115,7 +127,7 @@ async def docstore_load(
     long-running application), not with one session opening per writer.
     """
     keys = [f"k{j}" for j in range(KEYS)]
-    async with docstore.connect(addresses, token=DOCSTORE_TOKEN) as db:
+    async with docstore.connect(addresses, token=DOCSTORE_TOKEN, connections=connections) as db:
         coll = db.collection("bench")
         if warmup > 0:
             await _docstore_phase(coll, keys, op, clients, warmup, 0)
@@ -193,7 +205,9 @@ def profile_docstore(cluster: DocstoreCluster, args: argparse.Namespace) -> str:
 
         prof = cProfile.Profile()
         prof.enable()
-        trio.run(docstore_load, addrs, op, clients, seconds, 0, 0.5)
+        trio.run(
+            docstore_load, addrs, op, clients, seconds, 0, 0.5, None, args.docstore_connections
+        )
         prof.disable()
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).strip_dirs().sort_stats("tottime").print_stats(25)
@@ -207,7 +221,9 @@ def profile_docstore(cluster: DocstoreCluster, args: argparse.Namespace) -> str:
     client = start_spy(os.getpid(), seconds, client_path)
     assert client is not None
     time.sleep(0.5)
-    trio.run(docstore_load, addrs, op, clients, seconds + 1, 0, 0.5)
+    trio.run(
+        docstore_load, addrs, op, clients, seconds + 1, 0, 0.5, None, args.docstore_connections
+    )
     return "\n".join(
         [
             head + " (py-spy samples, all threads)",

@@ -414,9 +414,13 @@ class RemoteExecutor:
         and the groups' cycles overlap; a query sent round-robin instead splits
         every group over all connections, which keeps them in step (measured:
         fewer linearizable gets than one connection).  A missing connection is
-        opened in the background; meanwhile the others carry the queries.
+        opened in the background; meanwhile the others carry the queries.  A
+        caller alone (nothing in flight on the first) never opens one: a
+        one-shot command costs one connection.
         """
         best, least = first, first.conn.in_flight
+        if not least:
+            return first
         for slot, link in enumerate(self._readers):
             if link is not None and not link.conn.closed and link.conn.remote == first.conn.remote:
                 n = link.conn.in_flight

@@ -87,6 +87,20 @@ async def test_queries_use_every_connection_and_answer_right(
                 await trio.sleep(0.02)
 
 
+async def test_a_caller_alone_opens_no_other_connection(cluster: Cluster) -> None:
+    with trio.fail_after(30):
+        async with docstore.connect(cluster.addresses, token=TOKEN, call_timeout=10) as db:
+            coll = db.collection("c")
+            await coll.put("k", {"v": 1})
+            leader = await _leader(cluster)
+            before = _clients(cluster, leader)
+            for consistency in ("linearizable", "lease", "local") * 10:
+                assert (await coll.get("k", consistency=consistency)) is not None
+            await trio.sleep(0.2)
+            assert db.client._readers == [None] and not db.client._opening
+            assert _clients(cluster, leader) == before
+
+
 @pytest.mark.parametrize("how", ["stop", "transfer"])
 async def test_queries_follow_the_leader_after_failover(cluster: Cluster, how: str) -> None:
     with trio.fail_after(40):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
 
 import docstore
-from docstore.client import READER_RETRY, RemoteExecutor, _Link
+from docstore.client import READER_RETRY, RemoteDatabase, RemoteExecutor, _Link
 from trioraft.client.connection import NoListenerError
 
 from .test_client import TOKEN, Cluster, running
@@ -33,7 +35,19 @@ def _clients(cluster: Cluster, n: int) -> int:
     return transport.statistics().clients
 
 
-async def _gets(db: docstore.Database, keys: list[str], consistency: str) -> list[object]:
+@asynccontextmanager
+async def _filled(
+    cluster: Cluster, n: int, **connect: Any
+) -> AsyncIterator[tuple[RemoteDatabase, list[str]]]:
+    """A client of ``cluster`` (``connect`` its options) after ``n`` puts: k<i> = {"v": i}."""
+    async with docstore.connect(cluster.addresses, token=TOKEN, **connect) as db:
+        keys = [f"k{i}" for i in range(n)]
+        for i, k in enumerate(keys):
+            await db.collection("c").put(k, {"v": i})
+        yield db, keys
+
+
+async def _gets(db: RemoteDatabase, keys: list[str], consistency: str) -> list[object]:
     coll = db.collection("c")
     out: list[object] = [None] * len(keys)
 
@@ -52,13 +66,8 @@ async def test_queries_use_every_connection_and_answer_right(
     cluster: Cluster, connections: int
 ) -> None:
     with trio.fail_after(30):
-        async with docstore.connect(
-            cluster.addresses, token=TOKEN, call_timeout=10, connections=connections
-        ) as db:
+        async with _filled(cluster, 40, call_timeout=10, connections=connections) as (db, keys):
             coll = db.collection("c")
-            keys = [f"k{i}" for i in range(40)]
-            for i, k in enumerate(keys):
-                await coll.put(k, {"v": i})
             leader = await _leader(cluster)
             before = _clients(cluster, leader)
             ex = db.client
@@ -104,11 +113,7 @@ async def test_a_caller_alone_opens_no_other_connection(cluster: Cluster) -> Non
 @pytest.mark.parametrize("how", ["stop", "transfer"])
 async def test_queries_follow_the_leader_after_failover(cluster: Cluster, how: str) -> None:
     with trio.fail_after(40):
-        async with docstore.connect(cluster.addresses, token=TOKEN, call_timeout=15) as db:
-            coll = db.collection("c")
-            keys = [f"k{i}" for i in range(20)]
-            for i, k in enumerate(keys):
-                await coll.put(k, {"v": i})
+        async with _filled(cluster, 20, call_timeout=15) as (db, keys):
             assert await _gets(db, keys, "linearizable") == list(range(20))
             old = await _leader(cluster)
             if how == "stop":
@@ -137,11 +142,7 @@ async def test_an_extra_connection_that_fails_leaves_queries_on_the_first(
     cluster: Cluster,
 ) -> None:
     with trio.fail_after(30):
-        async with docstore.connect(cluster.addresses, token=TOKEN, call_timeout=10) as db:
-            coll = db.collection("c")
-            keys = [f"k{i}" for i in range(20)]
-            for i, k in enumerate(keys):
-                await coll.put(k, {"v": i})
+        async with _filled(cluster, 20, call_timeout=10) as (db, keys):
             ex = db.client
             attempts = 0
 

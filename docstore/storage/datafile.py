@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from docstore.engine.errors import CorruptionError
 from docstore.engine.values import compact_json
@@ -123,8 +123,7 @@ def _decode_records(payloads: list[bytes], path: str) -> list[dict[str, Any]]:
             or type(obj.get("fx")) is not list
         ):
             raise CorruptionError(f"{path}: undecodable record #{i}: not a record")
-    checked: list[dict[str, Any]] = records
-    return checked
+    return cast("list[dict[str, Any]]", records)
 
 
 def _with_magic(records: Iterable[bytes]) -> Iterable[bytes]:

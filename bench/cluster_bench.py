@@ -132,6 +132,8 @@ def main() -> None:
                         if not args.no_reads:
                             for op in ("linearizable", "lease", "local"):
                                 record(dcluster.measure(op, args.read_clients, args))
+                                for note in dcluster.notes:
+                                    print(f"    {note}", flush=True)
                     if args.profile:
                         profile_text += profile_docstore(dcluster, args) + "\n\n"
             elif system == "trioraft":

@@ -119,8 +119,9 @@ async def docstore_load(
     ``connections``: the client's connections to the leader (queries are
     spread over them; ``docstore.connect``'s default is 2).
 
-    ``notes`` gets, for puts, the leader's entries per fsync and requests per
-    client frame during the measurement (from its ``status`` counters).
+    ``notes`` gets, during the measurement, the leader's requests per client
+    frame and, for puts, its entries per fsync, for gets its frames to peers
+    per 100 gets (from its ``status`` counters).
 
     The warm-up runs on the same client, so the measurement starts with its
     connection open and its write lanes' sessions registered (as in a
@@ -135,13 +136,16 @@ async def docstore_load(
         before = await _leader_counters(db, leader)
         out = await _docstore_phase(coll, keys, op, clients, seconds, max_requests)
         after = await _leader_counters(db, leader)
-    if before and after and op == "put" and notes is not None:
+    if before and after and notes is not None:
         d = {k: after[k] - before[k] for k in before}
-        notes.append(
-            f"{d['persist_entries'] / max(1, d['persist_batches']):.1f} entries per fsync,"
-            f" {len(out[0]) / max(1, d['client_frames_in']):.1f} requests per client frame"
-            " (leader)"
-        )
+        ops = len(out[0])
+        per_frame = f"{ops / max(1, d['client_frames_in']):.1f} requests per client frame"
+        if op == "put":
+            fsync = f"{d['persist_entries'] / max(1, d['persist_batches']):.1f} entries per fsync"
+            notes.append(f"{fsync}, {per_frame} (leader)")
+        else:  # a read round is a frame to each follower
+            peers = f"{100 * d['peer_frames_out'] / max(1, ops):.1f} peer frames per 100 gets"
+            notes.append(f"{per_frame}, {peers} (leader)")
     return out
 
 

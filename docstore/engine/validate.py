@@ -229,7 +229,7 @@ def validate_command(
     measure = sizes and must_measure(encoded_size, limits)
     if _plain_put(cmd, limits, measure):
         return cmd  # type: ignore[return-value]
-    return _validate(cmd, limits, registry, sizes, encoded_size, where)
+    return _validate(cmd, limits, registry, measure, where)
 
 
 def _plain_put(c: object, limits: Limits, sizes: bool) -> bool:
@@ -280,12 +280,11 @@ def _validate(
     limits: Limits,
     registry: Registry | None,
     sizes: bool,
-    encoded_size: int | None,
     where: str,
 ) -> dict[str, Any]:
-    """:func:`validate_command` for every command (the one grammar)."""
+    """:func:`validate_command` for every command (the one grammar); ``sizes``:
+    whether documents are measured, as :func:`validate_command` decided."""
     op, c = _shape(cmd, "command", COMMAND_FIELDS, _COMMAND_ALLOWED, where)
-    sizes = sizes and must_measure(encoded_size, limits)
     field = "op"  # the field being checked, named in the error
     try:
         if "coll" in c:

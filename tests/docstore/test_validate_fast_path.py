@@ -162,9 +162,8 @@ def _outcome(f: Any, cmd: object, *args: Any) -> object:
 def test_fast_path_answers_as_the_general_path(
     cmd: object, limits: Limits, sizes: bool, encoded_size: int | None
 ) -> None:
-    general = _outcome(
-        lambda c: validate._validate(c, limits, None, sizes, encoded_size, "commands[0]."), cmd
-    )
+    measure = sizes and (encoded_size is None or not sizes_bounded(encoded_size, limits))
+    general = _outcome(lambda c: validate._validate(c, limits, None, measure, "commands[0]."), cmd)
     fast = _outcome(
         lambda c: validate_command(
             c, limits, sizes=sizes, encoded_size=encoded_size, where="commands[0]."
@@ -172,7 +171,6 @@ def test_fast_path_answers_as_the_general_path(
         cmd,
     )
     assert fast == general
-    measure = sizes and (encoded_size is None or not sizes_bounded(encoded_size, limits))
     if validate._plain_put(cmd, limits, measure):
         assert general == "accepted"
 
@@ -182,7 +180,7 @@ def test_fast_path_answers_as_the_general_path(
 def test_batch_items_answer_as_the_general_path(cmd: object, limits: Limits) -> None:
     # A batch's items go through validate_command too, named by their place.
     batch = {"op": "batch", "commands": [cmd]}
-    item = _outcome(lambda c: validate._validate(c, limits, None, False, None, "commands[0]."), cmd)
+    item = _outcome(lambda c: validate._validate(c, limits, None, False, "commands[0]."), cmd)
     whole = _outcome(lambda b: validate_command(b, limits, sizes=False), batch)
     assert whole == item
 
